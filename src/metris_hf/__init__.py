@@ -1,0 +1,1 @@
+"""METRIS for Hugging Face transformers."""
