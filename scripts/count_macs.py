@@ -1,0 +1,123 @@
+"""Parameters and GMACs of METRIS, by part, counted with `torch.utils.flop_counter` (MACs = FLOPs / 2).
+
+    python scripts/count_macs.py                    # full-size model, 480×480, 20 tokens, early fusion on and off
+    python scripts/count_macs.py --image_size 384 --max_length 30 --json macs.json
+
+Random weights, one CPU forward pass per configuration: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from metris_hf import MetrisConfig, MetrisForReferringSegmentation
+
+# Module-name prefixes → the parts the README reports.
+PARTS = {
+    "vision_encoder.backbone": "backbone",
+    "vision_encoder.fusions": "early fusion",
+    "vision_encoder.timm_norms": "backbone",
+    "text_encoder": "text encoder",
+    "text_proj": "text encoder",
+    "stage4_proj": "stage-4 projection",
+    "stage4_block": "stage-4 projection",
+    "language_enhancer": "language enhancer",
+    "visual_expression_extractor": "VEE",
+    "decoder": "decoder",
+    "no_target_classifier": "no-target head",
+}
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# The counter knows the CUDA attention kernels but not the CPU one: without this, every fused attention
+# (Swin's windows, ours) would count 0 on a CPU. With it, SDPA counts exactly what eager attention does.
+CPU_SDPA = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+
+
+def flop_counter() -> FlopCounterMode:
+    return FlopCounterMode(display=False, depth=None, custom_mapping=CPU_SDPA)
+
+
+def part_of(name: str) -> str:
+    for prefix, part in PARTS.items():
+        if name == prefix or name.startswith(prefix + "."):
+            return part
+    return "other"
+
+
+def count(config: MetrisConfig, image_size: int, max_length: int, batch_size: int = 1) -> dict:
+    """Params and GMACs (per image) of one forward pass, split by part."""
+    model = MetrisForReferringSegmentation(config).eval()
+    pixel_values = torch.randn(batch_size, 3, image_size, image_size)
+    input_ids = torch.ones(batch_size, max_length, dtype=torch.long)
+    params: dict[str, int] = defaultdict(int)
+    for name, param in model.named_parameters():
+        params[part_of(name)] += param.numel()
+    counter = flop_counter()
+    with counter, torch.no_grad():
+        model(pixel_values=pixel_values, input_ids=input_ids)
+    per_module = counter.get_flop_counts()
+    root = type(model).__name__
+
+    def gmacs_of(name: str) -> float:
+        return sum(per_module.get(f"{root}.{name}", {}).values()) / 2 / batch_size
+
+    macs: dict[str, float] = defaultdict(float)
+    # The tracker names only modules that were called, and the backbone is run stage by stage, so its share
+    # is the vision encoder's minus the fusion modules'.
+    macs["early fusion"] = sum(gmacs_of(f"vision_encoder.fusions.{index}") for index in range(4))
+    macs["backbone"] = gmacs_of("vision_encoder") - macs["early fusion"]
+    for prefix, part in PARTS.items():
+        if not prefix.startswith("vision_encoder"):
+            macs[part] += gmacs_of(prefix)
+    total_macs = sum(per_module["Global"].values()) / 2 / batch_size
+    macs["other (losses, glue)"] = total_macs - sum(macs.values())
+    return {
+        "image_size": image_size,
+        "max_length": max_length,
+        "early_fusion": config.early_fusion,
+        "params_M": {k: v / 1e6 for k, v in sorted(params.items())},
+        "total_params_M": sum(params.values()) / 1e6,
+        "gmacs": {k: v / 1e9 for k, v in sorted(macs.items()) if v},
+        "total_gmacs": total_macs / 1e9,
+    }
+
+
+def print_report(report: dict) -> None:
+    fusion = "on" if report["early_fusion"] else "off"
+    print(f"\nMETRIS @ {report['image_size']}², L={report['max_length']}, early fusion {fusion}")
+    print(f"{'part':<22}{'params (M)':>12}{'GMACs':>10}")
+    for part in sorted(set(report["params_M"]) | set(report["gmacs"])):
+        print(f"{part:<22}{report['params_M'].get(part, 0):>12.1f}{report['gmacs'].get(part, 0):>10.1f}")
+    print(f"{'total':<22}{report['total_params_M']:>12.1f}{report['total_gmacs']:>10.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config_name", default=None, help="a config.json / folder; default: MetrisConfig()")
+    parser.add_argument("--image_size", type=int, default=480)
+    parser.add_argument("--max_length", type=int, default=20)
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    args = parser.parse_args()
+    base = MetrisConfig.from_pretrained(args.config_name) if args.config_name else MetrisConfig()
+    reports = []
+    for fusion in (True, False):
+        config = MetrisConfig.from_dict({**base.to_dict(), "early_fusion": fusion})
+        report = count(config, args.image_size, args.max_length)
+        print_report(report)
+        reports.append(report)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(reports, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""METRIS configuration: every ablation of the paper is a field, so experiments are configs."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+
+GUIDANCE_MODES = ("full", "pure_le", "enhanced_le", "ve_only", "all_pixels")
+LINGUISTIC_CUES = ("all", "global", "local")
+MASK_LOSSES = ("bce", "weighted_ce")
+
+# Swin-B shaped like `microsoft/swin-base-patch4-window12-384-in22k`, all four stages out.
+SWIN_B_22K_384 = {
+    "image_size": 384,
+    "patch_size": 4,
+    "window_size": 12,
+    "embed_dim": 128,
+    "depths": [2, 2, 18, 2],
+    "num_heads": [4, 8, 16, 32],
+    "drop_path_rate": 0.3,
+    "out_features": ["stage1", "stage2", "stage3", "stage4"],
+}
+
+
+@strict
+class MetrisConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`MetrisForReferringSegmentation`].
+
+    `MetrisConfig()` describes the paper's full-size model (Swin-B + BERT-base, 480×480) with random weights;
+    nothing is downloaded. Pretrained encoders come in through `scripts/init_checkpoint.py`.
+
+    Encoders:
+        backbone_config: vision backbone built with `transformers.backbone_utils.load_backbone` (a `SwinConfig`
+            or a `TimmBackboneConfig`); a dict with `model_type` or a config object.
+        backbone_kwargs: extra keyword arguments for `AutoBackbone.from_config`; timm's Swin needs
+            `{"img_size": 480}` to accept 480×480 inputs and timm does not store it in its own config.
+        text_config: text encoder (`BertConfig` by default; a `CLIPTextConfig` works too, appendix B).
+
+    Architecture facts from the authors' released code (DESIGN.md):
+        early_fusion: LAVT's pixel-word attention after every backbone stage, tanh-gated residual into
+            the visual stream after stages 1-3. False reads the paper literally (plain backbone).
+        hidden_size / num_attention_heads: width and heads of the enhancer, VEE and decoder (768 / 12).
+        enhancer_rounds: rounds of (words attend to F4, then F4 attends to words).
+        joint_dim: joint embedding space of Eq. 1 (256, L2-normalised).
+        refinement_layers / relation_layers: blocks in VEE step 2 (masked cross-attention) and step 3
+            (self-attention).
+        decoder_mlp_ratio: MLP width of the decoder's cross-attention blocks relative to `hidden_size`.
+        temperature_init / temperature_min / temperature_max: learnable τ of Eq. 4 and its clamp.
+
+    Ablations (paper table in brackets):
+        guidance: guidance set of the decoder [Table 5]: "full" (Q̂_L + Q̂_V), "pure_le" (Q_L),
+            "enhanced_le" (Q̂_L), "ve_only" (Q̂_V), "all_pixels" (Q̂_L + every F4 pixel).
+        use_curation / use_refinement / use_relation: VEE steps 1, 2, 3 [Table 6a].
+        linguistic_cues: tokens that curate pixels: "all", "global" ([CLS] only), "local" (words only) [Table 6b].
+        curation_ratio: r of Eq. 2, share of the F4 pixels curated per cue [Fig. 6].
+        dynamic_mask_normalization: the dynamic mask M inside the softmax of Eq. 5 [Table 8b].
+        contrastive_loss_weight: weight of Eq. 4; 0 turns it off [Table 8a].
+        ignore_articles: articles (`article_token_ids`) are not cues [Table 9].
+        mask_loss: "bce" (paper, one logit) or "weighted_ce" (released code: 2-class CE, weights 0.9/1.1).
+
+    gRefCOCO:
+        no_target_head: a classifier that says "nothing is referred" (paper appendix A, after ReLA), trained
+            with BCE against "the label mask is empty", weighted by `no_target_loss_weight`.
+    """
+
+    model_type = "metris"
+    sub_configs_defaults = {
+        "backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="swin", init_kwargs=SWIN_B_22K_384),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
+    }
+
+    backbone_config: dict | PreTrainedConfig | None = None
+    backbone_kwargs: dict | None = None
+    text_config: dict | PreTrainedConfig | None = None
+
+    early_fusion: bool = True
+    hidden_size: int = 768
+    num_attention_heads: int = 12
+    mlp_ratio: float | int = 4.0
+    decoder_mlp_ratio: float | int = 2.0
+    enhancer_rounds: int = 2
+    joint_dim: int = 256
+    refinement_layers: int = 4
+    relation_layers: int = 4
+    dropout: float | int = 0.0
+    layer_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+
+    guidance: str = "full"
+    use_curation: bool = True
+    use_refinement: bool = True
+    use_relation: bool = True
+    linguistic_cues: str = "all"
+    curation_ratio: float | int = 0.3
+    dynamic_mask_normalization: bool = True
+    ignore_articles: bool = False
+    article_token_ids: list[int] | tuple[int, ...] = (1037, 2019, 1996)  # "a", "an", "the" in bert-base-uncased
+
+    temperature_init: float = 0.1
+    temperature_min: float = 0.001
+    temperature_max: float = 0.5
+    contrastive_loss_weight: float | int = 0.4
+    mask_loss: str = "bce"
+    ce_class_weights: list[float] | tuple[float, ...] = (0.9, 1.1)
+
+    no_target_head: bool = False
+    no_target_loss_weight: float | int = 1.0
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # Checked here as well as in `validate_architecture` so a bad value raises a plain `ValueError`
+        # naming the field (strict's class validators wrap it in their own exception type).
+        self._check_metris_fields()
+
+    def validate_architecture(self):
+        super().validate_architecture()
+        self._check_metris_fields()
+
+    def _check_metris_fields(self) -> None:
+        choices = {"guidance": GUIDANCE_MODES, "linguistic_cues": LINGUISTIC_CUES, "mask_loss": MASK_LOSSES}
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"`{field}` must be one of {allowed}, got {getattr(self, field)!r}")
+        if not 0 < self.curation_ratio <= 1:
+            raise ValueError(f"`curation_ratio` must be in (0, 1], got {self.curation_ratio}")
+        if not 0 < self.temperature_min <= self.temperature_init <= self.temperature_max:
+            raise ValueError(
+                "`temperature_init` must lie in [`temperature_min`, `temperature_max`] with `temperature_min` > 0, "
+                f"got {self.temperature_init} in [{self.temperature_min}, {self.temperature_max}]"
+            )
+        for field in ("contrastive_loss_weight", "no_target_loss_weight", "dropout"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"`{field}` must be >= 0, got {getattr(self, field)}")
+        for field in ("hidden_size", "num_attention_heads", "joint_dim", "mlp_ratio", "decoder_mlp_ratio"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"`{field}` must be > 0, got {getattr(self, field)}")
+        for field in ("enhancer_rounds", "refinement_layers", "relation_layers"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"`{field}` must be >= 0, got {getattr(self, field)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})"
+            )
+        if len(self.ce_class_weights) != 2:
+            raise ValueError(f"`ce_class_weights` must hold 2 weights (background, object), got {self.ce_class_weights}")
+        out = getattr(self.backbone_config, "out_features", None) or getattr(self.backbone_config, "out_indices", None)
+        if out is not None and len(out) != 4:
+            raise ValueError(f"`backbone_config` must return 4 feature maps (strides 4-32), it returns {list(out)}")
+
+
+__all__ = ["MetrisConfig", "GUIDANCE_MODES", "LINGUISTIC_CUES", "MASK_LOSSES"]
