@@ -1,0 +1,309 @@
+"""What METRIS costs, measured in one run: a table on stdout and every figure in a JSON file.
+
+    python scripts/benchmark.py                              # everything, full-size model, 480², L = 20
+    python scripts/benchmark.py --parts inference --dtypes float32 --compile off
+    python scripts/benchmark.py --tiny --json out.json       # seconds; what the tests run
+
+Parts:
+  inference  full METRIS forward, the plain Swin-B backbone alone and the text encoder alone, at each batch
+             size, dtype and torch.compile setting: seconds per batch, GMACs (the counter of
+             scripts/count_macs.py), peak memory, and the efficiency ratio
+             (METRIS seconds per GMAC) / (Swin-B seconds per GMAC).
+  train      forward + backward + AdamW step: samples/s and peak memory (CPU: batch 2 fp32; GPU: batch 16
+             bf16 with and without gradient checkpointing).
+  data       the training transform (JPEG decode, mask decode, resize, tokenise) on a REFER-format copy the
+             script writes (640×480 JPEGs), samples/s with num_workers 0, 1, 2.
+  metrics    memory held by the referring_iou metric after 5,000 samples of 480².
+
+Each model measurement runs in a fresh process, so its peak memory (CPU: the process's max RSS; GPU:
+`torch.cuda.max_memory_allocated`) is its own. Timings are the median of `--repeats` runs after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Models to measure
+# --------------------------------------------------------------------------------------------------------------
+
+
+def metris_config(tiny: bool):
+    from metris_hf import MetrisConfig
+    from metris_hf.testing_utils import tiny_metris_config
+
+    return tiny_metris_config() if tiny else MetrisConfig()
+
+
+def build(kind: str, tiny: bool) -> torch.nn.Module:
+    """`metris`, `backbone` (the plain Swin of the config) or `text` (its text encoder), random weights."""
+    from transformers import AutoBackbone, AutoModel
+
+    from metris_hf import MetrisForReferringSegmentation
+
+    torch.manual_seed(0)
+    config = metris_config(tiny)
+    if kind == "metris":
+        return MetrisForReferringSegmentation(config)
+    if kind == "backbone":
+        return AutoBackbone.from_config(config.backbone_config)
+    if kind == "text":
+        return AutoModel.from_config(config.text_config)
+    raise ValueError(f"unknown model kind {kind!r}")
+
+
+def make_inputs(kind: str, batch: int, image_size: int, length: int, device: str, dtype: torch.dtype) -> dict:
+    pixel_values = torch.randn(batch, 3, image_size, image_size, device=device, dtype=dtype)
+    input_ids = torch.randint(5, 250, (batch, length), device=device)
+    attention_mask = torch.ones(batch, length, dtype=torch.long, device=device)
+    if kind == "backbone":
+        return {"pixel_values": pixel_values}
+    if kind == "text":
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+    return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def gmacs_per_sample(model: torch.nn.Module, inputs: dict) -> float:
+    from count_macs import flop_counter
+
+    one = {k: v[:1] for k, v in inputs.items()}
+    counter = flop_counter()
+    with counter, torch.no_grad():
+        model(**one)
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def timed(fn, repeats: int, device: str) -> float:
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Workers: one fresh process each
+# --------------------------------------------------------------------------------------------------------------
+
+
+def inference_worker(job: dict) -> dict:
+    device, dtype = job["device"], DTYPES[job["dtype"]]
+    model = build(job["kind"], job["tiny"]).to(device=device, dtype=dtype).eval()
+    inputs = make_inputs(job["kind"], max(job["batch_sizes"]), job["image_size"], job["max_length"], device, dtype)
+    gmacs = gmacs_per_sample(model, inputs)
+    runner = torch.compile(model) if job["compile"] else model
+    rows = []
+    for batch in job["batch_sizes"]:
+        batch_inputs = {k: v[:batch] for k, v in inputs.items()}
+        with torch.inference_mode():
+            seconds = timed(lambda: runner(**batch_inputs), job["repeats"], device)  # noqa: B023
+        rows.append({"batch_size": batch, "seconds": seconds, "gmacs": gmacs * batch})
+    return {"rows": rows, "peak_memory_mb": peak_memory_mb(device)}
+
+
+def train_worker(job: dict) -> dict:
+    device, dtype = job["device"], DTYPES[job["dtype"]]
+    model = build("metris", job["tiny"]).to(device).train()
+    if job["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-5)
+    batch = job["batch_size"]
+    inputs = make_inputs("metris", batch, job["image_size"], job["max_length"], device, torch.float32)
+    inputs["labels"] = (torch.rand(batch, job["image_size"], job["image_size"], device=device) > 0.5).long()
+
+    def step():
+        with torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32):
+            loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    seconds = timed(step, job["repeats"], device)
+    return {"seconds_per_step": seconds, "samples_per_second": batch / seconds, "peak_memory_mb": peak_memory_mb(device)}
+
+
+def run_in_fresh_process(worker, job: dict) -> dict:
+    context = mp.get_context("spawn")
+    with context.Pool(1, maxtasksperchild=1) as pool:
+        return pool.apply(worker, (job,))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parts
+# --------------------------------------------------------------------------------------------------------------
+
+
+def bench_inference(args, device: str) -> list[dict]:
+    results = []
+    for dtype in args.dtypes:
+        for compiled in args.compile:
+            per_kind = {}
+            for kind in ("metris", "backbone", "text"):
+                job = {
+                    "kind": kind, "tiny": args.tiny, "device": device, "dtype": dtype, "compile": compiled == "on",
+                    "batch_sizes": args.batch_sizes, "image_size": args.image_size, "max_length": args.max_length,
+                    "repeats": args.repeats,
+                }
+                per_kind[kind] = run_in_fresh_process(inference_worker, job)
+            for index, batch in enumerate(args.batch_sizes):
+                metris, backbone, text = (per_kind[k]["rows"][index] for k in ("metris", "backbone", "text"))
+                ratio = (metris["seconds"] / metris["gmacs"]) / (backbone["seconds"] / backbone["gmacs"])
+                results.append({
+                    "dtype": dtype, "compile": compiled, "batch_size": batch,
+                    "metris_s": metris["seconds"], "metris_gmacs": metris["gmacs"],
+                    "backbone_s": backbone["seconds"], "backbone_gmacs": backbone["gmacs"],
+                    "text_s": text["seconds"], "text_gmacs": text["gmacs"],
+                    "efficiency_ratio": ratio,
+                    "metris_peak_mb": per_kind["metris"]["peak_memory_mb"],
+                    "backbone_peak_mb": per_kind["backbone"]["peak_memory_mb"],
+                })
+    return results
+
+
+def bench_train(args, device: str) -> list[dict]:
+    if device == "cuda":
+        settings = [("bfloat16", 16, False), ("bfloat16", 16, True)]
+    else:
+        settings = [("float32", 2, False)]
+    if args.tiny:
+        settings = [(dtype, 2, ckpt) for dtype, _, ckpt in settings]
+    results = []
+    for dtype, batch, checkpointing in settings:
+        job = {
+            "tiny": args.tiny, "device": device, "dtype": dtype, "batch_size": batch,
+            "gradient_checkpointing": checkpointing, "image_size": args.image_size, "max_length": args.max_length,
+            "repeats": args.repeats,
+        }
+        result = run_in_fresh_process(train_worker, job)
+        results.append({"dtype": dtype, "batch_size": batch, "gradient_checkpointing": checkpointing, **result})
+    return results
+
+
+def bench_data(args) -> list[dict]:
+    from metris_hf.benchmarking import data_pipeline_throughput
+
+    return data_pipeline_throughput(
+        num_images=args.data_images, image_size=args.image_size, max_length=args.max_length, workers=(0, 1, 2)
+    )
+
+
+def bench_metrics(args) -> dict:
+    from metris_hf.benchmarking import metric_state_size
+
+    return metric_state_size(num_samples=args.metric_samples, size=args.image_size if not args.tiny else 64)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}
+
+
+def print_report(report: dict) -> None:
+    m = report["machine"]
+    print(f"\nmachine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}, torch {m['torch']}")
+    print(f"input {report['image_size']}², L = {report['max_length']}, {'tiny' if report['tiny'] else 'full-size'} model")
+    if "inference" in report:
+        print("\ninference (seconds per batch; GMACs per batch)")
+        header = f"{'dtype':<9}{'compile':<8}{'batch':>6}{'METRIS s':>10}{'GMACs':>9}{'Swin s':>9}{'GMACs':>9}{'text s':>9}{'GMACs':>8}{'ratio':>7}{'peak MB':>9}"
+        print(header)
+        for r in report["inference"]:
+            print(
+                f"{r['dtype']:<9}{r['compile']:<8}{r['batch_size']:>6}{r['metris_s']:>10.3f}{r['metris_gmacs']:>9.1f}"
+                f"{r['backbone_s']:>9.3f}{r['backbone_gmacs']:>9.1f}{r['text_s']:>9.4f}{r['text_gmacs']:>8.2f}"
+                f"{r['efficiency_ratio']:>7.2f}{r['metris_peak_mb']:>9.0f}"
+            )
+    if "train" in report:
+        print("\ntraining step (forward + backward + AdamW)")
+        for r in report["train"]:
+            print(
+                f"  {r['dtype']:<9} batch {r['batch_size']:>2}  checkpointing {'on ' if r['gradient_checkpointing'] else 'off'}"
+                f"  {r['samples_per_second']:.2f} samples/s  {r['seconds_per_step']:.2f} s/step  peak {r['peak_memory_mb']:.0f} MB"
+            )
+    if "data" in report:
+        print("\ndata pipeline (training transform)")
+        for r in report["data"]:
+            print(f"  num_workers {r['num_workers']}: {r['samples_per_second']:.1f} samples/s")
+    if "metrics" in report:
+        r = report["metrics"]
+        print(f"\nmetrics: {r['bytes'] / 2**20:.3f} MB held after {r['num_samples']} samples of {r['size']}²")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", nargs="+", default=["inference", "train", "data", "metrics"],
+                        choices=["inference", "train", "data", "metrics"])
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--image_size", type=int, default=480)
+    parser.add_argument("--max_length", type=int, default=20)
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES))
+    parser.add_argument("--compile", nargs="+", default=["off", "on"], choices=["off", "on"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data_images", type=int, default=64)
+    parser.add_argument("--metric_samples", type=int, default=5000)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true", help="tiny model and sizes: checks the script, not the model")
+    parser.add_argument("--json", default="benchmark.json")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.image_size = min(args.image_size, 64)
+
+    report: dict = {"machine": machine(), "image_size": args.image_size, "max_length": args.max_length, "tiny": args.tiny}
+    if "inference" in args.parts:
+        report["inference"] = bench_inference(args, args.device)
+    if "train" in args.parts:
+        report["train"] = bench_train(args, args.device)
+    if "data" in args.parts:
+        report["data"] = bench_data(args)
+    if "metrics" in args.parts:
+        report["metrics"] = bench_metrics(args)
+    print_report(report)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
