@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
@@ -151,4 +153,26 @@ class MetrisConfig(PreTrainedConfig):
             raise ValueError(f"`backbone_config` must return 4 feature maps (strides 4-32), it returns {list(out)}")
 
 
-__all__ = ["MetrisConfig", "GUIDANCE_MODES", "LINGUISTIC_CUES", "MASK_LOSSES"]
+def parse_config_overrides(text: str | None) -> dict:
+    """`"a=1,b=x"` → `{"a": 1, "b": "x"}` for command lines; values are read as JSON where they parse.
+
+    A name that is not a `MetrisConfig` field raises `ValueError` naming it, before any model is built.
+    """
+    if not text:
+        return {}
+    known = set(MetrisConfig.__dataclass_fields__)
+    overrides: dict = {}
+    for item in text.split(","):
+        if "=" not in item:
+            raise ValueError(f"config override {item!r} is not of the form field=value")
+        key, value = (part.strip() for part in item.split("=", 1))
+        if key not in known:
+            raise ValueError(f"config override: MetrisConfig has no field {key!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = {"True": True, "False": False}.get(value, value)
+    return overrides
+
+
+__all__ = ["MetrisConfig", "parse_config_overrides", "GUIDANCE_MODES", "LINGUISTIC_CUES", "MASK_LOSSES"]
