@@ -1,0 +1,301 @@
+"""`referring_iou`: oIoU, mIoU and P@t for referring image segmentation, as an `evaluate` metric.
+
+The protocol is LAVT's (reused by METRIS): one sample per sentence, each a pair of binary masks.
+
+- **oIoU** = Σ intersections / Σ unions over all samples (large objects weigh more).
+- **mIoU** = the mean of the per-sample IoUs.
+- **P@t** = the share of samples whose IoU is **≥ t** (LAVT's `seg_correct += (iou >= t)`; METRIS reports
+  LAVT's numbers next to its own, so the comparison must be the same). CGFormer/CRIS count IoU > t instead.
+- A sample whose prediction and reference are both empty has an empty union: its IoU is **0** (DESIGN.md
+  "Evaluation protocol": "IoU 0 when the union is empty", which is also LAVT's guard). If every union is
+  empty, oIoU is 0 for the same reason, so every value stays a float in [0, 1].
+
+Memory: masks are reduced to four integers per sample (intersection, union, prediction area, reference
+area) as soon as they are added, so the Arrow cache that `evaluate` writes (and gathers across processes
+in distributed evaluation) holds 32 bytes per sample whatever the mask size. Users still pass masks:
+`add`, `add_batch` and `compute` are overridden to do the reduction before `evaluate` stores anything.
+
+This file is self-contained on purpose: `evaluate.load(path)` copies a metric script into its own module
+cache, so it cannot import helpers from elsewhere in `metris_hf` (the same helpers live in
+`grefcoco_iou.py`; the tests check that both agree).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import numpy as np
+
+import evaluate
+
+_CITATION = """\
+@misc{metris,
+  title  = {METRIS: Multi-Expressions for Transformer-based Referring Image Segmentation},
+  author = {Anonymous},
+  note   = {ICLR-style submission under double-blind review},
+}
+@inproceedings{yang2022lavt,
+  title     = {LAVT: Language-Aware Vision Transformer for Referring Image Segmentation},
+  author    = {Yang, Zhao and Wang, Jiaqi and Tang, Yansong and Chen, Kai and Zhao, Hengshuang and Torr, Philip H. S.},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2022}
+}
+"""
+
+_DESCRIPTION = """\
+Overall IoU (oIoU = sum of intersections / sum of unions), mean IoU (mIoU) and precision at IoU thresholds
+(P@t = share of samples with IoU >= t) for referring image segmentation, following LAVT's evaluation code
+(also used by METRIS). Each sample is one (predicted mask, reference mask) pair of binary H x W masks; a
+sample whose union is empty has IoU 0. Masks are reduced to per-sample counts when added, so the memory
+held does not grow with the mask size.
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions (`list` of H x W masks, or an N x H x W array/tensor): predicted binary masks, numpy arrays
+        or torch tensors (any device) of bool or of 0/1 values. Probability maps are accepted when
+        `threshold` is given.
+    references (`list` of H x W masks, or an N x H x W array/tensor): ground-truth binary masks, always bool
+        or 0/1 (never thresholded). Each must have the shape of its prediction; shapes may differ between
+        samples.
+    threshold (`float`, *optional*): when set, a non-boolean prediction pixel is foreground if its value is
+        > threshold (e.g. 0.5 on sigmoid probabilities). Can be given to `evaluate.load(..., threshold=...)`
+        or per call to `add`, `add_batch` and `compute`. Default None: predictions must be binary.
+    iou_thresholds (`sequence` of `float`, *optional*, `compute` only): the t of P@t, default (0.5, 0.7, 0.9).
+Returns:
+    oIoU (`float`): sum of intersections / sum of unions, in [0, 1].
+    mIoU (`float`): mean per-sample IoU (0 for an empty union), in [0, 1].
+    P@t (`float`): share of samples with IoU >= t, one key per threshold ("P@0.5", "P@0.7", "P@0.9").
+Examples:
+    >>> import numpy as np, evaluate
+    >>> metric = evaluate.load("src/metris_hf/metrics/referring_iou/referring_iou.py")
+    >>> pred = np.zeros((4, 4), dtype=bool); pred[:2] = True      # 8 pixels
+    >>> ref = np.zeros((4, 4), dtype=bool); ref[:, :2] = True     # 8 pixels, 4 shared
+    >>> metric.compute(predictions=[pred, ref], references=[ref, ref])
+    {'oIoU': 0.6, 'mIoU': 0.6666666666666666, 'P@0.5': 0.5, 'P@0.7': 0.5, 'P@0.9': 0.5}
+"""
+
+_COUNT_COLUMNS = ("intersection", "union", "prediction_area", "reference_area")
+_DEFAULT_IOU_THRESHOLDS = (0.5, 0.7, 0.9)
+
+
+# --- masks -> counts (identical in grefcoco_iou.py: each evaluate script must stand alone) -------------------
+
+
+def _is_tensor(x: Any) -> bool:
+    """A torch tensor, recognised without importing torch (the metric works without it)."""
+    return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach")
+
+
+def _check_threshold(threshold: Any) -> float | None:
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
+        raise ValueError(f"threshold must be a number or None, got {threshold!r}")
+    return float(threshold)
+
+
+def _as_mask_list(masks: Any, name: str) -> list:
+    """A list of per-sample masks from a list/tuple of masks or one N x H x W array or tensor."""
+    if masks is None:
+        raise ValueError(f"{name} is missing: pass both predictions and references")
+    if isinstance(masks, np.ndarray) or _is_tensor(masks):
+        if masks.ndim == 2:
+            raise ValueError(
+                f"{name} is a single 2-D mask of shape {tuple(masks.shape)}: pass a list of H x W masks "
+                "(or use add(prediction=..., reference=...) for one sample)"
+            )
+        if masks.ndim != 3:
+            raise ValueError(
+                f"{name} must be a list of H x W masks or an N x H x W array, got shape {tuple(masks.shape)}"
+            )
+        return list(masks)
+    if isinstance(masks, (str, bytes)) or not isinstance(masks, Sequence):
+        raise ValueError(
+            f"{name} must be a list of H x W masks or an N x H x W array, got {type(masks).__name__}"
+        )
+    return list(masks)
+
+
+def _binarize(mask: Any, kind: str, index: int, threshold: float | None):
+    """A boolean H x W mask (numpy, or torch on the mask's device); raises on anything that is not one."""
+    if _is_tensor(mask):
+        if mask.ndim != 2:
+            raise ValueError(
+                f"{kind} of sample {index} must be a 2-D (H x W) mask, got shape {tuple(mask.shape)}"
+            )
+        if str(mask.dtype) == "torch.bool":
+            return mask
+        if mask.is_complex():
+            raise ValueError(f"{kind} of sample {index} has complex dtype {mask.dtype}")
+        if threshold is not None:
+            return mask > threshold
+        bad = (mask != 0) & (mask != 1)
+        if bool(bad.any()):
+            example = mask[bad].flatten()[0].item()
+            raise ValueError(
+                f"{kind} of sample {index} is not binary (found value {example!r}); masks must hold only 0/1/True/False"
+                + (", or pass threshold=... for probability maps" if kind == "prediction" else "")
+            )
+        return mask != 0
+    array = np.asarray(mask)
+    if array.ndim != 2:
+        raise ValueError(f"{kind} of sample {index} must be a 2-D (H x W) mask, got shape {array.shape}")
+    if array.dtype == bool:
+        return array
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f"{kind} of sample {index} has dtype {array.dtype}; expected bool, integer or float")
+    if threshold is not None:
+        return array > threshold
+    bad = (array != 0) & (array != 1)
+    if bad.any():
+        example = array[bad].flat[0].item()
+        raise ValueError(
+            f"{kind} of sample {index} is not binary (found value {example!r}); masks must hold only 0/1/True/False"
+            + (", or pass threshold=... for probability maps" if kind == "prediction" else "")
+        )
+    return array != 0
+
+
+def _pair_counts(
+    prediction: Any, reference: Any, index: int, threshold: float | None
+) -> tuple[int, int, int, int]:
+    """(intersection, union, prediction area, reference area) of one sample: all the metric ever keeps."""
+    pred = _binarize(prediction, "prediction", index, threshold)
+    ref = _binarize(reference, "reference", index, None)  # ground truth is never thresholded
+    if tuple(pred.shape) != tuple(ref.shape):
+        raise ValueError(
+            f"sample {index}: prediction shape {tuple(pred.shape)} differs from reference shape {tuple(ref.shape)}"
+        )
+    if _is_tensor(pred) and _is_tensor(ref):
+        ref = ref.to(pred.device)
+        inter, pred_area, ref_area = int((pred & ref).sum()), int(pred.sum()), int(ref.sum())
+    else:
+        pred = pred.detach().cpu().numpy() if _is_tensor(pred) else pred
+        ref = ref.detach().cpu().numpy() if _is_tensor(ref) else ref
+        inter = int(np.count_nonzero(pred & ref))
+        pred_area, ref_area = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
+    return inter, pred_area + ref_area - inter, pred_area, ref_area
+
+
+def _batch_counts(predictions: Any, references: Any, threshold: float | None) -> dict[str, list[int]]:
+    """Validates a whole batch before anything is stored, so a bad batch leaves the metric unchanged."""
+    preds, refs = _as_mask_list(predictions, "predictions"), _as_mask_list(references, "references")
+    if len(preds) != len(refs):
+        raise ValueError(f"got {len(preds)} predictions and {len(refs)} references: one of each per sample")
+    rows = [_pair_counts(p, r, i, threshold) for i, (p, r) in enumerate(zip(preds, refs))]
+    return {name: [row[k] for row in rows] for k, name in enumerate(_COUNT_COLUMNS)}
+
+
+# --- the metric ------------------------------------------------------------------------------------------------
+
+
+def _threshold_key(threshold: float) -> str:
+    return f"P@{threshold:g}"
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class ReferringIou(evaluate.Metric):
+    """oIoU / mIoU / P@t of LAVT's protocol; see the module docstring for the conventions and why."""
+
+    _compute_kwargs = ("iou_thresholds",)
+
+    def __init__(self, *args: Any, threshold: float | None = None, **kwargs: Any) -> None:
+        self.threshold = _check_threshold(threshold)
+        super().__init__(*args, **kwargs)
+
+    def _threshold(self, threshold: Any) -> float | None:
+        return self.threshold if threshold is None else _check_threshold(threshold)
+
+    def add_batch(
+        self,
+        *,
+        predictions: Any = None,
+        references: Any = None,
+        threshold: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Adds a batch of (prediction, reference) masks, stored as per-sample counts only."""
+        if kwargs:
+            raise ValueError(
+                f"unexpected inputs {sorted(kwargs)}: add_batch takes predictions, references, threshold"
+            )
+        counts = _batch_counts(predictions, references, self._threshold(threshold))
+        super().add_batch(**counts)
+
+    def add(
+        self, *, prediction: Any = None, reference: Any = None, threshold: float | None = None, **kwargs: Any
+    ) -> None:
+        """Adds one (prediction, reference) pair of masks, stored as its counts only."""
+        if kwargs:
+            raise ValueError(
+                f"unexpected inputs {sorted(kwargs)}: add takes prediction, reference, threshold"
+            )
+        if prediction is None or reference is None:
+            raise ValueError("add needs both prediction and reference")
+        row = _pair_counts(prediction, reference, 0, self._threshold(threshold))
+        super().add(**dict(zip(_COUNT_COLUMNS, row)))
+
+    def compute(
+        self,
+        *,
+        predictions: Any = None,
+        references: Any = None,
+        threshold: float | None = None,
+        **kwargs: Any,
+    ) -> dict[str, float] | None:
+        """Adds the given masks (if any), gathers every process's counts, returns the figures on process 0."""
+        unknown = sorted(set(kwargs) - set(self._compute_kwargs))
+        if unknown:
+            raise ValueError(
+                f"unexpected arguments {unknown}; compute takes predictions, references, threshold"
+                + "".join(f", {k}" for k in self._compute_kwargs)
+            )
+        if predictions is not None or references is not None:
+            self.add_batch(predictions=predictions, references=references, threshold=threshold)
+        if self.writer is None:
+            # an empty shard must still write its (empty) cache file, or process 0 waits for it in vain
+            super().add_batch(**{name: [] for name in _COUNT_COLUMNS})
+        return super().compute(**kwargs)
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            module_type="metric",
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({name: datasets.Value("int64") for name in _COUNT_COLUMNS}),
+            format="numpy",
+            codebase_urls=["https://github.com/yz93/LAVT-RIS"],
+            reference_urls=["https://arxiv.org/abs/2112.02244"],
+        )
+
+    def _compute(
+        self,
+        intersection: np.ndarray,
+        union: np.ndarray,
+        prediction_area: np.ndarray,
+        reference_area: np.ndarray,
+        iou_thresholds: Sequence[float] = _DEFAULT_IOU_THRESHOLDS,
+    ) -> dict[str, float]:
+        thresholds = [float(t) for t in iou_thresholds]
+        if not thresholds or any(not 0.0 <= t <= 1.0 for t in thresholds):
+            raise ValueError(
+                f"iou_thresholds must be a non-empty list of numbers in [0, 1], got {iou_thresholds!r}"
+            )
+        inter = np.asarray(intersection, dtype=np.int64)
+        uni = np.asarray(union, dtype=np.int64)
+        if inter.size == 0:
+            raise ValueError("no samples to evaluate: add predictions and references first")
+        iou = np.divide(inter, uni, out=np.zeros(inter.shape, dtype=np.float64), where=uni > 0)
+        total_union = int(uni.sum())
+        result = {
+            "oIoU": int(inter.sum()) / total_union if total_union > 0 else 0.0,
+            "mIoU": float(iou.mean()),
+        }
+        for t in thresholds:
+            result[_threshold_key(t)] = float(np.mean(iou >= t))
+        return result
