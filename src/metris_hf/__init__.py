@@ -1,28 +1,63 @@
 """METRIS for Hugging Face transformers.
 
-Importing the package registers `MetrisConfig` with `AutoConfig` and `MetrisForReferringSegmentation` with
-`AutoModel`, and marks both for `register_for_auto_class` so that `save_pretrained` writes an `auto_map`
-and copies the code: a Hub copy then also loads with `trust_remote_code=True` in a process without this
-package.
+Importing the package registers METRIS with the Auto classes (`AutoConfig`, `AutoModel`, `AutoImageProcessor`,
+`AutoProcessor`) and the `referring-image-segmentation` pipeline, and marks each class for
+`register_for_auto_class` so that `save_pretrained` writes an `auto_map` and copies the code: a Hub copy then also
+loads with `trust_remote_code=True` in a process without this package.
 """
 
-from transformers import AutoConfig, AutoModel
+from pathlib import Path
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
 
 from .configuration_metris import MetrisConfig
+from .image_processing_metris import MetrisImageProcessor, MetrisImageProcessorPil
 from .modeling_metris import (
     MetrisForReferringSegmentation,
     MetrisPreTrainedModel,
     MetrisReferringSegmentationOutput,
 )
+from .pipeline_metris import ReferringImageSegmentationPipeline, register_pipeline
+from .processing_metris import MetrisProcessor
 
 AutoConfig.register(MetrisConfig.model_type, MetrisConfig, exist_ok=True)
 AutoModel.register(MetrisConfig, MetrisForReferringSegmentation, exist_ok=True)
+AutoImageProcessor.register(
+    MetrisConfig,
+    image_processor_classes={"torchvision": MetrisImageProcessor, "pil": MetrisImageProcessorPil},
+    exist_ok=True,
+)
+AutoProcessor.register(MetrisConfig, MetrisProcessor, exist_ok=True)
 MetrisConfig.register_for_auto_class()
 MetrisForReferringSegmentation.register_for_auto_class("AutoModel")
+MetrisImageProcessor.register_for_auto_class("AutoImageProcessor")
+MetrisImageProcessorPil.register_for_auto_class("AutoImageProcessor")
+MetrisProcessor.register_for_auto_class("AutoProcessor")
+register_pipeline()
+
+EMBEDDED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "metris-tiny-synthetic"
+
+
+def embedded_checkpoint() -> Path:
+    """The small checkpoint shipped inside the package (trained on the synthetic set): `make demo` runs on it."""
+    if not (EMBEDDED_CHECKPOINT / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no embedded checkpoint at {EMBEDDED_CHECKPOINT}: this install lacks package data "
+            "(reinstall metris-hf, or pass a checkpoint folder explicitly)"
+        )
+    return EMBEDDED_CHECKPOINT
+
 
 __all__ = [
+    "EMBEDDED_CHECKPOINT",
     "MetrisConfig",
     "MetrisForReferringSegmentation",
+    "MetrisImageProcessor",
+    "MetrisImageProcessorPil",
     "MetrisPreTrainedModel",
+    "MetrisProcessor",
     "MetrisReferringSegmentationOutput",
+    "ReferringImageSegmentationPipeline",
+    "embedded_checkpoint",
+    "register_pipeline",
 ]
