@@ -14,6 +14,7 @@ import tracemalloc
 import uuid
 from pathlib import Path
 
+import evaluate
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import evaluate
 from metris_hf import metrics
 
 REFERRING_KEYS = ("oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9")

@@ -32,9 +32,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import datasets
-import numpy as np
-
 import evaluate
+import numpy as np
 
 _CITATION = """\
 @misc{metris,
