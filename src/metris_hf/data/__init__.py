@@ -1,0 +1,109 @@
+"""Referring segmentation data as `datasets.DatasetDict`s in one schema (see `schema.py` for the columns).
+
+- `load_refer`: RefCOCO, RefCOCO+, RefCOCOg (umd, google), gRefCOCO from the standard REFER layout;
+- `load_refer_parquet`: the same from the Hub's Parquet copies (jxu124 layout) plus a COCO train2014 folder;
+- `make_synthetic`: scenes of shapes with expressions that are unambiguous by construction;
+- `load_dataset_by_name`: what the scripts call, by dataset name;
+- `sentence_rows`: one row per (object, sentence), the evaluation protocol's samples;
+- `RefTrainTransform`: one sentence per object per epoch, processed for the model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from datasets import DatasetDict
+
+from .parquet import load_refer_parquet
+from .refer import (
+    REFER_DATASETS,
+    SPLIT_BYS,
+    RestrictedUnpickler,
+    UnsafePickleError,
+    check_dataset,
+    check_split_by,
+    default_image_root,
+    load_refer,
+    restricted_pickle_load,
+)
+from .schema import FEATURES, SENTENCE_FEATURES, sentence_rows
+from .synthetic import (
+    build_synthetic_tokenizer,
+    iter_synthetic,
+    load_synthetic,
+    make_synthetic,
+    matching_objects,
+    synthetic_vocabulary,
+)
+from .transforms import RefTrainTransform
+
+DATASET_NAMES = ("refcoco", "refcoco+", "refcocog", "grefcoco", "synthetic")
+
+
+def _parquet_folder(data_root: Path, name: str) -> Path | None:
+    folder = data_root / name
+    return folder if folder.is_dir() and any(folder.rglob("*.parquet")) else None
+
+
+def load_dataset_by_name(
+    name: str,
+    *,
+    data_root: str | os.PathLike | None = None,
+    split_by: str | None = None,
+    image_root: str | os.PathLike | None = None,
+    synthetic_size: Sequence[int] = (2000, 200, 200),
+    synthetic_seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    num_proc: int | None = None,
+    skip_missing_images: bool = False,
+) -> DatasetDict:
+    """A dataset by the name the scripts take (`DATASET_NAMES`).
+
+    - `synthetic`: `make_synthetic(*synthetic_size, seed=synthetic_seed)` at 128², built once and cached under
+      `<cache_dir>/synthetic/` (default `$HF_DATASETS_CACHE/metris_hf/synthetic/`).
+    - the REFER datasets: `load_refer(data_root, name, split_by, image_root)` when
+      `<data_root>/<name>/` holds the REFER files; otherwise, if that folder holds `*.parquet` files (the
+      jxu124 layout), `load_refer_parquet` on them with `image_root` (default: the REFER image folder). The
+      REFER files win when both are there: they are the reference the peers' numbers come from.
+    """
+    if name not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}")
+    if name == "synthetic":
+        return load_synthetic(synthetic_size, synthetic_seed, cache_dir=cache_dir)
+    if data_root is None:
+        raise ValueError(f"dataset {name!r} needs data_root (the folder with {name}/ in the REFER layout)")
+    check_split_by(name, split_by)  # fail on a bad split_by before looking at files
+    root = Path(data_root)
+    options = {"cache_dir": cache_dir, "num_proc": num_proc, "skip_missing_images": skip_missing_images}
+    refer_name = f"grefs({split_by or SPLIT_BYS[name][0]}).json" if name == "grefcoco" else None
+    refs_present = (root / name / refer_name).is_file() if refer_name else any((root / name).glob("refs(*).p"))
+    parquet = _parquet_folder(root, name)
+    if parquet is not None and not refs_present:
+        return load_refer_parquet(parquet, image_root or default_image_root(root), **options)
+    return load_refer(root, name, split_by, image_root, **options)
+
+
+__all__ = [
+    "DATASET_NAMES",
+    "FEATURES",
+    "REFER_DATASETS",
+    "SENTENCE_FEATURES",
+    "SPLIT_BYS",
+    "RefTrainTransform",
+    "RestrictedUnpickler",
+    "UnsafePickleError",
+    "build_synthetic_tokenizer",
+    "check_dataset",
+    "iter_synthetic",
+    "load_dataset_by_name",
+    "load_refer",
+    "load_refer_parquet",
+    "load_synthetic",
+    "make_synthetic",
+    "matching_objects",
+    "restricted_pickle_load",
+    "sentence_rows",
+    "synthetic_vocabulary",
+]

@@ -1,0 +1,226 @@
+"""RefCOCO-family copies in Parquet (the `jxu124/refcoco`, `jxu124/refcocoplus`, `jxu124/refcocog` layout).
+
+One row per ref with the columns `ref_id, image_id, ann_id, split, sentences[{raw, sent, sent_id, tokens}],
+category_id, bbox, raw_anns` (JSON: the COCO annotation, polygons included), `raw_image_info` (JSON: the COCO
+image entry), `image_path`; the files' splits are train / validation / test / testB. They carry annotations
+only, so the pixels come from a local COCO `train2014` folder (`image_root`). The result has the same schema and
+the same split names as `load_refer`: validation → val, and test → testA where a testB sits beside it
+(RefCOCO, RefCOCO+), test otherwise (RefCOCOg umd); a `split` column holding one REFER split name wins over both.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import DatasetDict
+
+from .refer import COCO_FILE_PATTERN, check_images
+from .schema import (
+    BUILD_VERSION,
+    FEATURES,
+    SPLIT_ORDER,
+    cached_build,
+    clean_sentences,
+    default_cache_root,
+    file_signature,
+    fingerprint,
+    mask_to_png,
+    sort_splits,
+    union_bbox,
+    union_mask,
+)
+
+logger = logging.getLogger(__name__)
+
+_SPLIT_IN_NAME = re.compile(r"^(train|validation|valid|val|testA|testB|test)(?=$|[-_.])")
+
+
+def _split_of_file(path: Path) -> str:
+    """`data/testB-00000-of-00001-xxxx.parquet` → testB; `<config>/validation/0000.parquet` → validation."""
+    for name in (path.name, path.parent.name):
+        match = _SPLIT_IN_NAME.match(name)
+        if match:
+            return match.group(1)
+    raise ValueError(f"cannot tell the split of {path}: name files <split>-*.parquet or put them in <split>/ folders")
+
+
+def parquet_data_files(source: str | os.PathLike | dict) -> dict[str, list[str]] | None:
+    """`source` → {parquet split: [files]} for local files, or None when `source` must be a Hub id."""
+    if isinstance(source, dict):
+        return {split: [str(f) for f in ([files] if isinstance(files, (str, os.PathLike)) else files)]
+                for split, files in source.items()}
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(path.rglob("*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"no *.parquet files under {path}")
+    elif path.is_file():
+        files = [path]
+    elif any(ch in str(source) for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(str(source), recursive=True))
+        if not files:
+            raise FileNotFoundError(f"no files match {source}")
+    elif str(source).count("/") == 1 and not str(source).startswith((".", "/")):
+        return None  # owner/name: a Hub dataset
+    else:
+        raise FileNotFoundError(f"parquet source not found: {source} (a folder, file, glob, {{split: files}} or Hub id)")
+    grouped: dict[str, list[str]] = {}
+    for file in files:
+        grouped.setdefault(_split_of_file(file), []).append(str(file))
+    return grouped
+
+
+def _refer_split_name(parquet_split: str, all_splits: list[str], split_column: list[str]) -> str:
+    values = set(split_column)
+    if len(values) == 1 and next(iter(values)) in SPLIT_ORDER:
+        return next(iter(values))
+    if parquet_split in ("validation", "valid", "val"):
+        return "val"
+    if parquet_split == "test":
+        return "testA" if "testB" in all_splits else "test"
+    return parquet_split
+
+
+def _load_json(text: Any) -> Any:
+    if text is None or text == "":
+        return None
+    return json.loads(text) if isinstance(text, str) else text
+
+
+def _image_path(row: dict, image_root: Path) -> str:
+    """The local file for a row: `image_root/image_path`, else `image_root/<its file name>`, else the COCO pattern."""
+    candidates = []
+    if row.get("image_path"):
+        relative = Path(row["image_path"])
+        candidates += [image_root / relative, image_root / relative.name]
+    info = _load_json(row.get("raw_image_info")) or {}
+    if info.get("file_name"):
+        candidates.append(image_root / Path(info["file_name"]).name)
+    candidates.append(image_root / (COCO_FILE_PATTERN % int(row["image_id"])))
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    # none exists: name the file the row asked for, so the "missing image" error points at it
+    return str(candidates[1] if row.get("image_path") else candidates[-1])
+
+
+def _convert(row: dict, image_path: str) -> dict:
+    anns = _load_json(row.get("raw_anns"))
+    anns = [] if anns is None else ([anns] if isinstance(anns, dict) else list(anns))
+    info = _load_json(row.get("raw_image_info")) or {}
+    height, width = info.get("height"), info.get("width")
+    if not height or not width:  # read the header only
+        import PIL.Image
+
+        with PIL.Image.open(image_path) as image:
+            width, height = image.size
+    mask = union_mask(anns, int(height), int(width))
+    ann_ids = [int(row["ann_id"])] if row.get("ann_id") is not None else [int(a["id"]) for a in anns]
+    bbox = row.get("bbox") or union_bbox(a["bbox"] for a in anns)
+    return {
+        "image": {"path": image_path, "bytes": None},
+        "mask": {"path": None, "bytes": mask_to_png(mask)},
+        "sentences": clean_sentences(row["sentences"]),
+        "ref_id": int(row["ref_id"]),
+        "image_id": int(row["image_id"]),
+        "ann_ids": ann_ids if anns else [],
+        "category_id": int(row["category_id"]) if anns and row.get("category_id") is not None else -1,
+        "bbox": [float(v) for v in bbox] if anns else [0.0, 0.0, 0.0, 0.0],
+        "no_target": not anns,
+    }
+
+
+def _convert_batch(batch: dict[str, list]) -> dict[str, list]:
+    out: dict[str, list] = {name: [] for name in FEATURES}
+    names = list(batch)
+    for i in range(len(batch[names[0]])):
+        converted = _convert({name: batch[name][i] for name in names}, batch["_image_path"][i])
+        if not converted["sentences"]:
+            continue
+        for name, value in converted.items():
+            out[name].append(value)
+    return out
+
+
+def load_refer_parquet(
+    data_files_or_hub_id: str | os.PathLike | dict,
+    image_root: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    num_proc: int | None = None,
+    skip_missing_images: bool = False,
+    verify_images: bool = False,
+) -> DatasetDict:
+    """RefCOCO-family Parquet files (jxu124 layout) + a COCO train2014 folder → the `load_refer` schema and splits.
+
+    Args:
+        data_files_or_hub_id: a folder of parquet files (split from each file's name, `testB-00000-….parquet`,
+            or its folder), one file or glob, a `{split: files}` dict, or a Hub id such as `jxu124/refcoco`
+            (downloaded by `datasets.load_dataset`, so only where the network is reachable).
+        image_root: the COCO train2014 folder holding `COCO_train2014_%012d.jpg`.
+        cache_dir, num_proc, skip_missing_images, verify_images: as for `load_refer`; the build is cached under
+            `<cache_dir>/parquet/<hash of the files' paths, sizes and mtimes>`.
+    """
+    data_files = parquet_data_files(data_files_or_hub_id)
+    root = Path(image_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root} (pass image_root=<COCO train2014 folder>)")
+    if data_files is not None:
+        sources: Any = {split: [file_signature(f) for f in files] for split, files in data_files.items()}
+        label = str(data_files_or_hub_id) if not isinstance(data_files_or_hub_id, dict) else "parquet files"
+    else:
+        sources, label = str(data_files_or_hub_id), str(data_files_or_hub_id)
+    key = fingerprint(
+        {
+            "version": BUILD_VERSION,
+            "parquet": sources,
+            "image_root": file_signature(root),
+            "skip_missing_images": skip_missing_images,
+            "verify_images": verify_images,
+        }
+    )
+    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+
+    def build(work_dir: Path) -> tuple[DatasetDict, dict]:
+        if data_files is not None:
+            raw = datasets.load_dataset("parquet", data_files=data_files, cache_dir=str(work_dir))
+        else:
+            raw = datasets.load_dataset(str(data_files_or_hub_id), cache_dir=str(work_dir))
+        built, report = {}, {"skipped_missing_images": 0, "skipped_unreadable_images": 0, "skipped_refs": 0}
+        all_splits = list(raw)
+        paths_per_split = {}
+        for split, table in raw.items():
+            columns = [c for c in ("image_path", "raw_image_info", "image_id") if c in table.column_names]
+            rows = table.select_columns(columns).to_list()
+            paths_per_split[split] = [_image_path(row, root) for row in rows]
+        every_path = [p for paths in paths_per_split.values() for p in paths]
+        bad, found = check_images(
+            every_path, skip_missing=skip_missing_images, verify=verify_images, num_proc=num_proc, source=label
+        )
+        report.update(found)
+        for split, table in raw.items():
+            paths = paths_per_split[split]
+            keep = [i for i, path in enumerate(paths) if path not in bad]
+            report["skipped_refs"] += len(paths) - len(keep)
+            table = table.add_column("_image_path", paths)
+            if len(keep) < len(paths):
+                table = table.select(keep)
+            name = _refer_split_name(split, all_splits, table.unique("split") if "split" in table.column_names else [])
+            built[name] = table.map(
+                _convert_batch,
+                batched=True,
+                remove_columns=table.column_names,
+                features=FEATURES,
+                num_proc=num_proc if num_proc and num_proc > 1 else None,
+                desc=f"{name}: masks",
+            )
+        return DatasetDict({name: built[name] for name in sort_splits(built)}), report
+
+    return cached_build(cache_root / "parquet" / key, build, label)
