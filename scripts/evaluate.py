@@ -1,0 +1,122 @@
+"""Evaluate a METRIS checkpoint with the paper's protocol and print the table of Tables 1 and 5.
+
+    python scripts/evaluate.py --model_name_or_path runs/refcoco --dataset refcoco --data_root data \\
+        --splits val testA testB
+    accelerate launch scripts/evaluate.py ...        # same numbers, split over the processes
+
+One row per split: P@0.5, P@0.7, P@0.9, mIoU, oIoU (gRefCOCO: cIoU, gIoU, N-acc, T-acc), in percent.
+Every sentence of every object is a sample; predictions at the model's input size (480²) against the
+nearest-resized ground truth, or at the image's own size with `--eval_resolution original` (named in the
+output). The table is also written as JSON and Markdown to `--output_dir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+# scripts/evaluate.py bears the `evaluate` library's name: search scripts/ last so `import evaluate` finds the library.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path.append(sys.path.pop(0))
+
+import torch
+from accelerate import Accelerator
+from transformers import AutoModel, AutoProcessor
+
+import metris_hf  # noqa: F401  (registers the Auto classes)
+from metris_hf.data import DATASET_NAMES, load_dataset_by_name, sentence_rows
+from metris_hf.evaluation import RESOLUTIONS, evaluate_referring
+
+REFERRING_COLUMNS = ("P@0.5", "P@0.7", "P@0.9", "mIoU", "oIoU")
+GREFCOCO_COLUMNS = ("cIoU", "gIoU", "N-acc", "T-acc")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_name_or_path", required=True)
+    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    parser.add_argument("--data_root", default=None)
+    parser.add_argument("--split_by", default=None)
+    parser.add_argument("--image_root", default=None)
+    parser.add_argument("--splits", nargs="+", default=None, help="default: every split but train")
+    parser.add_argument("--synthetic_size", type=int, nargs=3, default=[2000, 200, 200])
+    parser.add_argument("--synthetic_seed", type=int, default=0)
+    parser.add_argument("--eval_resolution", default="model", choices=RESOLUTIONS)
+    parser.add_argument("--per_device_eval_batch_size", type=int, default=16)
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    parser.add_argument("--max_eval_samples", type=int, default=None)
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--output_dir", default=None, help="where results.json / results.md go (default: the model folder)")
+    parser.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+    args = parser.parse_args(argv)
+    if args.dataset != "synthetic" and (args.data_root is None or not Path(args.data_root).is_dir()):
+        parser.error(f"--data_root must be an existing folder for --dataset {args.dataset}")
+    if not Path(args.model_name_or_path).exists() and args.model_name_or_path.count("/") != 1:
+        parser.error(f"--model_name_or_path {args.model_name_or_path} is neither a folder nor a Hub id")
+    return args
+
+
+def format_table(rows: dict[str, dict], columns: tuple[str, ...], title: str) -> str:
+    lines = [f"**{title}**", "", "| split | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for split, result in rows.items():
+        lines.append(f"| {split} | " + " | ".join(f"{100 * result[c]:.2f}" for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    with accelerator.main_process_first():
+        datasets = load_dataset_by_name(
+            args.dataset, data_root=args.data_root, split_by=args.split_by, image_root=args.image_root,
+            synthetic_size=args.synthetic_size, synthetic_seed=args.synthetic_seed,
+        )
+    splits = args.splits or [s for s in datasets if s != "train"]
+    unknown = [s for s in splits if s not in datasets]
+    if unknown:
+        raise SystemExit(f"unknown split(s) {unknown} for {args.dataset}: it has {sorted(datasets)}")
+    model = AutoModel.from_pretrained(args.model_name_or_path).to(accelerator.device).eval()
+    processor = AutoProcessor.from_pretrained(args.model_name_or_path)
+    if args.mixed_precision == "bf16":
+        model = model.to(torch.bfloat16)
+    metric = "grefcoco_iou" if args.dataset == "grefcoco" else "referring_iou"
+    columns = GREFCOCO_COLUMNS if metric == "grefcoco_iou" else REFERRING_COLUMNS
+
+    rows = {}
+    for split in splits:
+        data = sentence_rows(datasets[split])
+        if args.max_eval_samples:
+            data = data.select(range(min(args.max_eval_samples, len(data))))
+        result = evaluate_referring(
+            model, processor, data, metric_name=metric, resolution=args.eval_resolution,
+            batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers,
+            threshold=args.threshold, accelerator=accelerator, experiment_id=f"eval-{split}",
+        )
+        if result is not None:
+            result["samples"] = len(data)
+            rows[split] = result
+
+    if not accelerator.is_main_process:
+        return {}
+    size = processor.image_processor.size
+    resolution = (f"{size['height']}×{size['width']} vs nearest-resized GT" if args.eval_resolution == "model"
+                  else "original image size")
+    title = f"{args.model_name_or_path} on {args.dataset} ({resolution})"
+    table = format_table(rows, columns, title)
+    print(table)
+    out_dir = Path(args.output_dir or args.model_name_or_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"results_{args.dataset}_{args.eval_resolution}"
+    payload = {"model": args.model_name_or_path, "dataset": args.dataset, "resolution": args.eval_resolution,
+               "splits": rows}
+    (out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=2))
+    (out_dir / f"{stem}.md").write_text(table + "\n")
+    print(f"\nwrote {out_dir / (stem + '.json')} and {out_dir / (stem + '.md')}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

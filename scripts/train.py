@@ -1,0 +1,340 @@
+"""Train METRIS with 🤗 Accelerate, in the style of transformers' `*_no_trainer.py` examples.
+
+    # the paper's setting (RefCOCO, 40 epochs, 16 images per step, 480²), from an initial checkpoint
+    accelerate launch scripts/train.py --dataset refcoco --data_root data --model_name_or_path metris-swinb \\
+        --output_dir runs/refcoco
+    # a quick CPU run on the synthetic set, tiny model
+    python scripts/train.py --dataset synthetic --config_name small --image_size 128 --output_dir runs/small
+
+Everything the model config holds can be overridden: `--config_overrides "curation_ratio=0.1,guidance=enhanced_le"`.
+Mixed precision comes from `accelerate config` or `--mixed_precision`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+# scripts/evaluate.py bears the `evaluate` library's name: search scripts/ last so `import evaluate` finds the library.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path.append(sys.path.pop(0))
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModel, AutoProcessor, get_scheduler
+
+from metris_hf import MetrisConfig, MetrisForReferringSegmentation, MetrisProcessor
+from metris_hf.configuration_metris import parse_config_overrides
+from metris_hf.data import DATASET_NAMES, RefTrainTransform, load_dataset_by_name, sentence_rows
+from metris_hf.evaluation import RESOLUTIONS, evaluate_referring
+
+logger = logging.getLogger("metris.train")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    data.add_argument("--data_root", default=None, help="REFER layout root (not needed for synthetic)")
+    data.add_argument("--split_by", default=None, help="unc / umd / google (default: the dataset's usual one)")
+    data.add_argument("--image_root", default=None, help="COCO train2014 folder, if not under data_root")
+    data.add_argument("--synthetic_size", type=int, nargs=3, default=[2000, 200, 200], metavar=("TRAIN", "VAL", "TEST"))
+    data.add_argument("--synthetic_seed", type=int, default=0)
+    data.add_argument("--train_split", default="train")
+    data.add_argument("--validation_split", default="val")
+    data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument("--max_eval_samples", type=int, default=None)
+    data.add_argument("--image_size", type=int, default=480)
+    data.add_argument("--max_length", type=int, default=20)
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_name_or_path", default=None, help="a checkpoint folder or Hub id")
+    model.add_argument("--config_name", default=None,
+                       help="config.json / folder, or 'default' (full size), 'small' (the demo model) or 'tiny' (tests); "
+                       "when no checkpoint is given")
+    model.add_argument("--processor_name", default=None, help="processor folder / Hub id (default: with the model)")
+    model.add_argument("--config_overrides", default=None, help='e.g. "curation_ratio=0.1,guidance=enhanced_le"')
+    model.add_argument("--freeze_text_embeddings", action=argparse.BooleanOptionalAction, default=True)
+    model.add_argument("--gradient_checkpointing", action="store_true")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--num_train_epochs", type=int, default=40)
+    optim.add_argument("--max_train_steps", type=int, default=None)
+    optim.add_argument("--per_device_train_batch_size", type=int, default=16)
+    optim.add_argument("--per_device_eval_batch_size", type=int, default=16)
+    optim.add_argument("--learning_rate", type=float, default=3e-5)
+    optim.add_argument("--weight_decay", type=float, default=0.01)
+    optim.add_argument("--lr_scheduler_type", default="polynomial")
+    optim.add_argument("--lr_power", type=float, default=0.9, help="power of the polynomial decay")
+    optim.add_argument("--num_warmup_steps", type=int, default=0)
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--max_grad_norm", type=float, default=None)
+    optim.add_argument("--seed", type=int, default=42)
+    optim.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", required=True)
+    run.add_argument("--checkpointing_steps", default=None, help="an integer (every N steps) or 'epoch'")
+    run.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
+    run.add_argument("--eval_every", type=int, default=1, help="evaluate every N epochs (0: never)")
+    run.add_argument("--eval_resolution", default="model", choices=RESOLUTIONS)
+    run.add_argument("--with_tracking", action="store_true")
+    run.add_argument("--report_to", default="tensorboard")
+    run.add_argument("--push_to_hub", action="store_true")
+    run.add_argument("--hub_model_id", default=None)
+    run.add_argument("--stop_after_steps", type=int, default=None, help=argparse.SUPPRESS)  # simulates a kill (tests)
+    args = parser.parse_args(argv)
+    validate_args(args, parser)
+    return args
+
+
+def validate_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Fail fast, before anything heavy runs."""
+    if args.dataset != "synthetic":
+        if args.data_root is None:
+            parser.error(f"--data_root is required for --dataset {args.dataset}")
+        if not Path(args.data_root).is_dir():
+            parser.error(f"--data_root {args.data_root} is not a folder")
+    if args.model_name_or_path is None and args.config_name is None:
+        parser.error("give --model_name_or_path (a checkpoint) or --config_name (a fresh model)")
+    if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
+        parser.error(f"--checkpointing_steps must be an integer or 'epoch', got {args.checkpointing_steps!r}")
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id")
+    try:
+        args.config_overrides = parse_config_overrides(args.config_overrides)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def build_model_and_processor(args):
+    if args.model_name_or_path:
+        config = AutoConfig.from_pretrained(args.model_name_or_path, **args.config_overrides)
+        model = AutoModel.from_pretrained(args.model_name_or_path, config=config)
+        processor = AutoProcessor.from_pretrained(args.processor_name or args.model_name_or_path)
+    else:
+        if args.config_name in ("tiny", "small"):
+            from metris_hf import testing_utils
+
+            make_config = testing_utils.tiny_metris_config if args.config_name == "tiny" else testing_utils.small_metris_config
+            config = make_config(**args.config_overrides)
+        elif args.config_name == "default":
+            config = MetrisConfig(**args.config_overrides)
+        else:
+            config = MetrisConfig.from_pretrained(args.config_name, **args.config_overrides)
+        model = MetrisForReferringSegmentation(config)
+        if args.processor_name:
+            processor = AutoProcessor.from_pretrained(args.processor_name)
+        elif args.dataset == "synthetic":
+            from metris_hf.data import build_synthetic_tokenizer
+
+            processor = MetrisProcessor(tokenizer=build_synthetic_tokenizer())
+        else:
+            raise SystemExit("a fresh model on a real dataset needs --processor_name (image processor + tokenizer)")
+    processor.image_processor.size = {"height": args.image_size, "width": args.image_size}
+    processor.max_length = args.max_length
+    return model, processor
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no decay on norms, biases and Swin's relative-position tables (LAVT's recipe)."""
+    norm_types = (torch.nn.LayerNorm, torch.nn.BatchNorm2d, torch.nn.GroupNorm)
+    no_decay = set()
+    for module_name, module in model.named_modules():
+        for name, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{name}" if module_name else name
+            if isinstance(module, norm_types) or name == "bias" or "relative_position_bias_table" in name:
+                no_decay.add(full)
+    decay, plain = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (plain if name in no_decay else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    project = ProjectConfiguration(project_dir=args.output_dir, automatic_checkpoint_naming=False)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to if args.with_tracking else None,
+        project_config=project,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+
+    with accelerator.main_process_first():
+        datasets = load_dataset_by_name(
+            args.dataset, data_root=args.data_root, split_by=args.split_by, image_root=args.image_root,
+            synthetic_size=args.synthetic_size, synthetic_seed=args.synthetic_seed,
+        )
+    for split in (args.train_split, args.validation_split):
+        if (args.eval_every or split == args.train_split) and split not in datasets:
+            raise SystemExit(f"split {split!r} is not in {args.dataset}: it has {sorted(datasets)}")
+    train_data = datasets[args.train_split]
+    if args.max_train_samples:
+        train_data = train_data.select(range(min(args.max_train_samples, len(train_data))))
+
+    model, processor = build_model_and_processor(args)
+    if args.freeze_text_embeddings:
+        for param in model.text_encoder.get_input_embeddings().parameters():
+            param.requires_grad_(False)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+
+    transform = RefTrainTransform(processor, image_size=args.image_size, max_length=args.max_length, seed=args.seed)
+    train_data = train_data.with_transform(transform)
+    # The loader draws its workers' base seed from `generator` rather than from the global RNG: a resumed run
+    # creates its iterator at another moment than an uninterrupted one, and must not shift the dropout stream.
+    train_loader = DataLoader(
+        train_data, batch_size=args.per_device_train_batch_size, shuffle=True,
+        num_workers=args.dataloader_num_workers, collate_fn=transform.collate, drop_last=True,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate)
+
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps / accelerator.num_processes)
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * steps_per_epoch
+    args.num_train_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+    scheduler = get_scheduler(
+        args.lr_scheduler_type, optimizer=optimizer,
+        num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+        scheduler_specific_kwargs={"power": args.lr_power, "lr_end": 0.0} if args.lr_scheduler_type == "polynomial" else None,
+    )
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+
+    if args.with_tracking:
+        accelerator.init_trackers("metris", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
+    completed_steps, start_epoch, resume_batches = 0, 0, 0
+    if args.resume_from_checkpoint:
+        path = latest_checkpoint(args.output_dir) if args.resume_from_checkpoint == "latest" else args.resume_from_checkpoint
+        if path is None:
+            logger.info("no checkpoint in %s: starting from scratch", args.output_dir)
+        else:
+            accelerator.print(f"resuming from {path}")
+            accelerator.load_state(path)
+            completed_steps = json.loads((Path(path) / "progress.json").read_text())["completed_steps"]
+            start_epoch = completed_steps // steps_per_epoch
+            resume_batches = (completed_steps % steps_per_epoch) * args.gradient_accumulation_steps
+
+    logger.info("%d samples, %d epochs, %d steps of %d × %d processes × %d accumulation", len(train_data),
+                args.num_train_epochs, args.max_train_steps, args.per_device_train_batch_size,
+                accelerator.num_processes, args.gradient_accumulation_steps)
+    progress = tqdm(range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process)
+    best_oiou = -1.0
+    best_path = Path(args.output_dir) / "best"
+    if (best_path / "eval_results.json").exists():
+        best_oiou = json.loads((best_path / "eval_results.json").read_text()).get("oIoU", -1.0)
+
+    for epoch in range(start_epoch, args.num_train_epochs):
+        model.train()
+        transform.set_epoch(epoch)
+        train_loader.set_epoch(epoch)
+        loader = train_loader
+        if epoch == start_epoch and resume_batches:
+            loader = accelerator.skip_first_batches(train_loader, resume_batches)
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if args.max_grad_norm and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            completed_steps += 1
+            progress.update(1)
+            lr = scheduler.get_last_lr()[0]
+            progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+            if args.with_tracking:
+                accelerator.log({"train/loss": loss.item(), "train/lr": lr, "epoch": epoch}, step=completed_steps)
+            if args.checkpointing_steps and args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
+                save_checkpoint(accelerator, args.output_dir, f"step_{completed_steps}", completed_steps)
+            if args.stop_after_steps and completed_steps >= args.stop_after_steps:
+                accelerator.wait_for_everyone()
+                os._exit(3)  # an abrupt stop, as a kill would be: nothing after this point runs
+            if completed_steps >= args.max_train_steps:
+                break
+        if args.checkpointing_steps == "epoch":
+            save_checkpoint(accelerator, args.output_dir, f"epoch_{epoch}", completed_steps)
+        if args.eval_every and ((epoch + 1) % args.eval_every == 0 or completed_steps >= args.max_train_steps):
+            results = run_validation(args, accelerator, model, processor, datasets, epoch)
+            if accelerator.is_main_process and results is not None:
+                accelerator.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if isinstance(v, float)))
+                if args.with_tracking:
+                    accelerator.log({f"eval/{k}": v for k, v in results.items() if isinstance(v, float)}, step=completed_steps)
+                if results["oIoU"] > best_oiou:
+                    best_oiou = results["oIoU"]
+                    save_model(accelerator, model, processor, best_path, results)
+        if completed_steps >= args.max_train_steps:
+            break
+
+    if args.with_tracking:
+        accelerator.end_training()
+    save_model(accelerator, model, processor, Path(args.output_dir), None)
+    if args.push_to_hub and accelerator.is_main_process:
+        accelerator.unwrap_model(model).push_to_hub(args.hub_model_id)
+        processor.push_to_hub(args.hub_model_id)
+
+
+def run_validation(args, accelerator, model, processor, datasets, epoch):
+    data = sentence_rows(datasets[args.validation_split])
+    if args.max_eval_samples:
+        data = data.select(range(min(args.max_eval_samples, len(data))))
+    metric = "grefcoco_iou" if args.dataset == "grefcoco" else "referring_iou"
+    results = evaluate_referring(
+        accelerator.unwrap_model(model), processor, data, metric_name=metric, resolution=args.eval_resolution,
+        batch_size=args.per_device_eval_batch_size, accelerator=accelerator, experiment_id=f"val-{epoch}",
+    )
+    if results is not None and "oIoU" not in results:  # gRefCOCO keeps the best by cIoU, its overall IoU
+        results["oIoU"] = results["cIoU"]
+    return results
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str, name: str, completed_steps: int) -> None:
+    path = Path(output_dir) / name
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / "progress.json").write_text(json.dumps({"completed_steps": completed_steps}))
+    accelerator.wait_for_everyone()
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    candidates = [p for p in Path(output_dir).glob("*_*") if (p / "progress.json").exists()]
+    if not candidates:
+        return None
+    return str(max(candidates, key=lambda p: json.loads((p / "progress.json").read_text())["completed_steps"]))
+
+
+def save_model(accelerator: Accelerator, model, processor, path: Path, results: dict | None) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        path.mkdir(parents=True, exist_ok=True)
+        accelerator.unwrap_model(model).save_pretrained(path)
+        processor.save_pretrained(path)
+        if results is not None:
+            (path / "eval_results.json").write_text(json.dumps(results, indent=2))
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

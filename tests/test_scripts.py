@@ -1,0 +1,181 @@
+"""scripts/train.py, evaluate.py, init_checkpoint.py on the synthetic set and tiny models: no downloads."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+TRAIN = str(SCRIPTS / "train.py")
+
+QUICK = [
+    "--dataset", "synthetic", "--synthetic_size", "24", "8", "8", "--config_name", "tiny", "--image_size", "64",
+    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--learning_rate", "1e-3",
+    "--seed", "7",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def datasets_cache(tmp_path_factory):
+    """Synthetic sets are built once per test worker, in a temporary cache rather than the user's."""
+    saved = os.environ.get("HF_DATASETS_CACHE")
+    os.environ["HF_DATASETS_CACHE"] = str(tmp_path_factory.getbasetemp() / "hf_datasets")
+    yield
+    if saved is None:
+        del os.environ["HF_DATASETS_CACHE"]
+    else:
+        os.environ["HF_DATASETS_CACHE"] = saved
+
+
+def run(args, cwd=ROOT, env_extra=None, expect=0):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if expect is not None:
+        assert result.returncode == expect, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+def weights(folder):
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def accelerate_launch(num_processes: int, script: str, *args: str):
+    return run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--cpu",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script, *args])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, datasets_cache) -> Path:
+    """Two epochs of a tiny model through `accelerate launch` on one process, as a user would start it."""
+    out = tmp_path_factory.mktemp("train") / "run"
+    accelerate_launch(1, TRAIN, *QUICK, "--output_dir", str(out), "--num_train_epochs", "2", "--with_tracking",
+                      "--checkpointing_steps", "epoch")
+    return out
+
+
+def test_train_saves_model_best_checkpoint_states_and_logs(trained):
+    assert (trained / "model.safetensors").exists() and (trained / "processor_config.json").exists()
+    best = json.loads((trained / "best" / "eval_results.json").read_text())
+    assert set(best) >= {"oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9"}
+    assert list(trained.rglob("events.out.tfevents*"))
+    assert json.loads((trained / "epoch_1" / "progress.json").read_text())["completed_steps"] == 12  # 24 / 4 × 2
+
+    from transformers import AutoModel
+
+    import metris_hf  # noqa: F401
+
+    assert type(AutoModel.from_pretrained(trained)).__name__ == "MetrisForReferringSegmentation"
+
+
+def evaluate_args(model: Path, out: Path) -> list[str]:
+    return ["--model_name_or_path", str(model), "--dataset", "synthetic", "--synthetic_size", "24", "8", "8",
+            "--splits", "val", "test", "--per_device_eval_batch_size", "3", "--output_dir", str(out)]
+
+
+def test_evaluate_prints_and_writes_the_table(trained, tmp_path):
+    result = run([sys.executable, str(SCRIPTS / "evaluate.py"), *evaluate_args(trained, tmp_path / "eval")])
+    assert "| val |" in result.stdout and "| test |" in result.stdout and "oIoU" in result.stdout
+    table = json.loads((tmp_path / "eval" / "results_synthetic_model.json").read_text())
+    assert set(table["splits"]) == {"val", "test"}
+    for row in table["splits"].values():
+        assert 0.0 <= row["oIoU"] <= 1.0 and row["samples"] > 0
+    assert (tmp_path / "eval" / "results_synthetic_model.md").read_text().startswith("**")
+
+
+def test_evaluate_on_two_processes_gives_the_figures_of_one(trained, tmp_path):
+    accelerate_launch(1, str(SCRIPTS / "evaluate.py"), *evaluate_args(trained, tmp_path / "one"))
+    accelerate_launch(2, str(SCRIPTS / "evaluate.py"), *evaluate_args(trained, tmp_path / "two"))
+    one = json.loads((tmp_path / "one" / "results_synthetic_model.json").read_text())["splits"]
+    two = json.loads((tmp_path / "two" / "results_synthetic_model.json").read_text())["splits"]
+    assert one.keys() == two.keys()
+    for split in one:
+        assert one[split]["samples"] == two[split]["samples"]
+        for key in ("oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9"):
+            assert two[split][key] == pytest.approx(one[split][key], abs=1e-6), (split, key)
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    common = [sys.executable, TRAIN, *QUICK, "--max_train_steps", "6", "--eval_every", "0",
+              "--checkpointing_steps", "2"]
+    run([*common, "--output_dir", str(tmp_path / "straight")])
+    run([*common, "--output_dir", str(tmp_path / "killed"), "--stop_after_steps", "3"], expect=3)
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+    run([*common, "--output_dir", str(tmp_path / "killed"), "--resume_from_checkpoint", "latest"])
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "killed")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_two_processes_with_accelerate(tmp_path):
+    out = tmp_path / "ddp"
+    accelerate_launch(2, TRAIN, *QUICK, "--output_dir", str(out), "--max_train_steps", "2", "--eval_every", "1")
+    assert (out / "model.safetensors").exists()
+    assert json.loads((out / "best" / "eval_results.json").read_text())["oIoU"] >= 0.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "imagenet"], "invalid choice"),
+        (["--dataset", "refcoco", "--data_root", "/no/such/folder"], "is not a folder"),
+        (["--dataset", "refcoco"], "--data_root is required"),
+        (["--dataset", "synthetic", "--config_name", "tiny", "--config_overrides", "no_such_field=1"], "no_such_field"),
+        (["--dataset", "synthetic", "--config_name", "tiny", "--config_overrides", "curation_ratio"], "field=value"),
+        (["--dataset", "synthetic"], "--model_name_or_path"),
+        (["--dataset", "synthetic", "--config_name", "tiny", "--checkpointing_steps", "often"], "checkpointing_steps"),
+    ],
+)
+def test_bad_arguments_fail_fast(tmp_path, args, message):
+    result = run([sys.executable, TRAIN, *args, "--output_dir", str(tmp_path / "x")], expect=2)
+    assert message in result.stderr
+    assert not (tmp_path / "x").exists()  # nothing was written before the check
+
+
+def test_bad_override_value_names_the_field(tmp_path):
+    result = run([sys.executable, TRAIN, "--dataset", "synthetic", "--config_name", "tiny", "--config_overrides",
+                  "curation_ratio=3", "--output_dir", str(tmp_path / "x")], expect=None)
+    assert result.returncode != 0 and "curation_ratio" in result.stderr
+
+
+def test_init_checkpoint_from_local_encoders(tmp_path):
+    from transformers import BertModel, SwinModel
+
+    from metris_hf.testing_utils import tiny_bert_config, tiny_swin_config
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import build_tiny_tokenizer
+
+    torch.manual_seed(0)
+    swin = SwinModel(tiny_swin_config())
+    swin.save_pretrained(tmp_path / "swin")
+    bert = BertModel(tiny_bert_config())
+    bert.save_pretrained(tmp_path / "bert")
+    build_tiny_tokenizer().save_pretrained(tmp_path / "bert")
+    run([sys.executable, str(SCRIPTS / "init_checkpoint.py"), "--vision", str(tmp_path / "swin"), "--text",
+         str(tmp_path / "bert"), "--output_dir", str(tmp_path / "init"), "--image_size", "64",
+         "--config_overrides", "hidden_size=32,num_attention_heads=4,joint_dim=16"])
+    from PIL import Image
+    from transformers import AutoModel, AutoProcessor
+
+    import metris_hf  # noqa: F401
+
+    model = AutoModel.from_pretrained(tmp_path / "init")
+    processor = AutoProcessor.from_pretrained(tmp_path / "init")
+    loaded = model.state_dict()  # compared after loading: transformers may rename keys in the file
+    vision = {name: value for name, value in swin.state_dict().items() if not name.startswith("layernorm.")}
+    for name, value in vision.items():  # every Swin tensor but the classifier's final norm is carried over
+        torch.testing.assert_close(loaded[f"vision_encoder.backbone.swin.{name}"], value, msg=name)
+    torch.testing.assert_close(
+        loaded["text_encoder.embeddings.word_embeddings.weight"], bert.state_dict()["embeddings.word_embeddings.weight"]
+    )
+    inputs = processor(images=[Image.new("RGB", (50, 70))], text=["the red circle"],
+                       return_tensors="pt")
+    assert inputs["pixel_values"].shape[-1] == 64
+    assert model(**inputs).logits.shape == (1, 1, 16, 16)
