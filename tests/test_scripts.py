@@ -21,16 +21,7 @@ QUICK = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def datasets_cache(tmp_path_factory):
-    """Synthetic sets are built once per test worker, in a temporary cache rather than the user's."""
-    saved = os.environ.get("HF_DATASETS_CACHE")
-    os.environ["HF_DATASETS_CACHE"] = str(tmp_path_factory.getbasetemp() / "hf_datasets")
-    yield
-    if saved is None:
-        del os.environ["HF_DATASETS_CACHE"]
-    else:
-        os.environ["HF_DATASETS_CACHE"] = saved
+pytestmark = pytest.mark.usefixtures("datasets_cache")
 
 
 def run(args, cwd=ROOT, env_extra=None, expect=0):

@@ -1,0 +1,37 @@
+"""scripts/benchmark.py runs on tiny sizes and produces every figure (never a timing bound)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_produces_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--tiny", "--compile", "off", "--dtypes", "float32",
+         "bfloat16", "--json", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["machine"]["cores"] and report["machine"]["cpu"]
+
+    inference = report["inference"]
+    assert {(r["dtype"], r["batch_size"]) for r in inference} == {(d, b) for d in ("float32", "bfloat16") for b in (1, 8)}
+    for row in inference:
+        for key in ("metris_s", "metris_gmacs", "backbone_s", "backbone_gmacs", "text_s", "text_gmacs",
+                    "efficiency_ratio", "metris_peak_mb"):
+            assert math.isfinite(row[key]) and row[key] > 0, (key, row)
+        assert row["metris_gmacs"] > row["backbone_gmacs"] > 0
+    assert all(r["samples_per_second"] > 0 and r["peak_memory_mb"] > 0 for r in report["train"])
+    assert [r["num_workers"] for r in report["data"]] == [0, 1, 2]
+    assert all(r["samples_per_second"] > 0 and r["samples"] > 0 for r in report["data"])
+    metrics = report["metrics"]
+    assert metrics["num_samples"] == 200 and 0 < metrics["bytes_per_sample"] < metrics["mask_bytes_per_sample"]
+    assert "ratio" in result.stdout and "samples/s" in result.stdout and "bytes per sample" in result.stdout
