@@ -137,7 +137,8 @@ def train_worker(job: dict) -> dict:
     device, dtype = job["device"], DTYPES[job["dtype"]]
     model = build("metris", job["tiny"]).to(device).train()
     if job["gradient_checkpointing"]:
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed it; the old name still works there but warns
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-5)
     batch = job["batch_size"]
     inputs = make_inputs("metris", batch, job["image_size"], job["max_length"], device, torch.float32)

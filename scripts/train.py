@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
         for param in model.text_encoder.get_input_embeddings().parameters():
             param.requires_grad_(False)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # transformers 5 renamed it; the old name still works there but warns
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
 
     transform = RefTrainTransform(processor, image_size=args.image_size, max_length=args.max_length, seed=args.seed)
     train_data = train_data.with_transform(transform)

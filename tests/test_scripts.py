@@ -104,6 +104,16 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_gradient_checkpointing_trains_to_the_same_weights(tmp_path):
+    common = [sys.executable, TRAIN, *QUICK, "--max_train_steps", "2", "--eval_every", "0"]
+    run([*common, "--output_dir", str(tmp_path / "stored")])
+    run([*common, "--output_dir", str(tmp_path / "recomputed"), "--gradient_checkpointing"])
+    stored, recomputed = weights(tmp_path / "stored"), weights(tmp_path / "recomputed")
+    assert stored.keys() == recomputed.keys()
+    for name in stored:
+        torch.testing.assert_close(recomputed[name], stored[name], rtol=0, atol=1e-5, msg=name)
+
+
 def test_two_processes_with_accelerate(tmp_path):
     out = tmp_path / "ddp"
     accelerate_launch(2, TRAIN, *QUICK, "--output_dir", str(out), "--max_train_steps", "2", "--eval_every", "1")
