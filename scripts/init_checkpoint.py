@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--image_size", type=int, default=480)
     parser.add_argument("--max_length", type=int, default=20)
-    parser.add_argument("--drop_path_rate", type=float, default=0.3)
+    parser.add_argument("--drop_path_rate", type=float, default=0.2, help="Swin stochastic depth (authors: 0.2)")
     parser.add_argument("--config_overrides", default=None, help='MetrisConfig fields, e.g. "early_fusion=False"')
     parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID")
     return parser.parse_args(argv)
@@ -55,7 +55,7 @@ def text_parts(name: str):
 
 
 def load_vision(model: MetrisForReferringSegmentation, args: argparse.Namespace) -> None:
-    target = model.vision_encoder.backbone
+    target = model.metris.vision_encoder.backbone
     if args.vision.startswith("timm:"):
         import timm
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> Path:
     )
     model = MetrisForReferringSegmentation(config)
     load_vision(model, args)
-    missing, unexpected = model.text_encoder.load_state_dict(text_encoder.state_dict(), strict=False)
+    missing, unexpected = model.metris.text_encoder.load_state_dict(text_encoder.state_dict(), strict=False)
     report("text", missing, [k for k in unexpected if not k.startswith("pooler.")])
 
     tokenizer = AutoTokenizer.from_pretrained(args.text)

@@ -20,7 +20,7 @@ SWIN_B_22K_384 = {
     "embed_dim": 128,
     "depths": [2, 2, 18, 2],
     "num_heads": [4, 8, 16, 32],
-    "drop_path_rate": 0.3,
+    "drop_path_rate": 0.2,  # the authors' Swin (0.3 in Swin's own recipe)
     "out_features": ["stage1", "stage2", "stage3", "stage4"],
 }
 
@@ -48,7 +48,15 @@ class MetrisConfig(PreTrainedConfig):
         joint_dim: joint embedding space of Eq. 1 (256, L2-normalised).
         refinement_layers / relation_layers: blocks in VEE step 2 (masked cross-attention) and step 3
             (self-attention).
-        decoder_mlp_ratio: MLP width of the decoder's cross-attention blocks relative to `hidden_size`.
+        decoder_mlp_ratio: MLP width of the decoder's cross-attention blocks relative to `hidden_size` (4, as every
+            block of the authors'; 2 is a lighter option).
+        mix_ffn: a 3×3 depthwise convolution between the two linears of the pixel-side MLPs (decoder, the
+            enhancer's pixel blocks, stage 4), as the authors' `Mlp` + `DWConv`.
+        attention_bias: biases on the query/key/value projections of METRIS's attention (the authors' have none).
+        attention_dropout / dropout: dropout on attention weights / on MLP and attention outputs (0, as theirs).
+        drop_path_rate: stochastic depth of every METRIS attention block in training (0.1, as theirs; the Swin
+            backbone has its own, 0.2 in `backbone_config`).
+        layer_norm_eps: of every METRIS LayerNorm (1e-5, PyTorch's default, which the authors' blocks use).
         temperature_init / temperature_min / temperature_max: learnable τ of Eq. 4 and its clamp.
 
     Ablations (paper table in brackets):
@@ -58,9 +66,14 @@ class MetrisConfig(PreTrainedConfig):
         linguistic_cues: tokens that curate pixels: "all", "global" ([CLS] only), "local" (words only) [Table 6b].
         curation_ratio: r of Eq. 2, share of the F4 pixels curated per cue [Fig. 6].
         dynamic_mask_normalization: the dynamic mask M inside the softmax of Eq. 5 [Table 8b].
-        contrastive_loss_weight: weight of Eq. 4; 0 turns it off [Table 8a].
+        contrastive_loss_weight: weight λ of Eq. 4; 0 turns it off (τ is then a buffer) [Table 8a].
+        equal_size_ablations: without step 2 (or 3) the VEE gets that step's blocks in the other step, so the
+            model keeps the full model's parameter count, as §4.4 says of Table 6 ("we added more attention
+            layers into the ablation models"). False removes them outright.
         ignore_articles: articles (`article_token_ids`) are not cues [Table 9].
         mask_loss: "bce" (paper, one logit) or "weighted_ce" (released code: 2-class CE, weights 0.9/1.1).
+        mask_loss_weight: weight of the mask loss (2, as the released code's `2 * criterion(...)`; the paper
+            gives no weights).
 
     gRefCOCO:
         no_target_head: a classifier that says "nothing is referred" (paper appendix A, after ReLA), trained
@@ -81,13 +94,17 @@ class MetrisConfig(PreTrainedConfig):
     hidden_size: int = 768
     num_attention_heads: int = 12
     mlp_ratio: float | int = 4.0
-    decoder_mlp_ratio: float | int = 2.0
+    decoder_mlp_ratio: float | int = 4.0
+    mix_ffn: bool = True
+    attention_bias: bool = False
+    attention_dropout: float | int = 0.0
+    drop_path_rate: float | int = 0.1
     enhancer_rounds: int = 2
     joint_dim: int = 256
     refinement_layers: int = 4
     relation_layers: int = 4
     dropout: float | int = 0.0
-    layer_norm_eps: float = 1e-6
+    layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
 
     guidance: str = "full"
@@ -98,6 +115,7 @@ class MetrisConfig(PreTrainedConfig):
     curation_ratio: float | int = 0.3
     dynamic_mask_normalization: bool = True
     ignore_articles: bool = False
+    equal_size_ablations: bool = True
     article_token_ids: list[int] | tuple[int, ...] = (1037, 2019, 1996)  # "a", "an", "the" in bert-base-uncased
 
     temperature_init: float = 0.1
@@ -105,6 +123,7 @@ class MetrisConfig(PreTrainedConfig):
     temperature_max: float = 0.5
     contrastive_loss_weight: float | int = 0.4
     mask_loss: str = "bce"
+    mask_loss_weight: float | int = 2.0
     ce_class_weights: list[float] | tuple[float, ...] = (0.9, 1.1)
 
     no_target_head: bool = False
@@ -132,7 +151,10 @@ class MetrisConfig(PreTrainedConfig):
                 "`temperature_init` must lie in [`temperature_min`, `temperature_max`] with `temperature_min` > 0, "
                 f"got {self.temperature_init} in [{self.temperature_min}, {self.temperature_max}]"
             )
-        for field in ("contrastive_loss_weight", "no_target_loss_weight", "dropout"):
+        for field in (
+            "contrastive_loss_weight", "no_target_loss_weight", "mask_loss_weight", "dropout", "attention_dropout",
+            "drop_path_rate",
+        ):
             if getattr(self, field) < 0:
                 raise ValueError(f"`{field}` must be >= 0, got {getattr(self, field)}")
         for field in ("hidden_size", "num_attention_heads", "joint_dim", "mlp_ratio", "decoder_mlp_ratio"):
@@ -151,6 +173,23 @@ class MetrisConfig(PreTrainedConfig):
         out = getattr(self.backbone_config, "out_features", None) or getattr(self.backbone_config, "out_indices", None)
         if out is not None and len(out) != 4:
             raise ValueError(f"`backbone_config` must return 4 feature maps (strides 4-32), it returns {list(out)}")
+
+
+    @property
+    def num_refinement_blocks(self) -> int:
+        """Blocks of VEE step 2 (Eq. 6), with step 3's when step 3 is off and `equal_size_ablations` holds."""
+        if not self.use_refinement:
+            return 0
+        extra = self.relation_layers if self.equal_size_ablations and not self.use_relation else 0
+        return self.refinement_layers + extra
+
+    @property
+    def num_relation_blocks(self) -> int:
+        """Blocks of VEE step 3 (Eq. 7), with step 2's when step 2 is off and `equal_size_ablations` holds."""
+        if not self.use_relation:
+            return 0
+        extra = self.refinement_layers if self.equal_size_ablations and not self.use_refinement else 0
+        return self.relation_layers + extra
 
 
 def parse_config_overrides(text: str | None) -> dict:

@@ -1,16 +1,21 @@
 """METRIS: multi-expression guidance for Transformer-based referring image segmentation.
 
 Reads top-down from small blocks to the task model:
-attention and MLP → the attention block shared by every stage → pixel-word fusion in the backbone →
+attention and MLPs → the attention block shared by every stage → pixel-word fusion in the backbone →
 vision encoder → language enhancer → visual expression extractor (paper §3.2, Eq. 1-7) → decoder (§3.3)
-→ `MetrisPreTrainedModel` → `MetrisForReferringSegmentation`.
+→ `MetrisPreTrainedModel` → `MetrisModel` (everything up to the decoder's last feature map) →
+`MetrisLoss` → `MetrisForReferringSegmentation` (the mask head and the loss).
+
+Where the paper is silent the authors' released code decides (a LAVT fork); each such fact is named where it is
+used, and `scripts/convert_authors_checkpoint.py` proves the match: their weights, converted, give our logits.
 
 Shapes: B batch, L expression tokens, N = H4·W4 pixels of the stride-32 map, D = `config.hidden_size`.
-Masks are boolean with True = "may be attended / is a real token".
+Boolean masks use True = "may be attended / is a real token"; attention takes them as additive biases.
 """
 
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +25,7 @@ from transformers import AutoBackbone, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import load_backbone
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_metris import MetrisConfig
@@ -30,16 +36,10 @@ from .configuration_metris import MetrisConfig
 
 
 @dataclass
-class MetrisReferringSegmentationOutput(ModelOutput):
+class MetrisModelOutput(ModelOutput):
     r"""
-    loss (`torch.FloatTensor` of shape `()`, returned when `labels` are given):
-        Mask loss + `contrastive_loss_weight` × pixel-contrastive loss (Eq. 4) (+ no-target loss when enabled).
-    logits (`torch.FloatTensor` of shape `(B, 1, H/4, W/4)`):
-        One mask logit per pixel **at stride 4** of `pixel_values` (120×120 for a 480×480 input);
-        `sigmoid(logits)` is the probability that the pixel belongs to the referred object. Upsample with
-        `MetrisImageProcessor.post_process_referring_segmentation` to get masks at the image size.
-    no_target_logits (`torch.FloatTensor` of shape `(B,)`, with `config.no_target_head`):
-        Logit of "the expression refers to nothing" (gRefCOCO).
+    last_hidden_state (`torch.FloatTensor` of shape `(B, D, H/4, W/4)`):
+        The decoder's feature map at stride 4, after its last attention block: what the mask head projects.
     relevance_scores (`torch.FloatTensor` of shape `(B, L, N)`):
         S_c of Eq. 2: cosine similarity between each linguistic token and each pixel of F4 (N = H/32·W/32).
     curation_mask (`torch.BoolTensor` of shape `(B, L, N)`):
@@ -49,17 +49,48 @@ class MetrisReferringSegmentationOutput(ModelOutput):
     visual_expression (`torch.FloatTensor` of shape `(B, L, D)`):
         Q̂_V of Eq. 7, one visual token per linguistic token (rows of non-cue tokens are not guidance).
     linguistic_expression (`torch.FloatTensor` of shape `(B, L, D)`):
-        Q̂_L, the linguistic tokens after the language enhancer (Q_L projected to D for `guidance="pure_le"`).
+        Q̂_L, the linguistic tokens after the language enhancer (Q_L for `guidance="pure_le"`).
+    cue_mask (`torch.BoolTensor` of shape `(B, L)`):
+        Which tokens are linguistic cues (curate pixels, give a visual token) under `linguistic_cues`.
     guidance_mask (`torch.BoolTensor` of shape `(B, G)`):
         Which of the G guidance tokens the decoder attends to, in the order [linguistic, visual] (or as the
         `guidance` mode lays them out).
     encoder_hidden_states (`tuple(torch.FloatTensor)`, with `output_hidden_states=True`):
-        F1..F4 after early fusion, `(B, C_i, H_i, W_i)`.
+        F1..F4 after early fusion and the stage norms, `(B, C_i, H_i, W_i)`.
     decoder_hidden_states (`tuple(torch.FloatTensor)`, with `output_hidden_states=True`):
         The decoder's feature map after each stage, from stride 32 to stride 4, `(B, D, H_i, W_i)`.
     decoder_attentions (`tuple(torch.FloatTensor)`, with `output_attentions=True`):
         Per decoder stage (stride 32 to 4), attention of every pixel over the guidance set,
         `(B, heads, H_i·W_i, G)`: the maps of the paper's Fig. 7b / 15.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    relevance_scores: torch.FloatTensor | None = None
+    curation_mask: torch.BoolTensor | None = None
+    temperature: torch.FloatTensor | None = None
+    visual_expression: torch.FloatTensor | None = None
+    linguistic_expression: torch.FloatTensor | None = None
+    cue_mask: torch.BoolTensor | None = None
+    guidance_mask: torch.BoolTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MetrisReferringSegmentationOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, returned when `labels` are given):
+        `mask_loss_weight` × mask loss + `contrastive_loss_weight` × pixel-contrastive loss (Eq. 4)
+        (+ the no-target loss when enabled).
+    logits (`torch.FloatTensor` of shape `(B, 1, H/4, W/4)`):
+        One mask logit per pixel **at stride 4** of `pixel_values` (120×120 for a 480×480 input);
+        `sigmoid(logits)` is the probability that the pixel belongs to the referred object. With
+        `mask_loss="weighted_ce"` it is the difference of the two class logits. Upsample with
+        `MetrisImageProcessor.post_process_referring_segmentation` to get masks at the image size.
+    no_target_logits (`torch.FloatTensor` of shape `(B,)`, with `config.no_target_head`):
+        Logit of "the expression refers to nothing" (gRefCOCO).
+    The other fields are those of [`MetrisModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
@@ -77,114 +108,176 @@ class MetrisReferringSegmentationOutput(ModelOutput):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Building blocks
+# Attention and MLPs
 # --------------------------------------------------------------------------------------------------------------
 
 
-class MetrisLinear(nn.Linear):
-    """`nn.Linear` that runs as a 1×1 oneDNN convolution on CPU.
+def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean "may attend" mask → additive bias (0 / dtype min) that both eager and SDPA attention take."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
-    MKL's sgemm behind `addmm` ran at half the speed of oneDNN's convolution on the 2-core AMD EPYC we
-    benchmark on (14,400 × 768 → 1536: 176 ms vs 91 ms, backward alike), and the decoder's token MLPs at
-    stride 4 are the largest matmuls of the model. Same parameters and state-dict keys as `nn.Linear`; on
-    other devices, or for a handful of rows, it is `F.linear`.
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q·kᵀ·scaling + mask)·v on (B, heads, L, d) inputs; returns (B, Lq, heads, d) and the weights."""
+    weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def run_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    output_attentions: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Dispatches through the library's attention interface (`config._attn_implementation`: eager, sdpa, ...).
+
+    Weights are only materialised when asked for (the decoder's maps of Fig. 7b): then eager runs whatever the
+    implementation, since fused kernels never return them.
     """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // self.in_features
-        if x.device.type != "cpu" or rows < 256:
-            return F.linear(x, self.weight, self.bias)
-        # (rows, C) memory is an NHWC image of height 1: a channels-last conv reads and writes it in place.
-        flat = x.reshape(1, 1, rows, self.in_features).permute(0, 3, 1, 2)
-        out = F.conv2d(flat, self.weight[:, :, None, None], self.bias)
-        return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], self.out_features)
+    interface: Callable = eager_attention_forward
+    implementation = module.config._attn_implementation
+    if not output_attentions and implementation not in (None, "eager"):
+        interface = ALL_ATTENTION_FUNCTIONS[implementation]
+    dropout = module.config.attention_dropout if module.training else 0.0
+    output, weights = interface(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout)
+    return output, weights if output_attentions else None
 
 
 class MetrisAttention(nn.Module):
-    """Multi-head attention on fused SDPA; queries and keys may have different widths.
+    """Multi-head attention of queries over a context (cross-attention; self-attention when context is the query).
 
-    `attention_mask` is boolean, broadcastable to `(B, Lq, Lk)`, True where a query may look.
-    Attention weights are only materialised when asked for (the decoder's maps for Fig. 7b).
+    As in the authors' code, the query/key/value projections carry no bias (`config.attention_bias`), the output
+    projection does.
     """
 
-    def __init__(self, query_dim: int, key_dim: int, hidden_dim: int, num_heads: int, out_dim: int | None = None):
+    def __init__(self, config: MetrisConfig):
         super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = hidden_dim // num_heads
-        self.q_proj = MetrisLinear(query_dim, hidden_dim)
-        self.k_proj = MetrisLinear(key_dim, hidden_dim)
-        self.v_proj = MetrisLinear(key_dim, hidden_dim)
-        self.o_proj = MetrisLinear(hidden_dim, out_dim or query_dim)
+        self.config = config
+        dim = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = dim // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.q_proj = nn.Linear(dim, dim, bias=config.attention_bias)
+        self.k_proj = nn.Linear(dim, dim, bias=config.attention_bias)
+        self.v_proj = nn.Linear(dim, dim, bias=config.attention_bias)
+        self.o_proj = nn.Linear(dim, dim)
 
     def forward(
         self,
         query: torch.Tensor,
-        key_value: torch.Tensor,
+        context: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, q_len, _ = query.shape
-        k_len = key_value.shape[1]
         q = self.q_proj(query).view(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(key_value).view(batch, k_len, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(key_value).view(batch, k_len, self.num_heads, self.head_dim).transpose(1, 2)
-        mask = attention_mask.unsqueeze(1) if attention_mask is not None else None  # broadcast over heads
-        weights = None
-        if output_attentions:
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-            weights = scores.softmax(dim=-1)
-            out = weights @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = out.transpose(1, 2).reshape(batch, q_len, self.num_heads * self.head_dim)
-        return self.o_proj(out), weights
+        k = self.k_proj(context).view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(context).view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        out, weights = run_attention(self, q, k, v, attention_mask, self.scaling, output_attentions)
+        return self.o_proj(out.reshape(batch, q_len, -1)), weights
 
 
 class MetrisMLP(nn.Module):
-    def __init__(self, dim: int, ratio: float, dropout: float = 0.0):
-        super().__init__()
-        hidden = int(dim * ratio)
-        self.fc1 = MetrisLinear(dim, hidden)
-        self.fc2 = MetrisLinear(hidden, dim)
-        self.dropout = nn.Dropout(dropout)
+    """fc1 → GELU → fc2: the token MLP of the word-side and VEE blocks."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.fc2(F.gelu(self.fc1(x))))
+    def __init__(self, config: MetrisConfig, ratio: float):
+        super().__init__()
+        hidden = int(config.hidden_size * ratio)
+        self.fc1 = nn.Linear(config.hidden_size, hidden)
+        self.fc2 = nn.Linear(hidden, config.hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, hidden_states: torch.Tensor, spatial_shape: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(hidden_states)))))
+
+
+class MetrisMixFFN(MetrisMLP):
+    """fc1 → 3×3 depthwise conv over the pixel grid → GELU → fc2 (SegFormer's Mix-FFN).
+
+    The authors' pixel-side blocks (decoder, enhancer's pixel blocks, stage 4) use it: the convolution gives the
+    token MLP a local spatial context. The (B, N, C) tokens are NHWC memory, so the convolution runs channels-last
+    without a copy.
+    """
+
+    def __init__(self, config: MetrisConfig, ratio: float):
+        super().__init__(config, ratio)
+        hidden = self.fc1.out_features
+        self.dwconv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
+
+    def forward(self, hidden_states: torch.Tensor, spatial_shape: tuple[int, int] | None = None) -> torch.Tensor:
+        if spatial_shape is None:
+            raise ValueError("a Mix-FFN block needs the (height, width) of its pixel grid")
+        batch, num_pixels, _ = hidden_states.shape
+        hidden = self.fc1(hidden_states)
+        grid = hidden.view(batch, *spatial_shape, -1).permute(0, 3, 1, 2)
+        hidden = self.dwconv(grid).permute(0, 2, 3, 1).reshape(batch, num_pixels, -1)
+        return self.dropout(self.fc2(self.dropout(F.gelu(hidden))))
+
+
+def drop_path(hidden_states: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drops a residual branch per sample (rescaled), as the authors' blocks do in training."""
+    if rate == 0.0 or not training:
+        return hidden_states
+    keep = 1.0 - rate
+    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+    return hidden_states * hidden_states.new_empty(shape).bernoulli_(keep).div_(keep)
 
 
 class MetrisAttentionBlock(GradientCheckpointingLayer):
-    """`x ← x + MHA(x, context, mask); x ← x + MLP(x)`, pre-norm.
+    """`x ← x + MHA(LN(x), LN'(context), mask); x ← x + MLP(LN''(x))`, with drop path on both branches.
 
-    The one block behind Eq. 6 (cross-attention, `context` given) and Eq. 7 (self-attention, `context=None`),
-    the language enhancer and the decoder stages.
+    The one block behind the stage-4 refinement, the language enhancer, Eq. 6 (masked cross-attention), Eq. 7
+    (self-attention: `context` is `x` itself, normalised by its own norm as in the authors' code) and the decoder.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, context_dim: int | None = None, dropout: float = 0.0,
-                 eps: float = 1e-6):
+    def __init__(self, config: MetrisConfig, mlp_ratio: float, mix_ffn: bool = False):
         super().__init__()
-        self.is_cross = context_dim is not None
+        dim, eps = config.hidden_size, config.layer_norm_eps
         self.norm_q = nn.LayerNorm(dim, eps=eps)
-        self.norm_kv = nn.LayerNorm(context_dim, eps=eps) if self.is_cross else None
-        self.attention = MetrisAttention(dim, context_dim or dim, dim, num_heads)
+        self.norm_kv = nn.LayerNorm(dim, eps=eps)
+        self.attention = MetrisAttention(config)
         self.norm_mlp = nn.LayerNorm(dim, eps=eps)
-        self.mlp = MetrisMLP(dim, mlp_ratio, dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.mlp = MetrisMixFFN(config, mlp_ratio) if mix_ffn else MetrisMLP(config, mlp_ratio)
+        self.drop_path_rate = config.drop_path_rate
 
     def forward(
         self,
         hidden_states: torch.Tensor,
-        context: torch.Tensor | None = None,
+        context: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        spatial_shape: tuple[int, int] | None = None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        query = self.norm_q(hidden_states)
-        key_value = self.norm_kv(context) if self.is_cross else query
-        attended, weights = self.attention(query, key_value, attention_mask, output_attentions)
-        hidden_states = hidden_states + self.dropout(attended)
-        hidden_states = hidden_states + self.mlp(self.norm_mlp(hidden_states))
+        attended, weights = self.attention(
+            self.norm_q(hidden_states), self.norm_kv(context), attention_mask, output_attentions
+        )
+        hidden_states = hidden_states + drop_path(attended, self.drop_path_rate, self.training)
+        mlp_out = self.mlp(self.norm_mlp(hidden_states), spatial_shape)
+        hidden_states = hidden_states + drop_path(mlp_out, self.drop_path_rate, self.training)
         return hidden_states, weights
+
+
+def instance_norm(hidden_states: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """InstanceNorm over the pixels of (B, N, C) tokens: each channel to zero mean, unit variance, no affine."""
+    var, mean = torch.var_mean(hidden_states, dim=1, keepdim=True, correction=0)
+    return (hidden_states - mean) * torch.rsqrt(var + eps)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -193,27 +286,43 @@ class MetrisAttentionBlock(GradientCheckpointingLayer):
 
 
 class MetrisPixelWordAttention(nn.Module):
-    """Pixels attend to words; the result gates the projected pixels element-wise, then a 1×1 projection.
+    """LAVT's pixel-word attention module (PWAM), one per backbone stage with `dim // 64` heads.
 
-    One per backbone stage, `dim // 64` heads. Its output is the stage's feature map F_i; a tanh gate
-    (a two-layer MLP, per channel) adds it back into the visual stream after stages 1-3.
+    Pixels attend to words (query and output InstanceNorm-ed over the pixels, scaled by 1/√dim as LAVT does); the
+    result multiplies the projected pixels, then a projection. A tanh gate (two linears, initialised at zero so
+    fusion starts closed) adds it back into the visual stream after every stage but the last.
     """
 
-    def __init__(self, dim: int, text_dim: int, eps: float, gated: bool):
+    def __init__(self, config: MetrisConfig, dim: int, gated: bool):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        self.visual_proj = MetrisLinear(dim, dim)
-        self.attention = MetrisAttention(dim, text_dim, dim, max(1, dim // 64))
-        self.fused_proj = MetrisLinear(dim, dim)
+        self.config = config
+        text_dim = config.hidden_size
+        self.num_heads = max(1, dim // 64)
+        self.scaling = dim**-0.5
+        self.is_causal = False
+        self.visual_proj = nn.Linear(dim, dim)
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(text_dim, dim)
+        self.v_proj = nn.Linear(text_dim, dim)
+        self.o_proj = nn.Linear(dim, dim)
+        self.fused_proj = nn.Linear(dim, dim)
         self.gate = (
-            nn.Sequential(MetrisLinear(dim, dim, bias=False), nn.ReLU(), MetrisLinear(dim, dim, bias=False), nn.Tanh())
+            nn.Sequential(nn.Linear(dim, dim, bias=False), nn.ReLU(), nn.Linear(dim, dim, bias=False), nn.Tanh())
             if gated
             else None
         )
 
-    def forward(self, pixels: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor):
-        """pixels (B, N, C), words (B, L, Dt), word_mask (B, L) → (fused F_i, gated residual)."""
-        language, _ = self.attention(self.norm(pixels), words, word_mask[:, None, :])
+    def forward(
+        self, pixels: torch.Tensor, words: torch.Tensor, word_bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """pixels (B, N, C), words (B, L, D), word_bias (B, 1, 1, L) → (fused, gated residual or None)."""
+        batch, num_pixels, channels = pixels.shape
+        head_dim = channels // self.num_heads
+        q = instance_norm(self.q_proj(pixels)).view(batch, num_pixels, self.num_heads, head_dim).transpose(1, 2)
+        k = self.k_proj(words).view(batch, -1, self.num_heads, head_dim).transpose(1, 2)
+        v = self.v_proj(words).view(batch, -1, self.num_heads, head_dim).transpose(1, 2)
+        language, _ = run_attention(self, q, k, v, word_bias, self.scaling, output_attentions=False)
+        language = instance_norm(self.o_proj(language.reshape(batch, num_pixels, channels)))
         fused = F.gelu(self.fused_proj(F.gelu(self.visual_proj(pixels)) * language))
         return fused, (self.gate(fused) * fused if self.gate is not None else None)
 
@@ -221,9 +330,9 @@ class MetrisPixelWordAttention(nn.Module):
 class MetrisVisionEncoder(nn.Module):
     """Runs the backbone stage by stage so that early fusion can sit between the stages.
 
-    Works with the HF `SwinBackbone` (channels last as (B, N, C), norms per stage out) and with timm's Swin
-    through `TimmBackbone` (NHWC, downsampling at the start of each stage, no per-stage norm: ours are added).
-    Returns F1..F4 as NCHW maps; the decoder only sees the maps and their channels.
+    As in LAVT (and the authors' code), a stage's output is `F_i = norm_i(PWAM(x))` and the stream continues as
+    `x + gate(PWAM(x))·PWAM(x)`; without early fusion `F_i = norm_i(x)`. Works with the HF `SwinBackbone` and with
+    timm's Swin through `TimmBackbone` (NHWC, no per-stage norm: ours are added). Returns F1..F4 as NCHW maps.
     """
 
     def __init__(self, config: MetrisConfig):
@@ -240,28 +349,29 @@ class MetrisVisionEncoder(nn.Module):
             self.channels = list(self.backbone.channels)
             # SwinModel's final norm is never used by a backbone; dropping it keeps DDP free of unused parameters.
             self.backbone.swin.layernorm = nn.Identity()
-        if len(self.channels) != 4:
-            raise ValueError(f"the backbone must return 4 feature maps, it returns {len(self.channels)}")
         self.fusions = (
             nn.ModuleList(
                 [
-                    MetrisPixelWordAttention(c, config.hidden_size, config.layer_norm_eps, gated=index < 3)
-                    for index, c in enumerate(self.channels)
+                    MetrisPixelWordAttention(config, channels, gated=index < len(self.channels) - 1)
+                    for index, channels in enumerate(self.channels)
                 ]
             )
             if config.early_fusion
             else None
         )
 
+    def stage_norm(self, index: int) -> nn.Module:
+        if self.is_timm:
+            return self.timm_norms[index]
+        return self.backbone.hidden_states_norms[self.backbone.stage_names[index + 1]]
+
     def _hf_stages(self, pixel_values: torch.Tensor):
         swin = self.backbone.swin
         hidden, dims = swin.embeddings(pixel_values)
-        for index, stage in enumerate(swin.encoder.layers):
+        for stage in swin.encoder.layers:
             for block in stage.blocks:
                 hidden, _ = block(hidden, dims, always_partition=True)
-            norm = self.backbone.hidden_states_norms[self.backbone.stage_names[index + 1]]
-            # the generator hands back the (possibly fused) stream to continue with
-            hidden = yield norm(hidden), dims, hidden
+            hidden = yield hidden, dims  # the generator continues with the (possibly fused) stream
             if stage.downsample is not None:
                 hidden = stage.downsample(hidden, dims)
                 dims = ((dims[0] + 1) // 2, (dims[1] + 1) // 2)
@@ -269,29 +379,29 @@ class MetrisVisionEncoder(nn.Module):
     def _timm_stages(self, pixel_values: torch.Tensor):
         net = self.backbone._backbone
         hidden = net.patch_embed(pixel_values)  # (B, H, W, C)
-        for index in range(4):
+        for index in range(len(self.channels)):
             hidden = getattr(net, f"layers_{index}")(hidden)
             batch, height, width, channels = hidden.shape
-            flat = hidden.reshape(batch, height * width, channels)
-            flat = yield self.timm_norms[index](flat), (height, width), flat
+            flat = yield hidden.reshape(batch, height * width, channels), (height, width)
             hidden = flat.reshape(batch, height, width, channels)
 
-    def forward(self, pixel_values: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, pixel_values: torch.Tensor, words: torch.Tensor, word_bias: torch.Tensor) -> list[torch.Tensor]:
         stages = self._timm_stages(pixel_values) if self.is_timm else self._hf_stages(pixel_values)
         features = []
-        feature, dims, stream = next(stages)
-        for index in range(4):
+        stream, dims = next(stages)
+        for index in range(len(self.channels)):
+            feature = stream
             if self.fusions is not None:
-                feature, residual = self.fusions[index](feature, words, word_mask)
+                feature, residual = self.fusions[index](stream, words, word_bias)
                 if residual is not None:
                     stream = stream + residual
+            feature = self.stage_norm(index)(feature)
             batch, _, channels = feature.shape
             # An NCHW view of channels-last memory: no copy here, and the decoder's convs run channels-last.
             features.append(feature.view(batch, *dims, channels).permute(0, 3, 1, 2))
-            try:
-                feature, dims, stream = stages.send(stream)
-            except StopIteration:
-                break
+            if index + 1 < len(self.channels):
+                stream, dims = stages.send(stream)
+        stages.close()
         return features
 
 
@@ -305,18 +415,16 @@ class MetrisLanguageEnhancer(nn.Module):
 
     def __init__(self, config: MetrisConfig):
         super().__init__()
-        dim, heads, ratio = config.hidden_size, config.num_attention_heads, config.mlp_ratio
-        self.word_blocks = nn.ModuleList(
-            [MetrisAttentionBlock(dim, heads, ratio, dim, config.dropout, config.layer_norm_eps) for _ in range(config.enhancer_rounds)]
-        )
+        rounds = range(config.enhancer_rounds)
+        self.word_blocks = nn.ModuleList([MetrisAttentionBlock(config, config.mlp_ratio) for _ in rounds])
         self.pixel_blocks = nn.ModuleList(
-            [MetrisAttentionBlock(dim, heads, ratio, dim, config.dropout, config.layer_norm_eps) for _ in range(config.enhancer_rounds)]
+            [MetrisAttentionBlock(config, config.mlp_ratio, mix_ffn=config.mix_ffn) for _ in rounds]
         )
 
-    def forward(self, words: torch.Tensor, pixels: torch.Tensor, word_mask: torch.Tensor):
+    def forward(self, words: torch.Tensor, pixels: torch.Tensor, word_bias: torch.Tensor, spatial_shape):
         for word_block, pixel_block in zip(self.word_blocks, self.pixel_blocks):
             words, _ = word_block(words, pixels)
-            pixels, _ = pixel_block(pixels, words, word_mask[:, None, :])
+            pixels, _ = pixel_block(pixels, words, word_bias, spatial_shape)
         return words, pixels
 
 
@@ -326,15 +434,22 @@ class MetrisVisualExpressionExtractor(nn.Module):
     def __init__(self, config: MetrisConfig):
         super().__init__()
         self.config = config
-        dim, heads, ratio, eps = config.hidden_size, config.num_attention_heads, config.mlp_ratio, config.layer_norm_eps
-        self.vision_proj = MetrisLinear(dim, config.joint_dim)  # φ^V of Eq. 1
-        self.text_proj = MetrisLinear(dim, config.joint_dim)  # φ^L of Eq. 1
-        # τ of Eq. 4 is learnt as log τ so it stays positive; clamped in `temperature`.
-        self.log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature_init)))
-        n_refine = config.refinement_layers if config.use_refinement else 0
-        n_relate = config.relation_layers if config.use_relation else 0
-        self.refinement = nn.ModuleList([MetrisAttentionBlock(dim, heads, ratio, dim, config.dropout, eps) for _ in range(n_refine)])
-        self.relation = nn.ModuleList([MetrisAttentionBlock(dim, heads, ratio, None, config.dropout, eps) for _ in range(n_relate)])
+        dim = config.hidden_size
+        self.vision_proj = nn.Linear(dim, config.joint_dim)  # φ^V of Eq. 1
+        self.text_proj = nn.Linear(dim, config.joint_dim)  # φ^L of Eq. 1
+        # τ of Eq. 4 is learnt as log τ so it stays positive; clamped in `temperature`. Without the contrastive
+        # loss nothing trains it: a buffer then, so that DDP finds no parameter without a gradient.
+        log_tau = torch.tensor(math.log(config.temperature_init))
+        if config.contrastive_loss_weight > 0:
+            self.log_temperature = nn.Parameter(log_tau)
+        else:
+            self.register_buffer("log_temperature", log_tau)
+        self.refinement = nn.ModuleList(
+            [MetrisAttentionBlock(config, config.mlp_ratio) for _ in range(config.num_refinement_blocks)]
+        )
+        self.relation = nn.ModuleList(
+            [MetrisAttentionBlock(config, config.mlp_ratio) for _ in range(config.num_relation_blocks)]
+        )
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -358,20 +473,22 @@ class MetrisVisualExpressionExtractor(nn.Module):
         else:  # Table 6a without step 1: every pixel counts
             k = num_pixels
             curated = torch.ones_like(scores, dtype=torch.bool)
-        dynamic_mask = torch.zeros_like(scores).masked_fill(~curated, torch.finfo(scores.dtype).min)  # Eq. 3: M
+        dynamic_mask = attention_bias(curated, scores.dtype)  # Eq. 3: M (0 on curated pixels, -inf elsewhere)
 
         # Step 2 — adaptive refinement.
         logits = scores + dynamic_mask if self.config.dynamic_mask_normalization else scores
         normalized = logits.softmax(dim=-1)  # Eq. 5: S_norm
         aggregated = (normalized @ pixels) / k  # Eq. 5: F_a = 1/N_p Σ S_norm ⊙ F_v, as written
         refined = aggregated
+        curated_bias = dynamic_mask[:, None]  # (B, 1, L, N): query l sees only its curated pixels
         for block in self.refinement:  # Eq. 6: F̂ = MHCA(F_a, F_v, M) + F_a; F_r = MLP(F̂) + F̂
-            refined, _ = block(refined, pixels, curated)
+            refined, _ = block(refined, pixels, curated_bias)
 
         # Step 3 — visual relationship modelling among the cues (padding and non-cue tokens are keys of no one).
         visual = refined
+        cue_bias = attention_bias(cue_mask[:, None, None, :], refined.dtype)
         for block in self.relation:  # Eq. 7: Q̂ = MHSA(F_r) + F_r; Q̂_V = MLP(Q̂) + Q̂
-            visual, _ = block(visual, None, cue_mask[:, None, :])
+            visual, _ = block(visual, visual, cue_bias)
         return visual, scores, curated
 
 
@@ -395,46 +512,52 @@ class MetrisFuseConv(nn.Sequential):
 
 
 class MetrisDecoder(nn.Module):
-    """F4 attends to the guidance set; then ×2 upsample, concat the skip, fuse, attend — down to stride 4."""
+    """F4 attends to the guidance set; then ×2 upsample, concat the skip, fuse, attend — down to stride 4.
+
+    One attention block per encoder stage (4× MLPs with Mix-FFN, as the authors'); upsampling is bilinear with
+    `align_corners=True`, as theirs.
+    """
 
     def __init__(self, config: MetrisConfig, skip_channels: list[int]):
         super().__init__()
         dim = config.hidden_size
         self.blocks = nn.ModuleList(
             [
-                MetrisAttentionBlock(dim, config.num_attention_heads, config.decoder_mlp_ratio, dim, config.dropout,
-                                     config.layer_norm_eps)
-                for _ in range(4)
+                MetrisAttentionBlock(config, config.decoder_mlp_ratio, mix_ffn=config.mix_ffn)
+                for _ in range(len(skip_channels) + 1)
             ]
         )
-        self.fuse = nn.ModuleList([MetrisFuseConv(dim + c, dim) for c in skip_channels])
-        num_classes = 2 if config.mask_loss == "weighted_ce" else 1
-        self.classifier = nn.Conv2d(dim, num_classes, kernel_size=1)
+        self.fuse = nn.ModuleList([MetrisFuseConv(dim + channels, dim) for channels in skip_channels])
 
-    def attend(self, index: int, feature: torch.Tensor, guidance: torch.Tensor, guidance_mask: torch.Tensor,
-               output_attentions: bool):
+    def attend(self, index: int, feature, guidance, guidance_bias, output_attentions: bool):
         batch, channels, height, width = feature.shape
         # Channels-last memory makes both reshapes views: (B, D, H, W) ⇄ (B, HW, D) without copies.
         pixels = feature.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(batch, -1, channels)
-        pixels, weights = self.blocks[index](pixels, guidance, guidance_mask[:, None, :], output_attentions)
+        pixels, weights = self.blocks[index](pixels, guidance, guidance_bias, (height, width), output_attentions)
         return pixels.view(batch, height, width, channels).permute(0, 3, 1, 2), weights
 
-    def forward(self, top: torch.Tensor, skips: list[torch.Tensor], guidance: torch.Tensor,
-                guidance_mask: torch.Tensor, output_attentions: bool = False):
-        """top (B, D, H4, W4); skips F3, F2, F1 → class logits at stride 4, stage maps, attention maps."""
-        feature, weights = self.attend(0, top, guidance, guidance_mask, output_attentions)
+    def forward(
+        self,
+        top: torch.Tensor,
+        skips: list[torch.Tensor],
+        guidance: torch.Tensor,
+        guidance_bias: torch.Tensor,
+        output_attentions: bool = False,
+    ):
+        """top (B, D, H4, W4); skips from deep to shallow (F3, F2, F1) → the stride-4 map, stage maps, attentions."""
+        feature, weights = self.attend(0, top, guidance, guidance_bias, output_attentions)
         states, attentions = [feature], [weights]
         for index, (skip, fuse) in enumerate(zip(skips, self.fuse), start=1):
-            feature = F.interpolate(feature, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            feature = F.interpolate(feature, size=skip.shape[-2:], mode="bilinear", align_corners=True)
             feature = fuse(torch.cat([feature, skip], dim=1))
-            feature, weights = self.attend(index, feature, guidance, guidance_mask, output_attentions)
+            feature, weights = self.attend(index, feature, guidance, guidance_bias, output_attentions)
             states.append(feature)
             attentions.append(weights)
-        return self.classifier(feature), states, attentions
+        return feature, states, attentions
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Pretrained model and the task model
+# Pretrained model, base model, loss and the task model
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -450,8 +573,15 @@ class MetrisPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, nn.Linear):
             init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            if module.groups > 1:  # Mix-FFN's depthwise conv: He init over its 3×3 fan-out, as the authors'
+                init.normal_(module.weight, std=math.sqrt(2.0 / (module.kernel_size[0] * module.kernel_size[1])))
+            else:
+                init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
@@ -460,12 +590,18 @@ class MetrisPreTrainedModel(PreTrainedModel):
             if isinstance(module, nn.BatchNorm2d):
                 init.zeros_(module.running_mean)
                 init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, MetrisPixelWordAttention) and module.gate is not None:
+            init.zeros_(module.gate[0].weight)  # fusion starts closed: tanh(0) = 0
+            init.zeros_(module.gate[2].weight)
         elif isinstance(module, MetrisVisualExpressionExtractor):
             init.constant_(module.log_temperature, math.log(self.config.temperature_init))
+        elif isinstance(module, MetrisModel):
+            init.copy_(module.article_ids, torch.tensor(list(self.config.article_token_ids), dtype=torch.long))
 
 
-class MetrisForReferringSegmentation(MetrisPreTrainedModel):
-    """METRIS: the decoder is guided by linguistic and visual expression tokens; returns mask logits."""
+class MetrisModel(MetrisPreTrainedModel):
+    """Encoders, early fusion, language enhancer, VEE and decoder: everything up to the stride-4 feature map."""
 
     def __init__(self, config: MetrisConfig):
         super().__init__(config)
@@ -473,30 +609,33 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
         if getattr(text_encoder, "pooler", None) is not None and config.text_config.model_type == "bert":
             text_encoder.pooler = None  # unused: keeps DDP free of parameters without gradients
         self.text_encoder = text_encoder
-        text_dim = config.text_config.hidden_size
-        dim = config.hidden_size
-        self.text_proj = MetrisLinear(text_dim, dim) if text_dim != dim else nn.Identity()
+        text_dim, dim = config.text_config.hidden_size, config.hidden_size
+        self.text_proj = nn.Linear(text_dim, dim) if text_dim != dim else nn.Identity()
         self.vision_encoder = MetrisVisionEncoder(config)
         channels = self.vision_encoder.channels
-        # Stage 4 is projected to the decoder width and refined by one attention block (released code).
-        self.stage4_proj = nn.Sequential(MetrisLinear(channels[3], dim), nn.LayerNorm(dim, eps=config.layer_norm_eps))
-        self.stage4_block = MetrisAttentionBlock(dim, config.num_attention_heads, config.mlp_ratio, None, config.dropout,
-                                                 config.layer_norm_eps)
+        # The deepest stage is projected to the decoder width and refined by one self-attention block (authors').
+        self.stage4_proj = nn.Linear(channels[-1], dim)
+        self.stage4_block = MetrisAttentionBlock(config, config.mlp_ratio, mix_ffn=config.mix_ffn)
         uses_enhancer = config.guidance != "pure_le"
         uses_vee = config.guidance in ("full", "ve_only")
         self.language_enhancer = MetrisLanguageEnhancer(config) if uses_enhancer else None
         self.visual_expression_extractor = MetrisVisualExpressionExtractor(config) if uses_vee else None
-        self.decoder = MetrisDecoder(config, [channels[2], channels[1], channels[0]])
-        self.no_target_classifier = (
-            nn.Sequential(MetrisLinear(2 * dim, dim), nn.GELU(), MetrisLinear(dim, 1)) if config.no_target_head else None
+        self.decoder = MetrisDecoder(config, channels[-2::-1])
+        self.register_buffer(
+            "article_ids", torch.tensor(list(config.article_token_ids), dtype=torch.long), persistent=False
         )
-        self.register_buffer("article_ids", torch.tensor(list(config.article_token_ids), dtype=torch.long), persistent=False)
         self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_encoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_encoder.set_input_embeddings(value)
 
     # ---- pieces of forward, in the order they run ----
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Q_L = [q_cls, q_1 .. q_{L-1}] projected to D. CLIP has no [CLS]: its pooled EOS token takes position 0."""
+        """Q_L = [q_cls, q_1 .. q_{L-1}] at width D. CLIP has no [CLS]: its pooled EOS token takes position 0."""
         outputs = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
         words = outputs.last_hidden_state
         if self.config.text_config.model_type != "bert" and getattr(outputs, "pooler_output", None) is not None:
@@ -536,6 +675,135 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
         pixel_values: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MetrisModelOutput:
+        r"""
+        pixel_values (`(B, 3, H, W)`): normalised images, H and W multiples of 32 (480×480 in the paper).
+        input_ids, attention_mask (`(B, L)`): the tokenised expressions; padding is masked everywhere.
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        word_mask = attention_mask.bool()
+        pixel_values = pixel_values.to(self.dtype)
+
+        text_states = self.encode_text(input_ids, attention_mask)  # Q_L (B, L, D)
+        word_bias = attention_bias(word_mask[:, None, None, :], text_states.dtype)  # (B, 1, 1, L)
+        *skips, f4 = self.vision_encoder(pixel_values, text_states, word_bias)
+        batch, _, h4, w4 = f4.shape
+        pixels = self.stage4_proj(f4.permute(0, 2, 3, 1).reshape(batch, h4 * w4, -1))  # (B, N, D)
+        pixels, _ = self.stage4_block(pixels, pixels, None, (h4, w4))
+
+        linguistic = text_states
+        if self.language_enhancer is not None:  # Q̂_L; F4 becomes F_v
+            linguistic, pixels = self.language_enhancer(text_states, pixels, word_bias, (h4, w4))
+
+        cues = self.cue_mask(input_ids, word_mask)
+        visual = scores = curated = temperature = None
+        if self.visual_expression_extractor is not None:
+            visual, scores, curated = self.visual_expression_extractor(pixels, linguistic, cues)
+            temperature = self.visual_expression_extractor.temperature
+
+        guidance, guidance_mask = self.guidance_set(text_states, linguistic, visual, pixels, word_mask, cues)
+        guidance_bias = attention_bias(guidance_mask[:, None, None, :], guidance.dtype)
+        top = pixels.view(batch, h4, w4, -1).permute(0, 3, 1, 2)
+        feature, decoder_states, decoder_attentions = self.decoder(
+            top, skips[::-1], guidance, guidance_bias, output_attentions
+        )
+        return MetrisModelOutput(
+            last_hidden_state=feature,
+            relevance_scores=scores,
+            curation_mask=curated,
+            temperature=temperature,
+            visual_expression=visual,
+            linguistic_expression=linguistic,
+            cue_mask=cues,
+            guidance_mask=guidance_mask,
+            encoder_hidden_states=(*skips, f4) if output_hidden_states else None,
+            decoder_hidden_states=tuple(decoder_states) if output_hidden_states else None,
+            decoder_attentions=tuple(decoder_attentions) if output_attentions else None,
+        )
+
+
+class MetrisLoss(nn.Module):
+    """`mask_loss_weight`·mask loss + λ·Eq. 4 on the [CLS] row of S_c (+ the no-target loss), all at label size.
+
+    The authors' code trains 2 × weighted cross-entropy + 0.4 × the contrastive BCE, upsampling both maps to the
+    label size with `align_corners=True`; the paper's single-logit BCE is the default mask loss.
+    """
+
+    def __init__(self, config: MetrisConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("class_weights", torch.tensor(list(config.ce_class_weights)), persistent=False)
+
+    def forward(
+        self,
+        class_logits: torch.Tensor,
+        labels: torch.Tensor,
+        relevance_scores: torch.Tensor | None = None,
+        temperature: torch.Tensor | None = None,
+        no_target_logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        config = self.config
+        size = labels.shape[-2:]
+        target = labels.float()
+        upsampled = F.interpolate(class_logits, size=size, mode="bilinear", align_corners=True).float()
+        if config.mask_loss == "weighted_ce":
+            mask_loss = F.cross_entropy(upsampled, labels.long(), weight=self.class_weights.float())
+        else:
+            mask_loss = F.binary_cross_entropy_with_logits(upsampled[:, 0], target)
+        loss = config.mask_loss_weight * mask_loss
+        if relevance_scores is not None and config.contrastive_loss_weight > 0:
+            # Eq. 4 on s = S_c[cls] / τ, upsampled to the label size as in the released code.
+            batch, _, num_pixels = relevance_scores.shape
+            grid = class_logits.shape[-2] // 8, class_logits.shape[-1] // 8
+            if grid[0] * grid[1] != num_pixels:
+                raise ValueError(f"relevance scores hold {num_pixels} pixels, not the {grid} grid of stride 32")
+            global_scores = (relevance_scores[:, 0] / temperature).reshape(batch, 1, *grid)
+            global_scores = F.interpolate(global_scores, size=size, mode="bilinear", align_corners=True).float()
+            contrastive = F.binary_cross_entropy_with_logits(global_scores[:, 0], target)
+            loss = loss + config.contrastive_loss_weight * contrastive
+        if no_target_logits is not None:
+            is_empty = (labels.flatten(1).sum(1) == 0).float()
+            no_target = F.binary_cross_entropy_with_logits(no_target_logits.float(), is_empty)
+            loss = loss + config.no_target_loss_weight * no_target
+        return loss
+
+
+class MetrisForReferringSegmentation(MetrisPreTrainedModel):
+    """METRIS: the decoder is guided by linguistic and visual expression tokens; returns mask logits."""
+
+    def __init__(self, config: MetrisConfig):
+        super().__init__(config)
+        self.metris = MetrisModel(config)
+        dim = config.hidden_size
+        num_classes = 2 if config.mask_loss == "weighted_ce" else 1
+        self.classifier = nn.Conv2d(dim, num_classes, kernel_size=1)
+        self.no_target_classifier = (
+            nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, 1)) if config.no_target_head else None
+        )
+        self.criterion = MetrisLoss(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.metris.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.metris.set_input_embeddings(value)
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -548,87 +816,52 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
         labels (`(B, H, W)`, optional): binary target masks at the `pixel_values` size; an all-zero mask is a
             no-target sample (gRefCOCO).
         """
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        outputs: MetrisModelOutput = self.metris(
+            pixel_values,
+            input_ids,
+            attention_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        word_mask = attention_mask.bool()
-        pixel_values = pixel_values.to(self.dtype)
-
-        text_states = self.encode_text(input_ids, attention_mask)  # Q_L (B, L, D)
-        f1, f2, f3, f4 = self.vision_encoder(pixel_values, text_states, word_mask)
-        batch, _, h4, w4 = f4.shape
-        pixels = self.stage4_proj(f4.flatten(2).transpose(1, 2))  # (B, N, D)
-        pixels, _ = self.stage4_block(pixels)
-
-        linguistic = text_states
-        if self.language_enhancer is not None:  # Q̂_L; F4 becomes F_v
-            linguistic, pixels = self.language_enhancer(text_states, pixels, word_mask)
-
-        cues = self.cue_mask(input_ids, word_mask)
-        visual = scores = curated = temperature = None
-        if self.visual_expression_extractor is not None:
-            visual, scores, curated = self.visual_expression_extractor(pixels, linguistic, cues)
-            temperature = self.visual_expression_extractor.temperature
-
-        guidance, guidance_mask = self.guidance_set(text_states, linguistic, visual, pixels, word_mask, cues)
-        top = pixels.view(batch, h4, w4, -1).permute(0, 3, 1, 2)
-        class_logits, decoder_states, decoder_attentions = self.decoder(
-            top, [f3, f2, f1], guidance, guidance_mask, output_attentions
-        )
+        class_logits = self.classifier(outputs.last_hidden_state)
         # weighted_ce keeps two classes; their difference is the same single logit as bce's.
         logits = class_logits[:, 1:] - class_logits[:, :1] if class_logits.shape[1] == 2 else class_logits
 
         no_target_logits = None
         if self.no_target_classifier is not None:
-            source = visual if visual is not None else linguistic
-            weights = cues.unsqueeze(-1).to(source.dtype)
+            linguistic = outputs.linguistic_expression
+            source = outputs.visual_expression if outputs.visual_expression is not None else linguistic
+            weights = outputs.cue_mask.unsqueeze(-1).to(source.dtype)
             pooled = (source * weights).sum(1) / weights.sum(1)
             no_target_logits = self.no_target_classifier(torch.cat([linguistic[:, 0], pooled], dim=-1)).squeeze(-1)
 
         loss = None
         if labels is not None:
-            loss = self.compute_loss(class_logits, labels, scores, temperature, no_target_logits, (h4, w4))
+            loss = self.criterion(
+                class_logits, labels, outputs.relevance_scores, outputs.temperature, no_target_logits
+            )
 
         return MetrisReferringSegmentationOutput(
             loss=loss,
             logits=logits,
             no_target_logits=no_target_logits,
-            relevance_scores=scores,
-            curation_mask=curated,
-            temperature=temperature,
-            visual_expression=visual,
-            linguistic_expression=linguistic,
-            guidance_mask=guidance_mask,
-            encoder_hidden_states=(f1, f2, f3, f4) if output_hidden_states else None,
-            decoder_hidden_states=tuple(decoder_states) if output_hidden_states else None,
-            decoder_attentions=tuple(decoder_attentions) if output_attentions else None,
+            relevance_scores=outputs.relevance_scores,
+            curation_mask=outputs.curation_mask,
+            temperature=outputs.temperature,
+            visual_expression=outputs.visual_expression,
+            linguistic_expression=outputs.linguistic_expression,
+            guidance_mask=outputs.guidance_mask,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
         )
 
-    def compute_loss(self, class_logits, labels, scores, temperature, no_target_logits, grid) -> torch.Tensor:
-        """Mask loss at the label size + λ·Eq. 4 on the [CLS] row of S_c (+ the no-target loss)."""
-        size = labels.shape[-2:]
-        target = labels.to(class_logits.dtype)
-        upsampled = F.interpolate(class_logits, size=size, mode="bilinear", align_corners=False).float()
-        if self.config.mask_loss == "weighted_ce":
-            weight = torch.tensor(self.config.ce_class_weights, device=labels.device, dtype=torch.float32)
-            loss = F.cross_entropy(upsampled, labels.long(), weight=weight)
-        else:
-            loss = F.binary_cross_entropy_with_logits(upsampled[:, 0], target.float())
-        if scores is not None and self.config.contrastive_loss_weight > 0:
-            # Eq. 4 on s = S_c[cls] / τ, upsampled to the label size as in the released code.
-            global_scores = (scores[:, 0] / temperature).reshape(-1, 1, *grid)
-            global_scores = F.interpolate(global_scores, size=size, mode="bilinear", align_corners=False).float()
-            contrastive = F.binary_cross_entropy_with_logits(global_scores[:, 0], target.float())
-            loss = loss + self.config.contrastive_loss_weight * contrastive
-        if no_target_logits is not None:
-            is_empty = (labels.flatten(1).sum(1) == 0).float()
-            loss = loss + self.config.no_target_loss_weight * F.binary_cross_entropy_with_logits(
-                no_target_logits.float(), is_empty
-            )
-        return loss
 
-
-__all__ = ["MetrisForReferringSegmentation", "MetrisPreTrainedModel", "MetrisReferringSegmentationOutput"]
+__all__ = [
+    "MetrisForReferringSegmentation",
+    "MetrisModel",
+    "MetrisModelOutput",
+    "MetrisPreTrainedModel",
+    "MetrisReferringSegmentationOutput",
+]
