@@ -19,16 +19,17 @@ from metris_hf import MetrisConfig, MetrisForReferringSegmentation
 
 # Module-name prefixes → the parts the README reports.
 PARTS = {
-    "vision_encoder.backbone": "backbone",
-    "vision_encoder.fusions": "early fusion",
-    "vision_encoder.timm_norms": "backbone",
-    "text_encoder": "text encoder",
-    "text_proj": "text encoder",
-    "stage4_proj": "stage-4 projection",
-    "stage4_block": "stage-4 projection",
-    "language_enhancer": "language enhancer",
-    "visual_expression_extractor": "VEE",
-    "decoder": "decoder",
+    "metris.vision_encoder.backbone": "backbone",
+    "metris.vision_encoder.fusions": "early fusion",
+    "metris.vision_encoder.timm_norms": "backbone",
+    "metris.text_encoder": "text encoder",
+    "metris.text_proj": "text encoder",
+    "metris.stage4_proj": "stage-4 projection",
+    "metris.stage4_block": "stage-4 projection",
+    "metris.language_enhancer": "language enhancer",
+    "metris.visual_expression_extractor": "VEE",
+    "metris.decoder": "decoder",
+    "classifier": "decoder",
     "no_target_classifier": "no-target head",
 }
 
@@ -73,10 +74,11 @@ def count(config: MetrisConfig, image_size: int, max_length: int, batch_size: in
     macs: dict[str, float] = defaultdict(float)
     # The tracker names only modules that were called, and the backbone is run stage by stage, so its share
     # is the vision encoder's minus the fusion modules'.
-    macs["early fusion"] = sum(gmacs_of(f"vision_encoder.fusions.{index}") for index in range(4))
-    macs["backbone"] = gmacs_of("vision_encoder") - macs["early fusion"]
+    stages = len(model.metris.vision_encoder.channels)
+    macs["early fusion"] = sum(gmacs_of(f"metris.vision_encoder.fusions.{index}") for index in range(stages))
+    macs["backbone"] = gmacs_of("metris.vision_encoder") - macs["early fusion"]
     for prefix, part in PARTS.items():
-        if not prefix.startswith("vision_encoder"):
+        if not prefix.startswith("metris.vision_encoder"):
             macs[part] += gmacs_of(prefix)
     total_macs = sum(per_module["Global"].values()) / 2 / batch_size
     macs["other (losses, glue)"] = total_macs - sum(macs.values())

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model, processor = build_model_and_processor(args)
     if args.freeze_text_embeddings:
-        for param in model.text_encoder.get_input_embeddings().parameters():
+        for param in model.get_input_embeddings().parameters():
             param.requires_grad_(False)
     if args.gradient_checkpointing:
         # transformers 5 renamed it; the old name still works there but warns

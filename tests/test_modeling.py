@@ -85,7 +85,7 @@ def test_curation_keeps_k_pixels_per_token(ratio):
 def test_dynamic_mask_is_eq3():
     """Eq. 5 with the mask: F_a is a mean over the curated pixels only, scaled by 1/N_p."""
     model = build()
-    vee = model.visual_expression_extractor
+    vee = model.metris.visual_expression_extractor
     pixels = torch.randn(2, 16, 32)
     words = torch.randn(2, 5, 32)
     cues = torch.ones(2, 5, dtype=torch.bool)
@@ -141,8 +141,8 @@ def _logits_with_shared_weights(reference, **overrides):
         {"guidance": "ve_only"},
         {"guidance": "all_pixels"},
         {"use_curation": False},
-        {"use_refinement": False},
-        {"use_relation": False},
+        {"use_refinement": False, "equal_size_ablations": False},
+        {"use_relation": False, "equal_size_ablations": False},
         {"linguistic_cues": "global"},
         {"linguistic_cues": "local"},
         {"dynamic_mask_normalization": False},
@@ -160,14 +160,34 @@ def test_every_ablation_runs_and_changes_the_output(overrides):
 
 def test_early_fusion_off_and_contrastive_off():
     model = build(early_fusion=False, contrastive_loss_weight=0.0)
-    assert model.vision_encoder.fusions is None
+    assert model.metris.vision_encoder.fusions is None
     batch = make_batch(2)
     out = model(**batch)
-    mask_only = torch.nn.functional.binary_cross_entropy_with_logits(
-        torch.nn.functional.interpolate(out.logits, size=(IMAGE, IMAGE), mode="bilinear")[:, 0],
-        batch["labels"].float(),
-    )
-    torch.testing.assert_close(out.loss, mask_only)
+    upsampled = torch.nn.functional.interpolate(out.logits, size=(IMAGE, IMAGE), mode="bilinear", align_corners=True)
+    mask_only = torch.nn.functional.binary_cross_entropy_with_logits(upsampled[:, 0], batch["labels"].float())
+    torch.testing.assert_close(out.loss, model.config.mask_loss_weight * mask_only)
+    assert "log_temperature" not in dict(model.named_parameters())  # λ = 0: τ is no parameter DDP would wait for
+
+
+def full_size_parameters(**overrides) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in MetrisForReferringSegmentation(MetrisConfig(**overrides)).parameters())
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"use_curation": False}, {"use_refinement": False}, {"use_relation": False},
+     {"linguistic_cues": "global"}, {"linguistic_cues": "local"}],
+)
+def test_table6_ablations_keep_the_full_models_size(overrides):
+    """§4.4: the Table 6 ablations got extra attention layers to keep the parameter count of the full model."""
+    full = full_size_parameters()
+    assert abs(full_size_parameters(**overrides) - full) / full < 0.03
+
+
+def test_without_equal_size_an_ablation_loses_its_blocks():
+    full = full_size_parameters()
+    assert full_size_parameters(use_refinement=False, equal_size_ablations=False) < 0.95 * full
 
 
 def test_weighted_ce_and_no_target_head():

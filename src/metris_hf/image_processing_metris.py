@@ -6,7 +6,8 @@ without torchvision). What is METRIS-specific lives in `MetrisImageProcessingMix
 
 - every input becomes an RGB uint8 image first (`to_rgb_uint8`), whatever arrives: any PIL mode (palette,
   alpha, CMYK, 16-bit), NumPy arrays (H×W, H×W×C) and tensors (C×H×W), uint8, 16-bit or float. The same
-  picture therefore gives the same `pixel_values` whichever container it came in;
+  picture therefore gives the same `pixel_values` whichever container it came in. `do_convert_rgb=False`
+  keeps the channels the image came with (uint8 all the same), as in every transformers image processor;
 - then the paper's recipe (appendix A, as LAVT): resize to 480×480 without keeping the aspect ratio,
   rescale to [0, 1], normalise with the ImageNet mean/std;
 - `segmentation_maps` are binarised and resized with nearest neighbour into `labels` (B, S, S) 0/1 int64,
@@ -72,8 +73,13 @@ def load_local_image(path: str | os.PathLike) -> PIL.Image.Image:
     return image
 
 
-def _pil_to_array(image: PIL.Image.Image, reduce_to: tuple[int, int] | None = None) -> np.ndarray:
+def _pil_to_array(
+    image: PIL.Image.Image, reduce_to: tuple[int, int] | None = None, convert_rgb: bool = True
+) -> np.ndarray:
     """PIL image → H×W×3 uint8 RGB (or, for 16-bit / 32-bit / float modes, the raw H×W array for `to_rgb_uint8`).
+
+    With `convert_rgb=False` the image keeps its own bands (H×W for "L", H×W×4 for "RGBA", ...); only a palette
+    image is expanded through its palette, its values being indices rather than intensities.
 
     With `reduce_to` (the resize target), an image at least 6× larger on both sides is first shrunk by an
     integer factor with PIL's box filter, keeping it ≥ 3× the target: the two-step resize of PIL's own
@@ -87,6 +93,10 @@ def _pil_to_array(image: PIL.Image.Image, reduce_to: tuple[int, int] | None = No
     if image.mode in ("I", "F"):
         # PIL's own convert("RGB") clips these at 255, which turns a 16-bit scan white: scale them instead.
         return np.asarray(image)
+    if not convert_rgb:
+        if image.mode in ("P", "PA"):
+            image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+        return np.asarray(_reduced(image, reduce_to))
     try:
         if image.mode in _ALPHA_MODES or "transparency" in image.info:
             # Transparent pixels become white, as transformers' own convert_to_rgb does.
@@ -96,11 +106,15 @@ def _pil_to_array(image: PIL.Image.Image, reduce_to: tuple[int, int] | None = No
         rgb = image if image.mode == "RGB" else image.convert("RGB")
     except (ValueError, OSError) as error:
         raise ValueError(f"unsupported PIL image mode {image.mode!r}: {error}") from error
+    return np.asarray(_reduced(rgb, reduce_to))
+
+
+def _reduced(image: PIL.Image.Image, reduce_to: tuple[int, int] | None) -> PIL.Image.Image:
     if reduce_to is not None:
-        factor = min(rgb.height // (3 * reduce_to[0]), rgb.width // (3 * reduce_to[1]))
+        factor = min(image.height // (3 * reduce_to[0]), image.width // (3 * reduce_to[1]))
         if factor >= 2:
-            rgb = rgb.reduce(factor)
-    return np.asarray(rgb)
+            image = image.reduce(factor)
+    return image
 
 
 def _to_uint8(values: torch.Tensor, sixteen_bit: bool) -> torch.Tensor:
@@ -138,6 +152,7 @@ def to_rgb_uint8(
     image: Any,
     input_data_format: str | ChannelDimension | None = None,
     reduce_to: tuple[int, int] | None = None,
+    convert_rgb: bool = True,
 ) -> torch.Tensor:
     """One image, as anything users hold, → a 3×H×W uint8 RGB tensor (on the input tensor's device).
 
@@ -149,11 +164,14 @@ def to_rgb_uint8(
     Values: uint8 as is; bool ×255; uint16 as 16-bit; other integers as 8-bit if within [0, 255], else as
     16-bit; floats as [0, 1] if they all lie there, else as [0, 255] (clipped). Quantising every input to
     uint8 is what makes both backends and all containers agree.
+
+    `convert_rgb=False` (the image processors' `do_convert_rgb=False`) stops after the value rules: the image
+    keeps the channels it came with (C×H×W uint8, alpha not composited), as transformers' processors do.
     """
     sixteen_bit = False
     from_numpy = True
     if isinstance(image, PIL.Image.Image):
-        image = _pil_to_array(image, reduce_to)
+        image = _pil_to_array(image, reduce_to, convert_rgb)
     if isinstance(image, np.ndarray):
         if image.dtype == np.uint16 or image.dtype == np.dtype(">u2"):
             sixteen_bit = True
@@ -202,6 +220,8 @@ def to_rgb_uint8(
     if channels not in (1, 2, 3, 4):
         raise ValueError(f"unsupported number of channels {channels} (expected 1, 2, 3 or 4)")
     tensor = _to_uint8(tensor, sixteen_bit)
+    if not convert_rgb:
+        return tensor
     if channels == 2:
         tensor = _composite_on_white(tensor[:1], tensor[1:])
     elif channels == 4:
@@ -253,11 +273,13 @@ def _foreground(mask: torch.Tensor) -> torch.Tensor:
 
 
 def make_list(inputs: Any, what: str = "images") -> list[Any]:
-    """A single image / mask, a list of them, or a 4-D batch → a flat list (one entry per example)."""
+    """A single image / mask, a list of them, a 4-D batch, or per-sample lists (`[[image], [image]]`, the layout
+    multimodal processors pass) → a flat list, one entry per example."""
     if isinstance(inputs, (list, tuple)):
-        if len(inputs) == 0:
+        flat = [item for entry in inputs for item in (entry if isinstance(entry, (list, tuple)) else [entry])]
+        if len(flat) == 0:
             raise ValueError(f"no {what} given (empty list)")
-        return list(inputs)
+        return flat
     if isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim == 4:
         return list(inputs)
     return [inputs]
@@ -297,6 +319,9 @@ class MetrisImageProcessingMixin:
     do_center_crop = None
     crop_size = None
     _mask_resample: Any = PILImageResampling.NEAREST  # ground truth: nearest neighbour (the evaluation protocol)
+
+    def _converts_rgb(self, do_convert_rgb: bool | None) -> bool:
+        return bool(self.do_convert_rgb if do_convert_rgb is None else do_convert_rgb)
 
     def fetch_images(self, image_url_or_urls: Any) -> Any:
         """Local paths → PIL images; URLs are refused (see `load_local_image`)."""
@@ -338,7 +363,7 @@ class MetrisImageProcessingMixin:
         **kwargs: Any,
     ) -> BatchFeature:
         """Images → `pixel_values`; masks (one per image) → `labels`, resized with nearest neighbour."""
-        process_kwargs: dict[str, Any] = {"input_data_format": input_data_format}
+        process_kwargs: dict[str, Any] = {"input_data_format": input_data_format, "do_convert_rgb": do_convert_rgb}
         size = kwargs.get("size")
         if kwargs.get("do_resize") and size is not None and size.get("height") and size.get("width"):
             process_kwargs["reduce_to"] = (size["height"], size["width"])
@@ -479,8 +504,9 @@ class MetrisImageProcessor(MetrisImageProcessingMixin, TorchvisionBackend):
         reduce_to: tuple[int, int] | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """One raw image → 3×H×W uint8 tensor (always RGB: the model has three input channels)."""
-        rgb = to_rgb_uint8(image, input_data_format, reduce_to)
+        """One raw image → 3×H×W uint8 RGB tensor (the model's three input channels); with `do_convert_rgb=False`,
+        C×H×W with the channels as given."""
+        rgb = to_rgb_uint8(image, input_data_format, reduce_to, convert_rgb=self._converts_rgb(do_convert_rgb))
         return super().process_image(rgb, do_convert_rgb=False, input_data_format=ChannelDimension.FIRST, device=device)
 
     @staticmethod
@@ -507,8 +533,8 @@ class MetrisImageProcessorPil(MetrisImageProcessingMixin, PilBackend):
         reduce_to: tuple[int, int] | None = None,
         **kwargs: Any,
     ) -> np.ndarray:
-        """One raw image → 3×H×W uint8 array (always RGB)."""
-        rgb = to_rgb_uint8(image, input_data_format, reduce_to).cpu().numpy()
+        """One raw image → 3×H×W uint8 RGB array; with `do_convert_rgb=False`, C×H×W with the channels as given."""
+        rgb = to_rgb_uint8(image, input_data_format, reduce_to, convert_rgb=self._converts_rgb(do_convert_rgb)).cpu().numpy()
         return super().process_image(rgb, do_convert_rgb=False, input_data_format=ChannelDimension.FIRST)
 
     @staticmethod

@@ -7,14 +7,17 @@ expressions may want more), so every batch has the same shape and batching never
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import is_torchvision_available
 
 from .image_processing_metris import MetrisImageProcessor, MetrisImageProcessorPil, make_list
+
+DEFAULT_MAX_LENGTH = 20
 
 
 def _expressions(text: Any) -> list[str]:
@@ -32,37 +35,63 @@ def _expressions(text: Any) -> list[str]:
     return list(texts)
 
 
+def _one_per_sample(inputs: Any, what: str) -> None:
+    """Nested per-sample lists (`[[image], [image]]`, the layout of multimodal processors) hold one item each.
+
+    METRIS segments one image per expression: a sample with no image, or with several, has no meaning for it.
+    """
+    if not isinstance(inputs, (list, tuple)) or not any(isinstance(item, (list, tuple)) for item in inputs):
+        return
+    for index, sample in enumerate(inputs):
+        count = len(sample) if isinstance(sample, (list, tuple)) else 1
+        if count != 1:
+            raise ValueError(
+                f"sample {index} has {count} {what}: METRIS pairs every expression with exactly one image "
+                "(give one per sample, or one for all expressions)"
+            )
+
+
 class MetrisProcessor(ProcessorMixin):
     """Image processor + BERT tokenizer for METRIS.
 
     `processor(images=..., text=..., segmentation_maps=None, return_tensors="pt")` → `BatchFeature` with
     `pixel_values` (B, 3, 480, 480), `input_ids` and `attention_mask` (B, max_length), and `labels`
-    (B, 480, 480) when masks are given. Pairing: one image per expression, or one image with several
-    expressions (the image is processed once and repeated); masks, when given, are one per expression.
+    (B, 480, 480) when masks are given. Pairing: one image per expression (flat, or nested per sample as
+    `[[image], [image]]`), or one image with several expressions (the image is processed once and repeated);
+    masks, when given, are one per expression.
 
-    Tokenizer defaults (lowest priority, as transformers v5 processors declare them): pad to and truncate at
-    `self.max_length`, no `token_type_ids` (the model takes none). Any of them can be overridden per call,
-    e.g. `processor(..., max_length=32)` or `text_kwargs={"max_length": 32}`; `max_length` set on the
-    processor is saved with it.
+    Tokenizer settings, by priority as everywhere in transformers: the call's kwargs (`max_length=32`,
+    `text_kwargs={"max_length": 32}`), then the tokenizer's init kwargs (what it was loaded or built with, saved
+    in its `tokenizer_config.json`; `processor.max_length = 32` sets that one), then the defaults below: pad to and
+    truncate at 20 tokens, no `token_type_ids` (the model takes none).
     """
 
-    def __init__(self, image_processor: Any = None, tokenizer: Any = None, max_length: int = 20, **kwargs: Any):
+    text_kwargs: ClassVar[dict[str, Any]] = {
+        "padding": "max_length",
+        "truncation": True,
+        "max_length": DEFAULT_MAX_LENGTH,
+        "return_token_type_ids": False,
+    }
+
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, **kwargs: Any):
         if tokenizer is None:
             raise ValueError("MetrisProcessor needs a tokenizer (a BERT tokenizer for the default text encoder)")
         if image_processor is None:
             image_processor = MetrisImageProcessor() if is_torchvision_available() else MetrisImageProcessorPil()
         super().__init__(image_processor, tokenizer, **kwargs)
-        self.max_length = max_length
 
     @property
-    def text_kwargs(self) -> dict[str, Any]:
-        """The processor-level tokenizer defaults (`_merge_kwargs` gives them the lowest priority)."""
-        return {
-            "padding": "max_length",
-            "truncation": True,
-            "max_length": self.max_length,
-            "return_token_type_ids": False,
-        }
+    def max_length(self) -> int:
+        """Tokens per expression when a call does not say: the tokenizer's init `max_length`, else 20."""
+        return self.tokenizer.init_kwargs.get("max_length") or self.text_kwargs["max_length"]
+
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        # A tokenizer init kwarg: it outranks the processor default, loses to a call's kwargs, and is saved in the
+        # tokenizer's config, so a checkpoint keeps its expression length.
+        if not isinstance(value, int) or value < 2:
+            raise ValueError(f"max_length must be an integer >= 2 ([CLS] and [SEP]), got {value!r}")
+        self.tokenizer.init_kwargs["max_length"] = value
 
     def __call__(
         self,
@@ -76,10 +105,6 @@ class MetrisProcessor(ProcessorMixin):
             raise ValueError("MetrisProcessor needs images, text or both")
         merged = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
         text_kwargs, images_kwargs = merged["text_kwargs"], merged["images_kwargs"]
-        # A tokenizer saved after use stores its last padding/truncation settings (e.g. `max_length`) in its
-        # config, and `_merge_kwargs` ranks those above processor defaults: restore ours unless the call set them.
-        given = set(kwargs) | set(kwargs.get("text_kwargs", {}))
-        text_kwargs.update({key: value for key, value in self.text_kwargs.items() if key not in given})
         return_tensors = text_kwargs.pop("return_tensors", None) or images_kwargs.get("return_tensors")
         images_kwargs.pop("return_tensors", None)
 
@@ -90,6 +115,7 @@ class MetrisProcessor(ProcessorMixin):
             encoding = self.tokenizer(texts, return_tensors="pt", **text_kwargs)
             data["input_ids"], data["attention_mask"] = encoding["input_ids"], encoding["attention_mask"]
         if images is not None:
+            _one_per_sample(images, "images")
             image_list = make_list(images, "images")
             repeat = 1
             if texts is not None and len(image_list) != len(texts):
@@ -100,6 +126,7 @@ class MetrisProcessor(ProcessorMixin):
                     )
                 repeat = len(texts)
             if segmentation_maps is not None:
+                _one_per_sample(segmentation_maps, "segmentation maps")
                 masks = make_list(segmentation_maps, "segmentation maps")
                 if len(masks) != len(image_list) * repeat:
                     raise ValueError(
@@ -118,6 +145,42 @@ class MetrisProcessor(ProcessorMixin):
         if return_tensors is None and texts is not None:  # plain lists, as a tokenizer gives them
             data["input_ids"], data["attention_mask"] = data["input_ids"].tolist(), data["attention_mask"].tolist()
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs: Any) -> Any:
+        """Saves as `ProcessorMixin` does, without the two side effects that would break a save/load round trip.
+
+        - A tokenizer keeps the padding/truncation of its last call in `tokenizer.json`, and loading turns them
+          into init kwargs, which outrank the processor defaults: one `processor(..., max_length=8)` before saving
+          would make 8 the saved length. They are cleared first (every call sets its own anyway).
+        - `register_for_auto_class` makes saving write `auto_map` into the instance as well as the file, so the
+          instance would no longer equal the one loaded back (which drops it); it is removed again afterwards,
+          as transformers does for the tokenizers' copy.
+        """
+        backend = getattr(self.tokenizer, "_tokenizer", None)
+        if backend is not None and hasattr(backend, "no_truncation"):
+            backend.no_truncation()
+            backend.no_padding()
+        had_auto_map = "auto_map" in self.__dict__
+        try:
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            if not had_auto_map:
+                self.__dict__.pop("auto_map", None)
+
+    @classmethod
+    def from_args_and_dict(cls, args: Any, processor_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """Loads a `processor_config.json`; one written before `max_length` moved to the tokenizer still loads.
+
+        Such a file holds `max_length` at the top level (it was an `__init__` argument); it becomes the
+        tokenizer's init kwarg unless the tokenizer brings its own.
+        """
+        processor_dict = dict(processor_dict)
+        legacy_max_length = processor_dict.pop("max_length", None)
+        loaded = super().from_args_and_dict(args, processor_dict, **kwargs)
+        processor = loaded[0] if isinstance(loaded, tuple) else loaded
+        if legacy_max_length is not None and "max_length" not in processor.tokenizer.init_kwargs:
+            processor.max_length = legacy_max_length
+        return loaded
 
     def post_process_referring_segmentation(self, *args: Any, **kwargs: Any) -> list[Any]:
         """See `MetrisImageProcessor.post_process_referring_segmentation`."""
