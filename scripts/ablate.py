@@ -7,8 +7,10 @@ synthetic test split with the paper's protocol.
 
 Prints the table in the paper's format (P@0.5, P@0.7, P@0.9, mIoU, oIoU; mean ± std over seeds when there are
 several), writes it as `results.json` / `results.md`, and draws the pixel-level precision-recall curves of
-Fig. 5 (with AUC-PR) into `pr_curves.png`. Unlike the paper, rows that drop a VEE step do not get extra
-attention layers to even out the parameter count: the table lists each row's parameters instead.
+Fig. 5 (with AUC-PR) into `pr_curves.png`. As in the paper (§4.4), the Table 6 rows are at equal size: a row
+without VEE step 2 (or 3) gets that step's blocks in the other step (`equal_size_ablations`, on by default; pass
+`equal_size_ablations=False` through `--train_args "--config_overrides ..."` to drop them). The Table 5 rows are
+the paper's smaller baselines. The table lists each row's parameters.
 """
 
 from __future__ import annotations

@@ -121,6 +121,27 @@ def test_two_processes_with_accelerate(tmp_path):
     assert json.loads((out / "best" / "eval_results.json").read_text())["oIoU"] >= 0.0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        "contrastive_loss_weight=0",  # Table 8a: τ must not wait for a gradient that never comes
+        "guidance=pure_le",
+        "guidance=enhanced_le",
+        "guidance=ve_only",
+        "guidance=all_pixels",
+        "no_target_head=True,mask_loss=weighted_ce",
+        "use_refinement=False,use_relation=False,linguistic_cues=local",
+    ],
+)
+def test_every_configuration_trains_under_two_process_ddp(tmp_path, datasets_cache, overrides):
+    """DDP fails at the second step when a parameter gets no gradient: three steps on two processes prove none."""
+    out = tmp_path / "ddp"
+    accelerate_launch(2, TRAIN, *QUICK, "--output_dir", str(out), "--max_train_steps", "3", "--eval_every", "0",
+                      "--config_overrides", overrides)
+    assert (out / "model.safetensors").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -151,7 +172,7 @@ def test_init_checkpoint_from_local_encoders(tmp_path):
     from metris_hf.testing_utils import tiny_bert_config, tiny_swin_config
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import build_tiny_tokenizer
+    from transformers_common import build_tiny_tokenizer
 
     torch.manual_seed(0)
     swin = SwinModel(tiny_swin_config())

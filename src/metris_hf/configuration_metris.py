@@ -64,6 +64,9 @@ class MetrisConfig(PreTrainedConfig):
             "enhanced_le" (Q̂_L), "ve_only" (Q̂_V), "all_pixels" (Q̂_L + every F4 pixel).
         use_curation / use_refinement / use_relation: VEE steps 1, 2, 3 [Table 6a].
         linguistic_cues: tokens that curate pixels: "all", "global" ([CLS] only), "local" (words only) [Table 6b].
+            Eq. 4 supervises the [CLS] row of S_c under every choice: with "local" that row curates nothing,
+            but the loss still aligns the joint space (φ^V, φ^L) that the word rows share, as the paper defines
+            Eq. 4 on the global token whatever the cues.
         curation_ratio: r of Eq. 2, share of the F4 pixels curated per cue [Fig. 6].
         dynamic_mask_normalization: the dynamic mask M inside the softmax of Eq. 5 [Table 8b].
         contrastive_loss_weight: weight λ of Eq. 4; 0 turns it off (τ is then a buffer) [Table 8a].

@@ -628,6 +628,8 @@ class MetrisPreTrainedModel(PreTrainedModel):
             init.constant_(module.log_temperature, math.log(self.config.temperature_init))
         elif isinstance(module, MetrisModel):
             init.copy_(module.article_ids, torch.tensor(list(self.config.article_token_ids), dtype=torch.long))
+        elif isinstance(module, MetrisLoss):
+            init.copy_(module.class_weights, torch.tensor(list(self.config.ce_class_weights)))
 
 
 class MetrisModel(MetrisPreTrainedModel):
