@@ -95,7 +95,7 @@ def pixel_histograms(model, processor, data, batch_size: int = 16) -> tuple[np.n
                         attention_mask=batch["attention_mask"])
         labels = batch["labels"].bool()
         logits = torch.nn.functional.interpolate(outputs.logits.float(), size=labels.shape[-2:], mode="bilinear",
-                                                 align_corners=False)[:, 0]
+                                                 align_corners=True)[:, 0]
         bins = (torch.sigmoid(logits) * PR_BINS).long().clamp_(max=PR_BINS - 1)
         positives += torch.bincount(bins[labels], minlength=PR_BINS).numpy()
         negatives += torch.bincount(bins[~labels], minlength=PR_BINS).numpy()

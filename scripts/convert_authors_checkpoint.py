@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> Path:
     processor = MetrisProcessor(
         image_processor=MetrisImageProcessor(size={"height": args.image_size, "width": args.image_size}),
         tokenizer=AutoTokenizer.from_pretrained(args.tokenizer),
-        max_length=args.max_length,
     )
+    processor.max_length = args.max_length  # a tokenizer init kwarg, saved in tokenizer_config.json
     output = Path(args.output_dir)
     model.save_pretrained(output)
     processor.save_pretrained(output)

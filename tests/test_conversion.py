@@ -112,3 +112,29 @@ def test_every_converted_tensor_is_used_as_theirs(authors_source):
     difference = compare_with_authors(theirs, torch.float64)
     print(f"float64, every tensor perturbed: max |ours - theirs| = {difference:.2e}")
     assert difference < 1e-8
+
+
+def test_a_metris_hf_01_checkpoint_warm_starts_todays_model():
+    """The embedded checkpoint of metris-hf 0.1 (names and shapes recorded) seeds today's layout of its shape."""
+    from metris_hf.conversion import warm_start_from_legacy
+    from metris_hf.testing_utils import small_metris_config
+
+    recorded = json.loads((FIXTURE.parent / "metris_hf_0.1_small_state_dict.json").read_text())["keys"]
+    torch.manual_seed(0)
+    legacy = {key: torch.randn(shape) for key, shape in recorded.items()}
+    model = MetrisForReferringSegmentation(small_metris_config())
+    fresh = warm_start_from_legacy(model, legacy)
+    # Only what today's layout added starts from init: Mix-FFN convolutions and the self-attention context norms.
+    assert fresh and all(key.endswith(("mlp.dwconv.weight", "mlp.dwconv.bias", "norm_kv.weight", "norm_kv.bias"))
+                         for key in fresh), fresh
+    state = model.state_dict()
+    torch.testing.assert_close(state["classifier.weight"], legacy["decoder.classifier.weight"])
+    torch.testing.assert_close(
+        state["metris.vision_encoder.backbone.swin.encoder.layers.0.blocks.0.attention.q_proj.weight"],
+        legacy["vision_encoder.backbone.encoder.layers.0.blocks.0.attention.self.query.weight"],
+    )
+    old_fc1 = legacy["decoder.blocks.3.mlp.fc1.weight"]  # the decoder's MLP grew from 2× to 4×
+    torch.testing.assert_close(state["metris.decoder.blocks.3.mlp.fc1.weight"][: old_fc1.shape[0]], old_fc1)
+    assert state["metris.decoder.blocks.3.mlp.fc2.weight"][:, old_fc1.shape[0]:].abs().sum() == 0
+    dwconv = state["metris.decoder.blocks.3.mlp.dwconv.weight"]
+    assert dwconv[:, 0, 1, 1].eq(1).all() and dwconv.abs().sum() == dwconv.shape[0]  # starts as the identity

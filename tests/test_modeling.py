@@ -52,7 +52,7 @@ def test_output_shapes(batch_size):
     assert [a.shape[-2:] for a in out.decoder_attentions] == [(s * s, 16) for s in (2, 4, 8, 16)]
     assert [h.shape[-1] for h in out.encoder_hidden_states] == [16, 8, 4, 2]
     # attention over padded guidance tokens is exactly zero
-    pad = ~out.guidance_mask
+    pad = out.guidance_mask == 0
     assert torch.all(out.decoder_attentions[-1].masked_select(pad[:, None, None, :]) == 0)
     # the relevance scores are cosine similarities
     assert out.relevance_scores.abs().max() <= 1 + 1e-5
@@ -79,7 +79,7 @@ def test_curation_keeps_k_pixels_per_token(ratio):
     assert torch.all(counts[real] == k)
     # the curated pixels are the k most relevant ones for each token
     top = out.relevance_scores.topk(k, dim=-1).values[..., -1:]
-    assert torch.all(out.relevance_scores.masked_fill(~out.curation_mask, 2.0) >= top - 1e-6)
+    assert torch.all(out.relevance_scores.masked_fill(out.curation_mask == 0, 2.0) >= top - 1e-6)
 
 
 def test_dynamic_mask_is_eq3():
@@ -344,3 +344,15 @@ def test_bfloat16_forward():
 def test_package_registers_auto_classes():
     assert AutoConfig.for_model("metris").__class__ is MetrisConfig
     assert metris_hf.MetrisConfig is MetrisConfig
+
+
+def test_torch_export_of_the_full_model_gives_its_logits():
+    """What `ExportTesterMixin` checks in transformers' own suite (its file is not in the source release)."""
+    model = build().eval()
+    batch = make_batch(2)
+    inputs = {key: batch[key] for key in ("pixel_values", "input_ids", "attention_mask")}
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        exported = torch.export.export(model, args=(), kwargs=inputs, strict=False)
+        got = exported.module()(**inputs).logits
+    torch.testing.assert_close(got, expected)

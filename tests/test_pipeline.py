@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 from PIL import Image
 from transformers import pipeline
 
-from conftest import build_tiny_tokenizer
 from metris_hf import MetrisForReferringSegmentation
 from metris_hf.image_processing_metris import MetrisImageProcessor
 from metris_hf.pipeline_metris import TASK, ReferringImageSegmentationPipeline, register_pipeline
 from metris_hf.processing_metris import MetrisProcessor
 from metris_hf.testing_utils import tiny_metris_config
 from test_processor import KINDS, expressions, make_image, natural_image, register_auto_classes
+from transformers_common import build_tiny_tokenizer
 
 SIZE = 64
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -85,7 +85,7 @@ def test_single_pair_matches_model_and_processor(segmenter, checkpoint, photo):
     assert np.array_equal(np.asarray(result["mask"]) > 0, expected["mask"].numpy())
     assert result["score"] == pytest.approx(expected["score"], abs=1e-6)
     probabilities = torch.sigmoid(
-        torch.nn.functional.interpolate(outputs.logits, size=(333, 517), mode="bilinear", align_corners=False)
+        torch.nn.functional.interpolate(outputs.logits, size=(333, 517), mode="bilinear", align_corners=True)
     )[0, 0]
     inside = expected["mask"]
     score = probabilities[inside].mean() if inside.any() else probabilities.max()

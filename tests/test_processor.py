@@ -17,9 +17,9 @@ from transformers import AutoImageProcessor, AutoProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.utils import ModelOutput
 
-from conftest import build_tiny_tokenizer
 from metris_hf.image_processing_metris import MetrisImageProcessor, MetrisImageProcessorPil, load_local_image
 from metris_hf.processing_metris import MetrisProcessor
+from transformers_common import build_tiny_tokenizer
 
 SIZE = 64
 BACKENDS = [MetrisImageProcessor, MetrisImageProcessorPil]
@@ -176,6 +176,21 @@ def test_image_modes_become_the_right_rgb(backend, name, build, expected, tolera
     assert torch.allclose(colour_of(out), torch.tensor(expected, dtype=torch.float32), atol=tolerance + 1e-3), name
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_do_convert_rgb_false_keeps_the_channels_given(backend):
+    """As in every transformers image processor: no RGB conversion, no alpha compositing; values still uint8-read."""
+    processor = backend(size={"height": 8, "width": 8}, do_normalize=False)
+    rgba = np.broadcast_to(np.uint8([10, 20, 30, 128]), (5, 7, 4))
+    kept = processor(rgba, do_convert_rgb=False, return_tensors="pt")["pixel_values"]
+    assert kept.shape == (1, 4, 8, 8)  # PIL resizes RGBA premultiplied: a grey level of rounding on the colours
+    assert torch.allclose(kept[0, :, 0, 0] * 255, torch.tensor([10.0, 20, 30, 128]), atol=1.01)
+    grey = processor(uniform_pil("L", 100), do_convert_rgb=False, return_tensors="pt")["pixel_values"]
+    assert grey.shape == (1, 1, 8, 8)
+    palette = processor(palette_image(False), do_convert_rgb=False, return_tensors="pt")["pixel_values"]
+    assert torch.allclose(palette[0, :, 0, 0] * 255, torch.tensor([200.0, 40, 10]))  # through the palette
+    assert processor(rgba, return_tensors="pt")["pixel_values"].shape == (1, 3, 8, 8)  # the default converts
+
+
 @pytest.mark.parametrize(
     "bad,message",
     [
@@ -326,7 +341,7 @@ def test_post_processing_is_bilinear_on_logits_then_threshold():
     # an odd size and a threshold other than 0.5: sigmoid(upsampled logits) > t, pixel for pixel
     logits = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 3
     (mask,) = MetrisImageProcessor().post_process_referring_segmentation(outputs_with(logits), [(333, 517)], 0.7)
-    reference = torch.sigmoid(F.interpolate(logits, size=(333, 517), mode="bilinear", align_corners=False))[0, 0] > 0.7
+    reference = torch.sigmoid(F.interpolate(logits, size=(333, 517), mode="bilinear", align_corners=True))[0, 0] > 0.7
     assert (mask != reference).float().mean() < 1e-4  # only float ties at the boundary may differ
     assert 0 < mask.float().mean() < 1
 
@@ -408,9 +423,14 @@ def test_max_length_defaults_and_overrides(tokenizer):
     assert processor(text=long_text, return_tensors="pt")["input_ids"].shape == (1, 20)
     assert processor(text=long_text, return_tensors="pt", max_length=8)["input_ids"].shape == (1, 8)
     assert processor(text=long_text, return_tensors="pt", text_kwargs={"max_length": 9})["input_ids"].shape == (1, 9)
-    longer = MetrisProcessor(tokenizer=tokenizer, max_length=32)  # RefCOCOg-style longer expressions
+    longer = MetrisProcessor(tokenizer=build_tiny_tokenizer())
+    longer.max_length = 32  # RefCOCOg-style longer expressions: a tokenizer init kwarg, above the default
+    assert longer.tokenizer.init_kwargs["max_length"] == 32
     ids = longer(text=long_text, return_tensors="pt")["input_ids"]
     assert ids.shape == (1, 32) and ids[0, -1] == tokenizer.sep_token_id  # truncated, [SEP] kept
+    assert longer(text=long_text, return_tensors="pt", max_length=8)["input_ids"].shape == (1, 8)  # the call wins
+    with pytest.raises(TypeError, match="max_length"):  # not an __init__ argument: the call or the tokenizer sets it
+        MetrisProcessor(tokenizer=tokenizer, max_length=32)
 
 
 def test_processor_labels(processor):
@@ -444,16 +464,18 @@ def test_processor_errors(processor, kwargs, message):
         processor(**kwargs)
 
 
-def test_processor_round_trip(tokenizer, tmp_path):
+def test_processor_round_trip(tmp_path):
     register_auto_classes()
     processor = MetrisProcessor(
-        image_processor=MetrisImageProcessor(size={"height": 96, "width": 96}), tokenizer=tokenizer, max_length=20
+        image_processor=MetrisImageProcessor(size={"height": 96, "width": 96}), tokenizer=build_tiny_tokenizer()
     )
     processor(text="the star", max_length=8)  # a used tokenizer saves its last settings: they must not leak back
     processor.max_length = 12
     processor.save_pretrained(tmp_path)
+    assert MetrisProcessor.from_pretrained(tmp_path).to_dict() == processor.to_dict()
     saved = json.loads((tmp_path / "processor_config.json").read_text())
-    assert saved["max_length"] == 12 and saved["image_processor"]["size"] == {"height": 96, "width": 96}
+    assert saved["image_processor"]["size"] == {"height": 96, "width": 96} and "max_length" not in saved
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["max_length"] == 12
     photo = natural_image(40, 50)
     expected = processor(images=photo, text="the big red star on the left", return_tensors="pt")
     for loaded in (MetrisProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
@@ -469,11 +491,41 @@ def test_processor_round_trip(tokenizer, tmp_path):
     assert (got["pixel_values"] - expected["pixel_values"]).abs().max() < 1e-2
 
 
-def test_processor_loads_with_remote_code_in_a_process_without_the_package(tokenizer, tmp_path):
+def test_a_processor_saved_with_max_length_in_its_config_still_loads(tmp_path):
+    """Before `max_length` became a tokenizer init kwarg it was saved in processor_config.json."""
+    register_auto_classes()
+    MetrisProcessor(tokenizer=build_tiny_tokenizer()).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "processor_config.json").read_text())
+    (tmp_path / "processor_config.json").write_text(json.dumps({**config, "max_length": 12}))
+    for loaded in (MetrisProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
+        assert loaded.max_length == 12
+        assert loaded(text="the star", return_tensors="pt")["input_ids"].shape == (1, 12)
+
+
+def test_nested_per_sample_images_and_masks(processor):
+    """`[[image], [image]]`, the per-sample layout of multimodal processors, acts as the flat list: one image each."""
+    images = [natural_image(40, 50, seed) for seed in range(2)]
+    masks = [np.zeros((40, 50), np.uint8), np.ones((40, 50), np.uint8)]
+    texts = ["the star", "the square"]
+    flat = processor(images=images, text=texts, segmentation_maps=masks, return_tensors="pt")
+    nested = processor(images=[[image] for image in images], text=texts, segmentation_maps=[[m] for m in masks],
+                       return_tensors="pt")
+    assert all(torch.equal(flat[key], nested[key]) for key in flat)
+    with pytest.raises(ValueError, match="sample 0 has 0 images"):
+        processor(images=[[], [images[1]]], text=texts)
+    with pytest.raises(ValueError, match="sample 1 has 2 images"):
+        processor(images=[[images[0]], images], text=texts)
+    image_processor = processor.image_processor  # alone, it flattens whatever nesting it gets
+    assert torch.equal(image_processor([[images[0]], [images[1]]], return_tensors="pt")["pixel_values"],
+                       image_processor(images, return_tensors="pt")["pixel_values"])
+
+
+def test_processor_loads_with_remote_code_in_a_process_without_the_package(tmp_path):
     register_auto_classes()
     processor = MetrisProcessor(
-        image_processor=MetrisImageProcessor(size={"height": SIZE, "width": SIZE}), tokenizer=tokenizer, max_length=12
+        image_processor=MetrisImageProcessor(size={"height": SIZE, "width": SIZE}), tokenizer=build_tiny_tokenizer()
     )
+    processor.max_length = 12
     processor.save_pretrained(tmp_path / "ckpt")
     assert {"processing_metris.py", "image_processing_metris.py"} <= {p.name for p in (tmp_path / "ckpt").iterdir()}
     code = (

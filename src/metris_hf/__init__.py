@@ -14,6 +14,8 @@ from .configuration_metris import MetrisConfig
 from .image_processing_metris import MetrisImageProcessor, MetrisImageProcessorPil
 from .modeling_metris import (
     MetrisForReferringSegmentation,
+    MetrisModel,
+    MetrisModelOutput,
     MetrisPreTrainedModel,
     MetrisReferringSegmentationOutput,
 )
@@ -54,6 +56,8 @@ __all__ = [
     "MetrisForReferringSegmentation",
     "MetrisImageProcessor",
     "MetrisImageProcessorPil",
+    "MetrisModel",
+    "MetrisModelOutput",
     "MetrisPreTrainedModel",
     "MetrisProcessor",
     "MetrisReferringSegmentationOutput",

@@ -390,8 +390,8 @@ class MetrisImageProcessingMixin:
         """Mask logits (B, 1, h, w) → one boolean mask (H, W) per example at `target_sizes[i]`.
 
         Why bilinear on the logits, then the threshold: the model is trained exactly so, its loss upsamples
-        the stride-4 logits bilinearly to the label size before the BCE, so this reads its output the way it
-        was taught. The logit field is smooth and the mask boundary is where the interpolated field crosses
+        the stride-4 logits bilinearly (`align_corners=True`) to the label size before the BCE, so this reads its
+        output the way it was taught. The logit field is smooth and the mask boundary is where the interpolated field crosses
         logit(threshold), a sub-pixel contour; thresholding first and resizing a binary mask would give
         stride-4 staircases instead, and interpolating probabilities would move that contour (the sigmoid is
         not linear). Thresholding `sigmoid(x) > t` is done as `x > logit(t)`: the same test, without a second
@@ -427,10 +427,10 @@ class MetrisImageProcessingMixin:
         for index in range(batch):
             field = logits[index : index + 1].float()
             height, width = sizes[index]
-            # upsampling is plain bilinear, as in training; a target smaller than h×w (a tiny image) is
-            # antialiased, so that it averages the logits it covers instead of sampling one of them
+            # upsampling is bilinear with align_corners=True, as in training (and the authors' code); a target
+            # smaller than h×w (a tiny image) is antialiased, so that it averages the logits it covers
             shrink = height < field.shape[-2] or width < field.shape[-1]
-            field = F.interpolate(field, size=(height, width), mode="bilinear", align_corners=False, antialias=shrink)
+            field = F.interpolate(field, size=(height, width), mode="bilinear", align_corners=True, antialias=shrink)
             field = field[0, 0]
             if no_target is not None and float(no_target.reshape(-1)[index]) > 0:
                 mask = torch.zeros((height, width), dtype=torch.bool, device=field.device)
@@ -507,7 +507,9 @@ class MetrisImageProcessor(MetrisImageProcessingMixin, TorchvisionBackend):
         """One raw image → 3×H×W uint8 RGB tensor (the model's three input channels); with `do_convert_rgb=False`,
         C×H×W with the channels as given."""
         rgb = to_rgb_uint8(image, input_data_format, reduce_to, convert_rgb=self._converts_rgb(do_convert_rgb))
-        return super().process_image(rgb, do_convert_rgb=False, input_data_format=ChannelDimension.FIRST, device=device)
+        return super().process_image(
+            rgb, do_convert_rgb=False, input_data_format=ChannelDimension.FIRST, device=device
+        )
 
     @staticmethod
     def _mask_to_backend(mask: torch.Tensor, device: str | torch.device | None) -> torch.Tensor:
@@ -534,7 +536,8 @@ class MetrisImageProcessorPil(MetrisImageProcessingMixin, PilBackend):
         **kwargs: Any,
     ) -> np.ndarray:
         """One raw image → 3×H×W uint8 RGB array; with `do_convert_rgb=False`, C×H×W with the channels as given."""
-        rgb = to_rgb_uint8(image, input_data_format, reduce_to, convert_rgb=self._converts_rgb(do_convert_rgb)).cpu().numpy()
+        rgb = to_rgb_uint8(image, input_data_format, reduce_to, convert_rgb=self._converts_rgb(do_convert_rgb))
+        rgb = rgb.cpu().numpy()
         return super().process_image(rgb, do_convert_rgb=False, input_data_format=ChannelDimension.FIRST)
 
     @staticmethod

@@ -42,17 +42,17 @@ class MetrisModelOutput(ModelOutput):
         The decoder's feature map at stride 4, after its last attention block: what the mask head projects.
     relevance_scores (`torch.FloatTensor` of shape `(B, L, N)`):
         S_c of Eq. 2: cosine similarity between each linguistic token and each pixel of F4 (N = H/32·W/32).
-    curation_mask (`torch.BoolTensor` of shape `(B, L, N)`):
-        E of Eq. 2 as a mask: the pixels curated for each linguistic cue (True = curated; M of Eq. 3 is 0 there).
+    curation_mask (`torch.LongTensor` of shape `(B, L, N)`):
+        E of Eq. 2 as a mask: the pixels curated for each linguistic cue (1 = curated; M of Eq. 3 is 0 there).
     temperature (`torch.FloatTensor` of shape `()`):
         τ of Eq. 4 after clamping.
     visual_expression (`torch.FloatTensor` of shape `(B, L, D)`):
         Q̂_V of Eq. 7, one visual token per linguistic token (rows of non-cue tokens are not guidance).
     linguistic_expression (`torch.FloatTensor` of shape `(B, L, D)`):
         Q̂_L, the linguistic tokens after the language enhancer (Q_L for `guidance="pure_le"`).
-    cue_mask (`torch.BoolTensor` of shape `(B, L)`):
+    cue_mask (`torch.LongTensor` of shape `(B, L)`, 1 = cue):
         Which tokens are linguistic cues (curate pixels, give a visual token) under `linguistic_cues`.
-    guidance_mask (`torch.BoolTensor` of shape `(B, G)`):
+    guidance_mask (`torch.LongTensor` of shape `(B, G)`, 1 = attended):
         Which of the G guidance tokens the decoder attends to, in the order [linguistic, visual] (or as the
         `guidance` mode lays them out).
     encoder_hidden_states (`tuple(torch.FloatTensor)`, with `output_hidden_states=True`):
@@ -66,12 +66,12 @@ class MetrisModelOutput(ModelOutput):
 
     last_hidden_state: torch.FloatTensor | None = None
     relevance_scores: torch.FloatTensor | None = None
-    curation_mask: torch.BoolTensor | None = None
+    curation_mask: torch.LongTensor | None = None
     temperature: torch.FloatTensor | None = None
     visual_expression: torch.FloatTensor | None = None
     linguistic_expression: torch.FloatTensor | None = None
-    cue_mask: torch.BoolTensor | None = None
-    guidance_mask: torch.BoolTensor | None = None
+    cue_mask: torch.LongTensor | None = None
+    guidance_mask: torch.LongTensor | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -97,11 +97,11 @@ class MetrisReferringSegmentationOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     no_target_logits: torch.FloatTensor | None = None
     relevance_scores: torch.FloatTensor | None = None
-    curation_mask: torch.BoolTensor | None = None
+    curation_mask: torch.LongTensor | None = None
     temperature: torch.FloatTensor | None = None
     visual_expression: torch.FloatTensor | None = None
     linguistic_expression: torch.FloatTensor | None = None
-    guidance_mask: torch.BoolTensor | None = None
+    guidance_mask: torch.LongTensor | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -169,9 +169,8 @@ def run_attention(
     implementation, since fused kernels never return them.
     """
     interface: Callable = eager_attention_forward
-    implementation = module.config._attn_implementation
-    if not output_attentions and implementation not in (None, "eager"):
-        interface = ALL_ATTENTION_FUNCTIONS[implementation]
+    if not output_attentions:
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(module.config._attn_implementation, eager_attention_forward)
     dropout = module.config.attention_dropout if module.training else 0.0
     output, weights = interface(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout)
     return output, weights if output_attentions else None
@@ -588,6 +587,28 @@ class MetrisPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["MetrisAttentionBlock", "SwinStage", "BertLayer", "CLIPEncoderLayer"]
     _supports_sdpa = True
 
+    def enable_input_require_grads(self) -> None:
+        """As `PreTrainedModel`'s, for every sub-model's input embeddings (each once), but the Swin's patch
+        embeddings return a tuple: the hook marks its first element."""
+
+        def make_outputs_require_grads(module, inputs, output):
+            (output[0] if isinstance(output, tuple) else output).requires_grad_(True)
+
+        embeddings = {}
+        for module in self.modules():
+            if isinstance(module, PreTrainedModel):
+                try:
+                    found = module.get_input_embeddings()
+                except NotImplementedError:
+                    continue
+                if found is not None:
+                    embeddings[id(found)] = found
+        self._require_grads_hooks = [
+            module.register_forward_hook(make_outputs_require_grads) for module in embeddings.values()
+        ]
+        if self._require_grads_hooks:
+            self._require_grads_hook = self._require_grads_hooks[0]
+
     def set_cpu_conv_linears(self, enabled: bool = True) -> None:
         """Run METRIS's own linears (not the text encoder's or the backbone's) as 1×1 convolutions on CPU.
 
@@ -749,15 +770,16 @@ class MetrisModel(MetrisPreTrainedModel):
         feature, decoder_states, decoder_attentions = self.decoder(
             top, skips[::-1], guidance, guidance_bias, output_attentions
         )
+        # Masks leave as 0/1 integers (the `attention_mask` convention): outputs a user can subtract and compare.
         return MetrisModelOutput(
             last_hidden_state=feature,
             relevance_scores=scores,
-            curation_mask=curated,
+            curation_mask=curated.long() if curated is not None else None,
             temperature=temperature,
             visual_expression=visual,
             linguistic_expression=linguistic,
-            cue_mask=cues,
-            guidance_mask=guidance_mask,
+            cue_mask=cues.long(),
+            guidance_mask=guidance_mask.long(),
             encoder_hidden_states=(*skips, f4) if output_hidden_states else None,
             decoder_hidden_states=tuple(decoder_states) if output_hidden_states else None,
             decoder_attentions=tuple(decoder_attentions) if output_attentions else None,
