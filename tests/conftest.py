@@ -2,9 +2,15 @@
 
 import os
 
-import pytest
+# Under pytest-xdist every worker is a process of its own: two workers of two torch threads each on a 2-core
+# machine spin against each other (measured: 10× slower). One thread per worker, inherited by the scripts the
+# tests start; set before torch is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from transformers_common import build_tiny_tokenizer
+import pytest  # noqa: E402
+
+from transformers_common import build_tiny_tokenizer  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

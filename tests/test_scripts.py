@@ -193,9 +193,9 @@ def test_init_checkpoint_from_local_encoders(tmp_path):
     loaded = model.state_dict()  # compared after loading: transformers may rename keys in the file
     vision = {name: value for name, value in swin.state_dict().items() if not name.startswith("layernorm.")}
     for name, value in vision.items():  # every Swin tensor but the classifier's final norm is carried over
-        torch.testing.assert_close(loaded[f"vision_encoder.backbone.swin.{name}"], value, msg=name)
+        torch.testing.assert_close(loaded[f"metris.vision_encoder.backbone.swin.{name}"], value, msg=name)
     torch.testing.assert_close(
-        loaded["text_encoder.embeddings.word_embeddings.weight"], bert.state_dict()["embeddings.word_embeddings.weight"]
+        loaded["metris.text_encoder.embeddings.word_embeddings.weight"], bert.state_dict()["embeddings.word_embeddings.weight"]
     )
     inputs = processor(images=[Image.new("RGB", (50, 70))], text=["the red circle"],
                        return_tensors="pt")
