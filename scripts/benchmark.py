@@ -5,15 +5,22 @@
     python scripts/benchmark.py --tiny --json out.json       # seconds; what the tests run
 
 Parts:
+  peak       the machine's own limit: a large square matrix product (CPU 4096³, GPU 8192³) per dtype,
+             median of several, in GMAC/s. Every model row below is also given as a fraction of it
+             (GMACs ÷ seconds ÷ peak): the best a model of matmuls and convolutions can do is that product's rate.
   inference  full METRIS forward, the plain Swin-B backbone alone and the text encoder alone, at each batch
              size, dtype and torch.compile setting: seconds per batch, GMACs (the counter of
-             scripts/count_macs.py), peak memory, and the efficiency ratio
+             scripts/count_macs.py), peak memory, the fraction of the GEMM peak, and the efficiency ratio
              (METRIS seconds per GMAC) / (Swin-B seconds per GMAC).
-  train      forward + backward + AdamW step: samples/s and peak memory (CPU: batch 2 fp32; GPU: batch 16
-             bf16 with and without gradient checkpointing).
+  train      forward + backward + AdamW step: samples/s, peak memory and fraction of the peak, counting the
+             backward as twice the forward's MACs (CPU: batch 2, float32 and bfloat16 autocast, and float32 with
+             gradient checkpointing; GPU: batch 16 bf16 with and without gradient checkpointing).
   data       the training transform (JPEG decode, mask decode, resize, tokenise) on a REFER-format copy the
              script writes (640×480 JPEGs), samples/s with num_workers 0, 1, 2.
   metrics    memory held by the referring_iou metric after 5,000 samples of 480².
+
+On a GPU, float32 means TF32 matrix products (`torch.set_float32_matmul_precision("high")`), in the
+peak and in the models alike; the report calls it tf32.
 
 Each model measurement runs in a fresh process, so its peak memory (CPU: the process's max RSS; GPU:
 `torch.cuda.max_memory_allocated`) is its own. Timings are the median of `--repeats` runs after a warm-up.
@@ -53,21 +60,24 @@ def metris_config(tiny: bool):
     return tiny_metris_config() if tiny else MetrisConfig()
 
 
-def build(kind: str, tiny: bool) -> torch.nn.Module:
-    """`metris`, `backbone` (the plain Swin of the config) or `text` (its text encoder), random weights."""
+def build(kind: str, tiny: bool, device: str = "cpu") -> torch.nn.Module:
+    """`metris`, `backbone` (the plain Swin of the config) or `text` (its text encoder), random weights, built
+    on `device` (a full-size random init takes seconds on a CPU, none on a GPU)."""
     from transformers import AutoBackbone, AutoModel
 
     from metris_hf import MetrisForReferringSegmentation
 
     torch.manual_seed(0)
     config = metris_config(tiny)
-    if kind == "metris":
-        return MetrisForReferringSegmentation(config)
-    if kind == "backbone":
-        return AutoBackbone.from_config(config.backbone_config)
-    if kind == "text":
-        return AutoModel.from_config(config.text_config)
-    raise ValueError(f"unknown model kind {kind!r}")
+    builders = {
+        "metris": lambda: MetrisForReferringSegmentation(config),
+        "backbone": lambda: AutoBackbone.from_config(config.backbone_config),
+        "text": lambda: AutoModel.from_config(config.text_config),
+    }
+    if kind not in builders:
+        raise ValueError(f"unknown model kind {kind!r}")
+    with torch.device(device):
+        return builders[kind]()
 
 
 def make_inputs(kind: str, batch: int, image_size: int, length: int, device: str, dtype: torch.dtype) -> dict:
@@ -97,6 +107,12 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def set_matmul_precision(device: str) -> None:
+    """TF32 for float32 products on a GPU (its fast path for float32); CPUs keep full float32."""
+    if device == "cuda":
+        torch.set_float32_matmul_precision("high")
+
+
 def timed(fn, repeats: int, device: str) -> float:
     def sync():
         if device == "cuda":
@@ -118,9 +134,20 @@ def timed(fn, repeats: int, device: str) -> float:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def gemm_peak_worker(job: dict) -> dict:
+    """GMAC/s of one large square matrix product: the machine's limit for this dtype."""
+    device, dtype, n = job["device"], DTYPES[job["dtype"]], job["size"]
+    set_matmul_precision(device)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = timed(lambda: torch.mm(a, b), job["repeats"], device)
+    return {"size": n, "seconds": seconds, "gmacs_per_second": n**3 / seconds / 1e9}
+
+
 def inference_worker(job: dict) -> dict:
     device, dtype = job["device"], DTYPES[job["dtype"]]
-    model = build(job["kind"], job["tiny"]).to(device=device, dtype=dtype).eval()
+    set_matmul_precision(device)
+    model = build(job["kind"], job["tiny"], device).to(dtype=dtype).eval()
     inputs = make_inputs(job["kind"], max(job["batch_sizes"]), job["image_size"], job["max_length"], device, dtype)
     gmacs = gmacs_per_sample(model, inputs)
     runner = torch.compile(model) if job["compile"] else model
@@ -135,7 +162,8 @@ def inference_worker(job: dict) -> dict:
 
 def train_worker(job: dict) -> dict:
     device, dtype = job["device"], DTYPES[job["dtype"]]
-    model = build("metris", job["tiny"]).to(device).train()
+    set_matmul_precision(device)
+    model = build("metris", job["tiny"], device).train()
     if job["gradient_checkpointing"]:
         # transformers 5 renamed it; the old name still works there but warns
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
@@ -143,6 +171,7 @@ def train_worker(job: dict) -> dict:
     batch = job["batch_size"]
     inputs = make_inputs("metris", batch, job["image_size"], job["max_length"], device, torch.float32)
     inputs["labels"] = (torch.rand(batch, job["image_size"], job["image_size"], device=device) > 0.5).long()
+    forward_gmacs = gmacs_per_sample(model, {k: v for k, v in inputs.items() if k != "labels"})
 
     def step():
         with torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32):
@@ -152,7 +181,10 @@ def train_worker(job: dict) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
     seconds = timed(step, job["repeats"], device)
-    return {"seconds_per_step": seconds, "samples_per_second": batch / seconds, "peak_memory_mb": peak_memory_mb(device)}
+    return {
+        "seconds_per_step": seconds, "samples_per_second": batch / seconds, "peak_memory_mb": peak_memory_mb(device),
+        "gmacs_per_step": 3 * forward_gmacs * batch,  # backward = 2 × forward
+    }
 
 
 def run_in_fresh_process(worker, job: dict) -> dict:
@@ -166,7 +198,21 @@ def run_in_fresh_process(worker, job: dict) -> dict:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def bench_inference(args, device: str) -> list[dict]:
+def bench_peak(args, device: str) -> dict[str, dict]:
+    size = 512 if args.tiny else (8192 if device == "cuda" else 4096)
+    return {
+        dtype: run_in_fresh_process(
+            gemm_peak_worker, {"device": device, "dtype": dtype, "size": size, "repeats": max(args.repeats, 5)}
+        )
+        for dtype in sorted(set(args.dtypes) | {"float32", "bfloat16"})
+    }
+
+
+def peak_fraction(gmacs: float, seconds: float, peak: dict) -> float:
+    return gmacs / seconds / peak["gmacs_per_second"]
+
+
+def bench_inference(args, device: str, peaks: dict[str, dict]) -> list[dict]:
     results = []
     for dtype in args.dtypes:
         for compiled in args.compile:
@@ -187,17 +233,19 @@ def bench_inference(args, device: str) -> list[dict]:
                     "backbone_s": backbone["seconds"], "backbone_gmacs": backbone["gmacs"],
                     "text_s": text["seconds"], "text_gmacs": text["gmacs"],
                     "efficiency_ratio": ratio,
+                    "metris_peak_fraction": peak_fraction(metris["gmacs"], metris["seconds"], peaks[dtype]),
+                    "backbone_peak_fraction": peak_fraction(backbone["gmacs"], backbone["seconds"], peaks[dtype]),
                     "metris_peak_mb": per_kind["metris"]["peak_memory_mb"],
                     "backbone_peak_mb": per_kind["backbone"]["peak_memory_mb"],
                 })
     return results
 
 
-def bench_train(args, device: str) -> list[dict]:
+def bench_train(args, device: str, peaks: dict[str, dict]) -> list[dict]:
     if device == "cuda":
         settings = [("bfloat16", 16, False), ("bfloat16", 16, True)]
-    else:
-        settings = [("float32", 2, False), ("float32", 2, True)]  # checkpointing's memory saving, measured on CPU
+    else:  # float32 with checkpointing: its memory saving, measured on CPU
+        settings = [("float32", 2, False), ("bfloat16", 2, False), ("float32", 2, True)]
     if args.tiny:
         settings = [(dtype, 2, ckpt) for dtype, _, ckpt in settings]
     results = []
@@ -208,7 +256,11 @@ def bench_train(args, device: str) -> list[dict]:
             "repeats": args.repeats,
         }
         result = run_in_fresh_process(train_worker, job)
-        results.append({"dtype": dtype, "batch_size": batch, "gradient_checkpointing": checkpointing, **result})
+        fraction = peak_fraction(result["gmacs_per_step"], result["seconds_per_step"], peaks[dtype])
+        results.append({
+            "dtype": dtype, "batch_size": batch, "gradient_checkpointing": checkpointing, **result,
+            "peak_fraction": fraction,
+        })
     return results
 
 
@@ -336,22 +388,31 @@ def print_report(report: dict) -> None:
     m = report["machine"]
     print(f"\nmachine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}, torch {m['torch']}")
     print(f"input {report['image_size']}², L = {report['max_length']}, {'tiny' if report['tiny'] else 'full-size'} model")
+    label = {"float32": "tf32" if m["gpu"] and report["device"] == "cuda" else "float32", "bfloat16": "bfloat16"}
+    print("\nGEMM peak (the limit every fraction below is taken of)")
+    for dtype, peak in report["peak"].items():
+        print(f"  {label[dtype]:<9} {peak['size']}³ matmul: {peak['gmacs_per_second']:.0f} GMAC/s")
     if "inference" in report:
-        print("\ninference (seconds per batch; GMACs per batch)")
-        header = f"{'dtype':<9}{'compile':<8}{'batch':>6}{'METRIS s':>10}{'GMACs':>9}{'Swin s':>9}{'GMACs':>9}{'text s':>9}{'GMACs':>8}{'ratio':>7}{'peak MB':>9}"
+        print("\ninference (seconds per batch; GMACs per batch; % of the GEMM peak)")
+        header = (
+            f"{'dtype':<9}{'compile':<8}{'batch':>6}{'METRIS s':>10}{'GMACs':>9}{'%peak':>7}{'Swin s':>9}{'GMACs':>9}"
+            f"{'%peak':>7}{'text s':>9}{'GMACs':>8}{'ratio':>7}{'peak MB':>9}"
+        )
         print(header)
         for r in report["inference"]:
             print(
-                f"{r['dtype']:<9}{r['compile']:<8}{r['batch_size']:>6}{r['metris_s']:>10.3f}{r['metris_gmacs']:>9.1f}"
-                f"{r['backbone_s']:>9.3f}{r['backbone_gmacs']:>9.1f}{r['text_s']:>9.4f}{r['text_gmacs']:>8.2f}"
+                f"{label[r['dtype']]:<9}{r['compile']:<8}{r['batch_size']:>6}{r['metris_s']:>10.3f}{r['metris_gmacs']:>9.1f}"
+                f"{100 * r['metris_peak_fraction']:>7.1f}{r['backbone_s']:>9.3f}{r['backbone_gmacs']:>9.1f}"
+                f"{100 * r['backbone_peak_fraction']:>7.1f}{r['text_s']:>9.4f}{r['text_gmacs']:>8.2f}"
                 f"{r['efficiency_ratio']:>7.2f}{r['metris_peak_mb']:>9.0f}"
             )
     if "train" in report:
         print("\ntraining step (forward + backward + AdamW)")
         for r in report["train"]:
             print(
-                f"  {r['dtype']:<9} batch {r['batch_size']:>2}  checkpointing {'on ' if r['gradient_checkpointing'] else 'off'}"
+                f"  {label[r['dtype']]:<9} batch {r['batch_size']:>2}  checkpointing {'on ' if r['gradient_checkpointing'] else 'off'}"
                 f"  {r['samples_per_second']:.2f} samples/s  {r['seconds_per_step']:.2f} s/step  peak {r['peak_memory_mb']:.0f} MB"
+                f"  {100 * r['peak_fraction']:.1f} % of the GEMM peak"
             )
     if "data" in report:
         print("\ndata pipeline (training transform)")
@@ -386,11 +447,15 @@ def main(argv: list[str] | None = None) -> dict:
         args.image_size = min(args.image_size, 64)
         args.data_images, args.metric_samples, args.repeats = min(args.data_images, 24), 200, 1
 
-    report: dict = {"machine": machine(), "image_size": args.image_size, "max_length": args.max_length, "tiny": args.tiny}
+    report: dict = {
+        "machine": machine(), "device": args.device, "image_size": args.image_size, "max_length": args.max_length,
+        "tiny": args.tiny,
+    }
+    report["peak"] = bench_peak(args, args.device)
     if "inference" in args.parts:
-        report["inference"] = bench_inference(args, args.device)
+        report["inference"] = bench_inference(args, args.device, report["peak"])
     if "train" in args.parts:
-        report["train"] = bench_train(args, args.device)
+        report["train"] = bench_train(args, args.device, report["peak"])
     if "data" in args.parts:
         report["data"] = bench_data(args)
     if "metrics" in args.parts:

@@ -21,17 +21,23 @@ def test_benchmark_produces_every_figure(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(out.read_text())
     assert report["machine"]["cores"] and report["machine"]["cpu"]
+    assert set(report["peak"]) == {"float32", "bfloat16"}
+    assert all(peak["gmacs_per_second"] > 0 and peak["size"] == 512 for peak in report["peak"].values())
 
     inference = report["inference"]
     assert {(r["dtype"], r["batch_size"]) for r in inference} == {(d, b) for d in ("float32", "bfloat16") for b in (1, 8)}
     for row in inference:
         for key in ("metris_s", "metris_gmacs", "backbone_s", "backbone_gmacs", "text_s", "text_gmacs",
-                    "efficiency_ratio", "metris_peak_mb"):
+                    "efficiency_ratio", "metris_peak_mb", "metris_peak_fraction", "backbone_peak_fraction"):
             assert math.isfinite(row[key]) and row[key] > 0, (key, row)
         assert row["metris_gmacs"] > row["backbone_gmacs"] > 0
-    assert all(r["samples_per_second"] > 0 and r["peak_memory_mb"] > 0 for r in report["train"])
+    assert {(r["dtype"], r["gradient_checkpointing"]) for r in report["train"]} == {
+        ("float32", False), ("bfloat16", False), ("float32", True)
+    }
+    assert all(r["samples_per_second"] > 0 and r["peak_memory_mb"] > 0 and r["peak_fraction"] > 0 for r in report["train"])
     assert [r["num_workers"] for r in report["data"]] == [0, 1, 2]
     assert all(r["samples_per_second"] > 0 and r["samples"] > 0 for r in report["data"])
     metrics = report["metrics"]
     assert metrics["num_samples"] == 200 and 0 < metrics["bytes_per_sample"] < metrics["mask_bytes_per_sample"]
+    assert "GEMM peak" in result.stdout and "%peak" in result.stdout
     assert "ratio" in result.stdout and "samples/s" in result.stdout and "bytes per sample" in result.stdout
