@@ -15,6 +15,7 @@ from PIL import Image
 from transformers import pipeline
 
 from metris_hf import MetrisForReferringSegmentation
+from metris_hf.data.synthetic import render_scene
 from metris_hf.image_processing_metris import MetrisImageProcessor
 from metris_hf.pipeline_metris import TASK, ReferringImageSegmentationPipeline, register_pipeline
 from metris_hf.processing_metris import MetrisProcessor
@@ -229,19 +230,19 @@ def quickstart_code() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_readme_quick_start_runs(checkpoint, tmp_path, monkeypatch, photo):
-    """Runs the README's snippet as written, with its checkpoint and photo swapped for the tiny ones."""
-    photo.save(tmp_path / "photo.jpg")
+def test_readme_quick_start_runs(tmp_path, monkeypatch):
+    """Runs the README's snippet as written (the embedded checkpoint), on a synthetic scene saved as scene.png."""
+    scene = render_scene(np.random.default_rng(7), 128, image_id=7)
+    (tmp_path / "scene.png").write_bytes(scene.image_png)
     code = quickstart_code()
-    assert '"path/to/metris-checkpoint"' in code and '"photo.jpg"' in code
-    code = code.replace('"path/to/metris-checkpoint"', repr(str(checkpoint)))
-    monkeypatch.chdir(tmp_path)  # "photo.jpg" and "mask.png" are relative to the working directory
+    assert "metris_hf.embedded_checkpoint()" in code and '"scene.png"' in code
+    monkeypatch.chdir(tmp_path)  # "scene.png" and "mask.png" are relative to the working directory
     namespace: dict = {}
     exec(compile(code, str(README), "exec"), namespace)
-    assert_result(namespace["result"], 517, 333)
+    assert_result(namespace["result"], 128, 128)
     assert len(namespace["results"]) == 1
     with Image.open(tmp_path / "mask.png") as saved:
-        assert saved.mode == "L" and saved.size == (517, 333)
+        assert saved.mode == "L" and saved.size == (128, 128)
     # the hand-written path and the pipeline agree
     by_hand = namespace["mask"].numpy()
     assert (by_hand != (np.asarray(namespace["result"]["mask"]) > 0)).mean() <= 1e-4
