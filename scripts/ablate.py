@@ -22,10 +22,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-# scripts/evaluate.py bears the `evaluate` library's name: search scripts/ last so `import evaluate` finds the library.
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.append(sys.path.pop(0))
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader

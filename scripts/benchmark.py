@@ -35,13 +35,8 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
-
-# scripts/evaluate.py bears the `evaluate` library's name: search scripts/ last so `import evaluate` finds the library.
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.append(sys.path.pop(0))
 
 import torch
 
@@ -92,7 +87,7 @@ def make_inputs(kind: str, batch: int, image_size: int, length: int, device: str
 
 
 def gmacs_per_sample(model: torch.nn.Module, inputs: dict) -> float:
-    from count_macs import flop_counter
+    from metris_hf.macs import flop_counter
 
     one = {k: v[:1] for k, v in inputs.items()}
     counter = flop_counter()

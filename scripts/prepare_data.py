@@ -7,7 +7,7 @@
     # the synthetic set that `--dataset synthetic` trains on
     python scripts/prepare_data.py --synthetic --synthetic_size 2000 200 200 --synthetic_seed 0
 
-Later loads (scripts/train.py, scripts/evaluate.py, `metris_hf.data.load_dataset_by_name`) find the cached
+Later loads (scripts/train.py, scripts/run_evaluation.py, `metris_hf.data.load_dataset_by_name`) find the cached
 Arrow build and memory-map it. For each split the table gives objects (refs, one row each), sentences (the
 evaluation samples) and distinct images.
 """
@@ -16,13 +16,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
-
-# scripts/evaluate.py bears the `evaluate` library's name: search scripts/ last so `import evaluate` finds the library.
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.append(sys.path.pop(0))
 
 from datasets import DatasetDict
 

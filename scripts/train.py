@@ -20,10 +20,6 @@ import os
 import sys
 from pathlib import Path
 
-# scripts/evaluate.py bears the `evaluate` library's name: search scripts/ last so `import evaluate` finds the library.
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.append(sys.path.pop(0))
-
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed

@@ -1,4 +1,4 @@
-"""scripts/train.py, evaluate.py, init_checkpoint.py on the synthetic set and tiny models: no downloads."""
+"""scripts/train.py, run_evaluation.py, init_checkpoint.py on the synthetic set and tiny models: no downloads."""
 
 import json
 import os
@@ -70,7 +70,7 @@ def evaluate_args(model: Path, out: Path) -> list[str]:
 
 
 def test_evaluate_prints_and_writes_the_table(trained, tmp_path):
-    result = run([sys.executable, str(SCRIPTS / "evaluate.py"), *evaluate_args(trained, tmp_path / "eval")])
+    result = run([sys.executable, str(SCRIPTS / "run_evaluation.py"), *evaluate_args(trained, tmp_path / "eval")])
     assert "| val |" in result.stdout and "| test |" in result.stdout and "oIoU" in result.stdout
     table = json.loads((tmp_path / "eval" / "results_synthetic_model.json").read_text())
     assert set(table["splits"]) == {"val", "test"}
@@ -80,8 +80,8 @@ def test_evaluate_prints_and_writes_the_table(trained, tmp_path):
 
 
 def test_evaluate_on_two_processes_gives_the_figures_of_one(trained, tmp_path):
-    accelerate_launch(1, str(SCRIPTS / "evaluate.py"), *evaluate_args(trained, tmp_path / "one"))
-    accelerate_launch(2, str(SCRIPTS / "evaluate.py"), *evaluate_args(trained, tmp_path / "two"))
+    accelerate_launch(1, str(SCRIPTS / "run_evaluation.py"), *evaluate_args(trained, tmp_path / "one"))
+    accelerate_launch(2, str(SCRIPTS / "run_evaluation.py"), *evaluate_args(trained, tmp_path / "two"))
     one = json.loads((tmp_path / "one" / "results_synthetic_model.json").read_text())["splits"]
     two = json.loads((tmp_path / "two" / "results_synthetic_model.json").read_text())["splits"]
     assert one.keys() == two.keys()

@@ -1,4 +1,4 @@
-"""The paper's evaluation protocol, shared by `scripts/train.py` (validation) and `scripts/evaluate.py`.
+"""The paper's evaluation protocol, shared by `scripts/train.py` (validation) and `scripts/run_evaluation.py`.
 
 Protocol (LAVT, METRIS, ReLA): every sentence of every object is one sample; the prediction is made at
 480×480 and compared with the ground truth resized to 480×480 with nearest neighbour (`resolution="model"`).

@@ -1,8 +1,8 @@
 """Evaluate a METRIS checkpoint with the paper's protocol and print the table of Tables 1 and 5.
 
-    python scripts/evaluate.py --model_name_or_path runs/refcoco --dataset refcoco --data_root data \\
+    python scripts/run_evaluation.py --model_name_or_path runs/refcoco --dataset refcoco --data_root data \\
         --splits val testA testB
-    accelerate launch scripts/evaluate.py ...        # same numbers, split over the processes
+    accelerate launch scripts/run_evaluation.py ...        # same numbers, split over the processes
 
 One row per split: P@0.5, P@0.7, P@0.9, mIoU, oIoU (gRefCOCO: cIoU, gIoU, N-acc, T-acc), in percent.
 Every sentence of every object is a sample; predictions at the model's input size (480²) against the
@@ -16,10 +16,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-# scripts/evaluate.py bears the `evaluate` library's name: search scripts/ last so `import evaluate` finds the library.
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.append(sys.path.pop(0))
 
 import torch
 from accelerate import Accelerator
