@@ -10,6 +10,10 @@ float32, 480², 20 tokens, median of `--repeats` after a warm-up) for both and f
 between them: each model's time is divided by the Swin-B time of the same round, so the speed-up
 (theirs / ours) does not move with what else the machine is doing. Flush-denormal is on for both: random
 weights leave float32 subnormals in their Swin that a trained checkpoint does not have.
+
+It also times a 4096³ float32 matrix product, the machine's limit: a forward of G GMACs cannot take less than
+G ÷ (that product's GMAC/s), whoever wrote the code. The last lines say what share of that limit each model
+reaches and the largest speed-up over theirs that the limit allows.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from transformers import AutoBackbone
 
 from metris_hf import MetrisForReferringSegmentation
 from metris_hf.conversion import authors_config, convert_authors_state_dict
+from metris_hf.macs import flop_counter
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -90,6 +95,14 @@ def main(argv: list[str] | None = None) -> dict:
         ratios["ours"].append(times["ours"][-1] / swin_time)
         ratios["theirs"].append(times["theirs"][-1] / swin_time)
 
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    seconds(lambda: a @ b)
+    gemm_gmacs_per_s = 4096**3 / statistics.median(seconds(lambda: a @ b) for _ in range(5)) / 1e9
+    counter = flop_counter()
+    with counter:
+        seconds(runs["ours"])
+    gmacs = counter.get_total_flops() / 2 / 1e9
+
     median = {name: statistics.median(values) for name, values in times.items()}
     speedup = statistics.median(ratios["theirs"]) / statistics.median(ratios["ours"])
     print(f"{torch.__version__}, {torch.get_num_threads()} threads, batch 1, float32, {size}², {length} tokens")
@@ -99,7 +112,15 @@ def main(argv: list[str] | None = None) -> dict:
         ratio = statistics.median(ratios[name]) if name in ratios else 1.0
         print(f"{name:<10}{median[name]:>10.3f}{ratio:>10.2f}")
     print(f"speed-up of ours over theirs, each normalised by Swin-B: {speedup:.2f}×")
-    return {"difference": difference, "seconds": median, "speedup": speedup}
+    bound = gmacs / gemm_gmacs_per_s
+    print(f"the limit: 4096³ float32 matmul at {gemm_gmacs_per_s:.1f} GMAC/s; {gmacs:.1f} GMACs take at least {bound:.2f} s")
+    for name in ("theirs", "ours"):
+        print(f"  {name} reach {bound / median[name]:.0%} of it")
+    print(f"  largest possible speed-up over theirs on this machine: {median['theirs'] / bound:.2f}×")
+    return {
+        "difference": difference, "seconds": median, "speedup": speedup, "gmacs": gmacs,
+        "gemm_gmacs_per_second": gemm_gmacs_per_s, "bound_seconds": bound,
+    }
 
 
 if __name__ == "__main__":
