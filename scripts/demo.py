@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(render_row(image, expression, predicted, attention, iou=score))
         stack_rows(rows).save(out_dir / f"scene_{scene_index:02d}.png")
     mean = float(np.mean(scores)) if scores else float("nan")
-    print(f"\nmean IoU over {len(scores)} expressions: {mean:.3f}   pictures in {args.output_dir}/")
+    print(f"\nmean IoU over {len(scores)} expressions: {mean:.3f}")
+    print(f"pictures: {Path(args.output_dir).resolve()}/scene_*.png")
+    print("next: your own image, with the same model:")
+    print('  .venv/bin/metris-segment --image your.png --text "the red star" --output mask.png')
     return {"ious": scores, "mean_iou": mean}
 
 

@@ -35,58 +35,80 @@ from metris_hf.evaluation import RESOLUTIONS, evaluate_referring
 logger = logging.getLogger("metris.train")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every argument's default in `--help`."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Data: which dataset, which splits, how images and expressions are prepared
+    # ----------------------------------------------------------------------------------------------------------
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    data.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset to train on")
     data.add_argument("--data_root", default=None, help="REFER layout root (not needed for synthetic)")
-    data.add_argument("--split_by", default=None, help="unc / umd / google (default: the dataset's usual one)")
+    data.add_argument("--split_by", default=None, help="unc / umd / google (None: the dataset's usual one)")
     data.add_argument("--image_root", default=None, help="COCO train2014 folder, if not under data_root")
-    data.add_argument("--synthetic_size", type=int, nargs=3, default=[2000, 200, 200], metavar=("TRAIN", "VAL", "TEST"))
-    data.add_argument("--synthetic_seed", type=int, default=0)
-    data.add_argument("--train_split", default="train")
-    data.add_argument("--validation_split", default="val")
-    data.add_argument("--max_train_samples", type=int, default=None)
-    data.add_argument("--max_eval_samples", type=int, default=None)
-    data.add_argument("--image_size", type=int, default=480)
-    data.add_argument("--max_length", type=int, default=20)
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--synthetic_size", type=int, nargs=3, default=[2000, 200, 200], metavar=("TRAIN", "VAL", "TEST"),
+                      help="objects per split of the synthetic set")
+    data.add_argument("--synthetic_seed", type=int, default=0, help="seed of the synthetic scenes")
+    data.add_argument("--train_split", default="train", help="split to train on")
+    data.add_argument("--validation_split", default="val", help="split to validate on (checkpoint selection)")
+    data.add_argument("--max_train_samples", type=int, default=None, help="train on the first N objects only")
+    data.add_argument("--max_eval_samples", type=int, default=None, help="validate on the first N expressions only")
+    data.add_argument("--image_size", type=int, default=480, help="square input size of the processor")
+    data.add_argument("--max_length", type=int, default=20, help="expression tokens (padded / truncated)")
+    data.add_argument("--dataloader_num_workers", type=int, default=0, help="data loading processes per GPU/CPU process")
 
+    # ----------------------------------------------------------------------------------------------------------
+    # Model: a checkpoint to start from, or a config for a fresh model
+    # ----------------------------------------------------------------------------------------------------------
     model = parser.add_argument_group("model")
-    model.add_argument("--model_name_or_path", default=None, help="a checkpoint folder or Hub id")
+    model.add_argument("--model_name_or_path", default=None, help="a checkpoint folder or Hub id to start from")
     model.add_argument("--config_name", default=None,
-                       help="config.json / folder, or 'default' (full size), 'small' (the demo model) or 'tiny' (tests); "
-                       "when no checkpoint is given")
-    model.add_argument("--processor_name", default=None, help="processor folder / Hub id (default: with the model)")
-    model.add_argument("--config_overrides", default=None, help='e.g. "curation_ratio=0.1,guidance=enhanced_le"')
-    model.add_argument("--freeze_text_embeddings", action=argparse.BooleanOptionalAction, default=True)
-    model.add_argument("--gradient_checkpointing", action="store_true")
+                       help="when no checkpoint is given: config.json / folder, or 'default' (full size), "
+                       "'small' (the demo model) or 'tiny' (tests)")
+    model.add_argument("--processor_name", default=None, help="processor folder / Hub id (None: the model's)")
+    model.add_argument("--config_overrides", default=None, help='config fields, e.g. "curation_ratio=0.1,guidance=enhanced_le"')
+    model.add_argument("--freeze_text_embeddings", action=argparse.BooleanOptionalAction, default=True,
+                       help="keep the text encoder's word embeddings fixed, as the authors do")
+    model.add_argument("--gradient_checkpointing", action="store_true",
+                       help="recompute the Swin, BERT and METRIS blocks in the backward pass (less memory, more time)")
 
+    # ----------------------------------------------------------------------------------------------------------
+    # Optimisation: the paper's recipe by default (AdamW 3e-5, polynomial decay, 16 images per step)
+    # ----------------------------------------------------------------------------------------------------------
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--num_train_epochs", type=int, default=40)
-    optim.add_argument("--max_train_steps", type=int, default=None)
-    optim.add_argument("--per_device_train_batch_size", type=int, default=16)
-    optim.add_argument("--per_device_eval_batch_size", type=int, default=16)
-    optim.add_argument("--learning_rate", type=float, default=3e-5)
-    optim.add_argument("--weight_decay", type=float, default=0.01)
-    optim.add_argument("--lr_scheduler_type", default="polynomial")
+    optim.add_argument("--num_train_epochs", type=int, default=40, help="epochs (ignored with --max_train_steps)")
+    optim.add_argument("--max_train_steps", type=int, default=None, help="optimizer steps (None: from the epochs)")
+    optim.add_argument("--per_device_train_batch_size", type=int, default=16, help="objects per step per process")
+    optim.add_argument("--per_device_eval_batch_size", type=int, default=16, help="expressions per validation batch")
+    optim.add_argument("--learning_rate", type=float, default=3e-5, help="peak learning rate of AdamW")
+    optim.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (none on norms, biases, position tables)")
+    optim.add_argument("--lr_scheduler_type", default="polynomial", help="any transformers scheduler name")
     optim.add_argument("--lr_power", type=float, default=0.9, help="power of the polynomial decay")
-    optim.add_argument("--num_warmup_steps", type=int, default=0)
-    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    optim.add_argument("--max_grad_norm", type=float, default=None)
-    optim.add_argument("--seed", type=int, default=42)
-    optim.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+    optim.add_argument("--num_warmup_steps", type=int, default=0, help="linear warm-up steps")
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1, help="steps accumulated per update")
+    optim.add_argument("--max_grad_norm", type=float, default=None, help="gradient clipping norm (None: no clipping)")
+    optim.add_argument("--seed", type=int, default=42, help="seed of initialisation, data order and sentence draws")
+    optim.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"],
+                       help="None: what `accelerate config` says")
 
+    # ----------------------------------------------------------------------------------------------------------
+    # Run: where results go, checkpoints, validation, tracking, the Hub
+    # ----------------------------------------------------------------------------------------------------------
     run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", required=True)
-    run.add_argument("--checkpointing_steps", default=None, help="an integer (every N steps) or 'epoch'")
-    run.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
-    run.add_argument("--eval_every", type=int, default=1, help="evaluate every N epochs (0: never)")
-    run.add_argument("--eval_resolution", default="model", choices=RESOLUTIONS)
-    run.add_argument("--with_tracking", action="store_true")
-    run.add_argument("--report_to", default="tensorboard")
-    run.add_argument("--push_to_hub", action="store_true")
-    run.add_argument("--hub_model_id", default=None)
+    run.add_argument("--output_dir", required=True, help="final model, best/, step_N/ or epoch_N/ states, logs")
+    run.add_argument("--checkpointing_steps", default=None, help="save the training state every N steps, or 'epoch'")
+    run.add_argument("--resume_from_checkpoint", default=None, help="a step_N/ or epoch_N/ folder, or 'latest'")
+    run.add_argument("--eval_every", type=int, default=1, help="validate every N epochs (0: never)")
+    run.add_argument("--eval_resolution", default="model", choices=RESOLUTIONS,
+                     help="compare masks at the model's input size (the paper's protocol) or the image's own")
+    run.add_argument("--with_tracking", action="store_true", help="log loss, learning rate and validation figures")
+    run.add_argument("--report_to", default="tensorboard", help="tracker for --with_tracking")
+    run.add_argument("--push_to_hub", action="store_true", help="upload the final model and processor")
+    run.add_argument("--hub_model_id", default=None, help="Hub repository for --push_to_hub")
     run.add_argument("--stop_after_steps", type=int, default=None, help=argparse.SUPPRESS)  # simulates a kill (tests)
     args = parser.parse_args(argv)
     validate_args(args, parser)
