@@ -92,7 +92,7 @@ def export_onnx(
         if source is None:
             raise ValueError("give the processor when exporting an already loaded model")
         processor = AutoProcessor.from_pretrained(source)
-    network = _LogitsOnly(_load_for_export(model))
+    network = _LogitsOnly(_load_for_export(model)).eval()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / ONNX_FILE
