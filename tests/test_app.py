@@ -26,9 +26,9 @@ def test_overlay_keeps_the_objects_colour_and_outlines_it():
     mask = np.zeros((64, 64), bool)
     mask[16:48, 16:48] = True
     shown = np.asarray(outline_overlay(image, mask, width=1))
-    assert (shown[20:44, 20:44] == (200, 30, 30)).all()  # inside, away from the border: untouched
+    assert (shown[mask] == (200, 30, 30)).all()  # the whole object untouched, its border included
     assert (shown[0:10, 0:10] < (200, 30, 30)).all()  # outside: dimmed
-    assert (shown[16, 20:44] == (255, 255, 0)).all()  # the border
+    assert (shown[15, 16:48] == (255, 255, 0)).all()  # the outline, just outside
 
 
 def test_examples_are_scenes_with_their_expressions(examples):
@@ -41,7 +41,7 @@ def test_segment_gives_one_overlay_and_mask_per_expression_like_the_pipeline(exa
     path, text = examples[0]
     expressions = parse_expressions(text)
     overlays, files, sheet, status = segment(path, text, 0.5, EMBEDDED, True, tmp_path)
-    assert status.startswith("✅") and len(overlays) == len(files) == len(expressions)
+    assert status.startswith("Done:") and len(overlays) == len(files) == len(expressions)
     reference = pipeline("referring-image-segmentation", model=str(embedded_checkpoint()))(path, expressions)
     for (overlay, caption), file, expected, expression in zip(overlays, files, reference, expressions):
         assert overlay.size == (256, 256) and caption.startswith(expression)
@@ -65,9 +65,9 @@ def test_bad_input_gives_a_message_not_an_exception(examples, tmp_path, image, t
         image = str(image)
     overlays, files, sheet, status = segment(image, text, 0.5, EMBEDDED, False, tmp_path)
     assert overlays == [] and files == [] and sheet is None
-    assert status.startswith("⚠️") and message in status and "Traceback" not in status
+    assert status.startswith("Error:") and message in status and "Traceback" not in status
 
 
 def test_a_model_that_does_not_load_is_reported(examples, tmp_path):
     *_, status = segment(examples[0][0], "the red star", 0.5, str(tmp_path / "missing"), False, tmp_path)
-    assert status.startswith("⚠️ Could not load the model")
+    assert status.startswith("Error: Could not load the model")

@@ -40,7 +40,7 @@ def parse_expressions(text: str | None) -> list[str]:
 
 
 def outline_overlay(image: Image.Image, mask: np.ndarray, dim: float = 0.45, width: int | None = None) -> Image.Image:
-    """The image with everything outside the mask dimmed and the mask's border drawn: the object itself keeps
+    """The image with everything outside the mask dimmed and an outline drawn around it: the object itself keeps
     its own colour (a tinted fill would hide the very colour an expression like "the red star" refers to)."""
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     mask = mask.astype(bool)
@@ -49,8 +49,7 @@ def outline_overlay(image: Image.Image, mask: np.ndarray, dim: float = 0.45, wid
         width = width or max(1, round(max(image.size) / 128))
         mask_image = Image.fromarray(mask.astype(np.uint8) * 255)
         grown = np.asarray(mask_image.filter(ImageFilter.MaxFilter(2 * width + 1))) > 0
-        shrunk = np.asarray(mask_image.filter(ImageFilter.MinFilter(2 * width + 1))) > 0
-        shown[grown & ~shrunk] = OUTLINE_COLOUR
+        shown[grown & ~mask] = OUTLINE_COLOUR  # drawn just outside: not one pixel of the object is covered
     return Image.fromarray(shown.astype(np.uint8))
 
 
@@ -124,25 +123,25 @@ def segment(
     """
     nothing: tuple[list, list, None] = ([], [], None)
     if not image_path:
-        return (*nothing, "⚠️ Upload an image first (or click one of the examples).")
+        return (*nothing, "Error: Upload an image first (or click one of the examples).")
     expressions = parse_expressions(text)
     if not expressions:
-        return (*nothing, "⚠️ Type at least one expression (one per line), e.g. “the red star”.")
+        return (*nothing, "Error: Type at least one expression (one per line), e.g. “the red star”.")
     if len(expressions) > MAX_EXPRESSIONS:
-        return (*nothing, f"⚠️ At most {MAX_EXPRESSIONS} expressions at once (got {len(expressions)}).")
+        return (*nothing, f"Error: At most {MAX_EXPRESSIONS} expressions at once (got {len(expressions)}).")
     try:
         image = load_local_image(image_path).convert("RGB")
     except ValueError as error:
-        return (*nothing, f"⚠️ Could not read the image: {str(error).split(': ', 1)[-1]}")
+        return (*nothing, f"Error: Could not read the image: {str(error).split(': ', 1)[-1]}")
     try:
         segmenter = load_segmenter((model_name or EMBEDDED).strip())
     except Exception as error:  # noqa: BLE001 - any loading failure becomes a message, not a trace
-        return (*nothing, f"⚠️ Could not load the model {model_name!r}: {type(error).__name__}: {error}")
+        return (*nothing, f"Error: Could not load the model {model_name!r}: {type(error).__name__}: {error}")
     try:
         results = segmenter.run(image, expressions, threshold=float(threshold))
         sheet = segmenter.attention_sheet(image, expressions, float(threshold)) if show_attention else None
     except ValueError as error:
-        return (*nothing, f"⚠️ {error}")
+        return (*nothing, f"Error: {error}")
     folder = Path(output_dir or tempfile.mkdtemp(prefix="metris-app-"))
     folder.mkdir(parents=True, exist_ok=True)
     overlays, files, lines = [], [], []
@@ -154,7 +153,7 @@ def segment(
         files.append(str(path))
         lines.append(f"| {index + 1} | {expression} | {result['score']:.3f} | {100 * mask.mean():.1f} % |")
     status = "\n".join([
-        f"✅ {len(expressions)} expression(s), model `{segmenter.name}` ({segmenter.backend})",
+        f"Done: {len(expressions)} expression(s), model `{segmenter.name}` ({segmenter.backend})",
         "", "| # | expression | score | area |", "|---|---|---|---|", *lines,
     ])
     if show_attention and sheet is None:
