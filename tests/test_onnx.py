@@ -18,7 +18,13 @@ from metris_hf.data.synthetic import iter_synthetic
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[onnx]')")
 pytest.importorskip("onnxscript", reason="onnxscript (torch's ONNX exporter needs it) is not installed")
 
-from metris_hf.onnx_backend import METADATA_FILE, ONNX_FILE, OnnxReferringSegmenter, export_onnx  # noqa: E402
+from metris_hf.onnx_backend import (  # noqa: E402
+    METADATA_FILE,
+    ONNX_FILE,
+    OnnxReferringSegmenter,
+    export_onnx,
+    time_onnxruntime,
+)
 
 SEED = 2024  # the checkpoint was trained and tested on seeds 0 and 1
 
@@ -69,6 +75,8 @@ def test_onnxruntime_logits_match_pytorch(exported, scenes, batch, max_length):
     assert got.shape == expected.shape == (batch, 1, 32, 32)
     difference = np.abs(got - expected)
     near_boundary = np.abs(expected) < 10
+    print(f"batch {batch}, L {max_length}: max |diff| {difference.max():.2e} (|logit| up to {np.abs(expected).max():.0f}), "
+          f"{difference[near_boundary].max():.2e} where |logit| < 10")
     assert near_boundary.any()
     assert difference[near_boundary].max() <= 1e-4, difference[near_boundary].max()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
@@ -101,3 +109,11 @@ def test_cli_onnx_backend_writes_the_same_mask(exported, scenes, tmp_path, capsy
     onnx_mask, torch_mask = (np.asarray(Image.open(tmp_path / name)) for name in ("onnx.png", "torch.png"))
     assert onnx_mask.any() and np.array_equal(onnx_mask, torch_mask)
     assert "score" in capsys.readouterr().out
+
+
+def test_benchmark_timing_runs_onnxruntime_without_torch(exported):
+    """The benchmark's onnxruntime row: its peak memory is a process that never imported torch."""
+    timing = time_onnxruntime(exported, batch_sizes=[1, 2], image_size=128, max_length=20, repeats=1, threads=1)
+    assert [row["batch_size"] for row in timing["rows"]] == [1, 2]
+    assert all(row["seconds"] > 0 for row in timing["rows"])
+    assert timing["torch_loaded"] is False and 0 < timing["peak_memory_mb"] < 2000

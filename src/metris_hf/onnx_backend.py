@@ -73,6 +73,39 @@ def _example_inputs(model: torch.nn.Module, image_size: int, length: int, batch:
     return pixel_values, input_ids, attention_mask
 
 
+def _export_graph(
+    network: _LogitsOnly, example: tuple[torch.Tensor, ...], path: Path, output_names: list[str], opset: int,
+    dynamo: bool,
+) -> tuple[str, str | None]:
+    """Writes the graph; returns (the exporter that succeeded, why the first choice failed or None)."""
+    try:
+        if not dynamo:
+            raise RuntimeError("the TorchScript exporter was asked for")
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        # the text encoder's position table bounds the expression length
+        max_tokens = int(getattr(network.model.config.text_config, "max_position_embeddings", 512))
+        length = torch.export.Dim("sequence", min=2, max=max_tokens)
+        with torch.no_grad():
+            torch.onnx.export(
+                network, example, str(path), dynamo=True, opset_version=opset, external_data=False,
+                input_names=list(INPUT_NAMES), output_names=output_names, verbose=False,
+                dynamic_shapes={"pixel_values": {0: batch}, "input_ids": {0: batch, 1: length},
+                                "attention_mask": {0: batch, 1: length}},
+            )
+        return "dynamo", None
+    except Exception as error:  # noqa: BLE001 - any failure of the new exporter falls back to the old one
+        reason = "asked for" if not dynamo else f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    axes = {"pixel_values": {0: "batch"}, "input_ids": {0: "batch", 1: "sequence"},
+            "attention_mask": {0: "batch", 1: "sequence"}}
+    axes.update({name: {0: "batch"} for name in output_names})
+    with torch.no_grad():
+        torch.onnx.export(
+            network, example, str(path), dynamo=False, opset_version=opset, input_names=list(INPUT_NAMES),
+            output_names=output_names, dynamic_axes=axes,
+        )
+    return "torchscript", reason
+
+
 def export_onnx(
     model: str | os.PathLike | torch.nn.Module,
     output_dir: str | os.PathLike,
@@ -101,34 +134,7 @@ def export_onnx(
     output_names = ["logits", "no_target_logits"] if network.has_no_target else ["logits"]
 
     start = time.perf_counter()
-    exporter = "dynamo"
-    try:
-        if not dynamo:
-            raise RuntimeError("the TorchScript exporter was asked for")
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        # the text encoder's position table bounds the expression length
-        max_tokens = int(getattr(network.model.config.text_config, "max_position_embeddings", 512))
-        length = torch.export.Dim("sequence", min=2, max=max_tokens)
-        with torch.no_grad():
-            torch.onnx.export(
-                network, example, str(path), dynamo=True, opset_version=opset, external_data=False,
-                input_names=list(INPUT_NAMES), output_names=output_names, verbose=False,
-                dynamic_shapes={"pixel_values": {0: batch}, "input_ids": {0: batch, 1: length},
-                                "attention_mask": {0: batch, 1: length}},
-            )
-    except Exception as error:  # noqa: BLE001 - any failure of the new exporter falls back to the old one
-        exporter = "torchscript"
-        reason = "asked for" if not dynamo else f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-        axes = {"pixel_values": {0: "batch"}, "input_ids": {0: "batch", 1: "sequence"},
-                "attention_mask": {0: "batch", 1: "sequence"}}
-        axes.update({name: {0: "batch"} for name in output_names})
-        with torch.no_grad():
-            torch.onnx.export(
-                network, example, str(path), dynamo=False, opset_version=opset, input_names=list(INPUT_NAMES),
-                output_names=output_names, dynamic_axes=axes,
-            )
-    else:
-        reason = None
+    exporter, reason = _export_graph(network, example, path, output_names, opset, dynamo)
     processor.save_pretrained(output_dir)
     metadata = {
         "exporter": exporter, "fallback_reason": reason, "opset": opset, "source": source,
@@ -220,4 +226,98 @@ def compare_with_pytorch(model: str | os.PathLike, folder: str | os.PathLike, ba
     return float(np.abs(got - expected).max())
 
 
-__all__ = ["ONNX_FILE", "OnnxReferringSegmenter", "compare_with_pytorch", "export_onnx", "make_session"]
+# --------------------------------------------------------------------------------------------------------------
+# Benchmark: the onnxruntime row beside PyTorch eager and bfloat16 (scripts/benchmark.py calls these)
+# --------------------------------------------------------------------------------------------------------------
+
+# Runs in its own interpreter with onnxruntime and NumPy only, so its peak memory is what a deployment without
+# PyTorch would hold (importing this package would load torch and transformers first).
+_TIMING_SCRIPT = r"""
+import json, resource, statistics, sys, time
+import numpy as np
+import onnxruntime as ort
+
+job = json.loads(sys.argv[1])
+options = ort.SessionOptions()
+if job["threads"]:
+    options.intra_op_num_threads = job["threads"]
+session = ort.InferenceSession(job["path"], options, providers=["CPUExecutionProvider"])
+names = [output.name for output in session.get_outputs()]
+rng = np.random.default_rng(0)
+rows = []
+for batch in job["batch_sizes"]:
+    feeds = {
+        "pixel_values": rng.standard_normal((batch, 3, job["image_size"], job["image_size"])).astype(np.float32),
+        "input_ids": rng.integers(5, 250, (batch, job["max_length"])).astype(np.int64),
+        "attention_mask": np.ones((batch, job["max_length"]), dtype=np.int64),
+    }
+    session.run(names, feeds)
+    times = []
+    for _ in range(job["repeats"]):
+        start = time.perf_counter()
+        session.run(names, feeds)
+        times.append(time.perf_counter() - start)
+    rows.append({"batch_size": batch, "seconds": statistics.median(times)})
+print(json.dumps({"rows": rows, "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "torch_loaded": "torch" in sys.modules, "onnxruntime": ort.__version__}))
+"""
+
+
+def time_onnxruntime(
+    path: str | os.PathLike, batch_sizes: list[int], image_size: int, max_length: int, repeats: int = 3,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Median seconds per batch of an ONNX file under onnxruntime (CPU), measured in a fresh interpreter that
+    never imports torch; returns {"rows": [{"batch_size", "seconds"}], "peak_memory_mb" (max RSS), ...}."""
+    import subprocess
+    import sys
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / ONNX_FILE
+    job = {"path": str(path), "batch_sizes": list(batch_sizes), "image_size": image_size, "max_length": max_length,
+           "repeats": repeats, "threads": threads}
+    done = subprocess.run([sys.executable, "-c", _TIMING_SCRIPT, json.dumps(job)], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the onnxruntime timing process failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def onnxruntime_benchmark_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """The benchmark's onnxruntime row(s): the randomly initialised METRIS that `scripts/benchmark.py` times in
+    PyTorch (same config and seed), exported here, then timed by `time_onnxruntime`.
+
+    `job`: tiny (bool), batch_sizes, image_size, max_length, repeats, optional threads and workdir. Returns
+    {"rows": [{"batch_size", "seconds"}], "peak_memory_mb", "export_seconds", "exporter", "onnx_mb"}; the peak
+    memory is the timing process's alone (onnxruntime, NumPy, the session), not the export's.
+    """
+    import tempfile
+
+    from .configuration_metris import MetrisConfig
+    from .modeling_metris import MetrisForReferringSegmentation
+    from .testing_utils import tiny_metris_config
+
+    torch.manual_seed(0)
+    config = tiny_metris_config() if job["tiny"] else MetrisConfig()
+    config._attn_implementation = "eager"
+    model = MetrisForReferringSegmentation(config).eval()
+    network = _LogitsOnly(_load_for_export(model)).eval()
+    example = _example_inputs(network.model, job["image_size"], job["max_length"])
+    output_names = ["logits", "no_target_logits"] if network.has_no_target else ["logits"]
+    with tempfile.TemporaryDirectory(dir=job.get("workdir")) as folder:
+        path = Path(folder) / ONNX_FILE
+        start = time.perf_counter()
+        exporter, _ = _export_graph(network, example, path, output_names, opset=18, dynamo=True)
+        export_seconds = time.perf_counter() - start
+        del model, network
+        timing = time_onnxruntime(path, job["batch_sizes"], job["image_size"], job["max_length"], job["repeats"],
+                                  job.get("threads"))
+        timing.update(export_seconds=export_seconds, exporter=exporter, onnx_mb=path.stat().st_size / 2**20)
+    return timing
+
+
+__all__ = [
+    "ONNX_FILE", "OnnxReferringSegmenter", "compare_with_pytorch", "export_onnx", "make_session",
+    "onnxruntime_benchmark_worker", "time_onnxruntime",
+]
