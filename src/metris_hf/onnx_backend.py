@@ -233,7 +233,7 @@ def compare_with_pytorch(model: str | os.PathLike, folder: str | os.PathLike, ba
 # Runs in its own interpreter with onnxruntime and NumPy only, so its peak memory is what a deployment without
 # PyTorch would hold (importing this package would load torch and transformers first).
 _TIMING_SCRIPT = r"""
-import json, resource, statistics, sys, time
+import json, statistics, sys, time
 import numpy as np
 import onnxruntime as ort
 
@@ -258,7 +258,10 @@ for batch in job["batch_sizes"]:
         session.run(names, feeds)
         times.append(time.perf_counter() - start)
     rows.append({"batch_size": batch, "seconds": statistics.median(times)})
-print(json.dumps({"rows": rows, "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+# VmHWM, not getrusage's ru_maxrss: the latter keeps the parent's high-water mark across fork and exec
+with open("/proc/self/status") as status:
+    peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print(json.dumps({"rows": rows, "peak_memory_mb": peak_kib / 1024,
                   "torch_loaded": "torch" in sys.modules, "onnxruntime": ort.__version__}))
 """
 
