@@ -3,7 +3,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2
 
-.PHONY: venv install dev test lint demo clean
+.PHONY: venv install dev test lint demo app clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ lint: dev
 
 demo: install
 	$(PY) scripts/demo.py
+
+APP_PORT ?= 7860
+
+app: $(PY)
+	$(PY) -m pip install -q -e ".[app,onnx]"
+	@echo "METRIS app: open http://127.0.0.1:$(APP_PORT)/ (Ctrl+C stops it)"
+	$(PY) -m metris_hf.app --host 127.0.0.1 --port $(APP_PORT)
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info

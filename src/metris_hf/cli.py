@@ -26,16 +26,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="mask.png", help="where the mask PNG goes (mode L, 0/255)")
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0")
+    parser.add_argument("--backend", choices=("pytorch", "onnx"), default="pytorch",
+                        help="onnx: run a folder written by scripts/export_onnx.py with onnxruntime (give it as --model)")
     args = parser.parse_args(argv)
     if not Path(args.image).is_file():
         parser.error(f"--image {args.image} does not exist")
     if not args.text.strip():
         parser.error("--text is empty")
 
-    from transformers import pipeline
+    if args.backend == "onnx":
+        if args.model is None:
+            parser.error("--backend onnx needs --model: a folder written by scripts/export_onnx.py")
+        from .onnx_backend import OnnxReferringSegmenter
 
-    model = args.model or str(embedded_checkpoint())
-    segmenter = pipeline("referring-image-segmentation", model=model, device=args.device)
+        segmenter = OnnxReferringSegmenter(args.model)
+    else:
+        from transformers import pipeline
+
+        model = args.model or str(embedded_checkpoint())
+        segmenter = pipeline("referring-image-segmentation", model=model, device=args.device)
     result = segmenter(args.image, args.text, threshold=args.threshold)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,326 @@
+"""METRIS without PyTorch at inference: export to ONNX, run with onnxruntime.
+
+    from metris_hf.onnx_backend import export_onnx, OnnxReferringSegmenter
+    export_onnx("path/or/hub-id", "exported/")                 # model.onnx + the processor's files
+    segmenter = OnnxReferringSegmenter("exported/")
+    segmenter(image, "the red star")                           # {"mask": PIL "L" 0/255, "score": float}
+
+Why this split: the graph (pixel_values, input_ids, attention_mask → mask logits) is what costs; the processor
+(resize, normalise, tokenise, upsample and threshold the logits) is cheap and stays the package's own, so the
+ONNX route gives the very masks and scores the `referring-image-segmentation` pipeline gives.
+
+The export uses torch's exporter (`torch.onnx.export(..., dynamo=True)`), with the batch and the expression
+length dynamic. Attention runs in its eager form for the export: with a symbolic batch, the SDPA path of the
+Swin backbone reshapes a transposed tensor in a way the exporter's decomposition cannot express as a view.
+If the dynamo route fails anyway (another torch version), the TorchScript exporter is tried, and the file
+`onnx_export.json` beside the model says which one produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+
+ONNX_FILE = "model.onnx"
+METADATA_FILE = "onnx_export.json"
+INPUT_NAMES = ("pixel_values", "input_ids", "attention_mask")
+
+
+class _LogitsOnly(torch.nn.Module):
+    """The model with positional inputs and tensor outputs only, the form an ONNX graph has."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.has_no_target = getattr(model, "no_target_classifier", None) is not None
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        outputs = self.model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+        if self.has_no_target:
+            return outputs.logits, outputs.no_target_logits
+        return outputs.logits
+
+
+def _load_for_export(model: str | os.PathLike | torch.nn.Module) -> torch.nn.Module:
+    """The model in the form that traces with a symbolic batch: eager attention, and plain linears (the CPU
+    1×1-convolution linears branch on the number of rows, which would pin the batch to the example's range)."""
+    from transformers import AutoModel
+
+    if isinstance(model, torch.nn.Module):
+        if hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation("eager")
+    else:
+        model = AutoModel.from_pretrained(str(model), attn_implementation="eager")
+    if hasattr(model, "set_cpu_conv_linears"):
+        model.set_cpu_conv_linears(False)
+    return model.float().eval()
+
+
+def _example_inputs(model: torch.nn.Module, image_size: int, length: int, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(0)
+    vocab = int(model.config.text_config.vocab_size)
+    pixel_values = torch.randn(batch, 3, image_size, image_size, generator=generator)
+    input_ids = torch.randint(1, vocab, (batch, length), generator=generator)
+    attention_mask = torch.ones(batch, length, dtype=torch.long)
+    attention_mask[0, length // 2 :] = 0  # a padded row, so that masking is traced as data, not as a constant
+    return pixel_values, input_ids, attention_mask
+
+
+def _export_graph(
+    network: _LogitsOnly, example: tuple[torch.Tensor, ...], path: Path, output_names: list[str], opset: int,
+    dynamo: bool,
+) -> tuple[str, str | None]:
+    """Writes the graph; returns (the exporter that succeeded, why the first choice failed or None)."""
+    try:
+        if not dynamo:
+            raise RuntimeError("the TorchScript exporter was asked for")
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        # the text encoder's position table bounds the expression length
+        max_tokens = int(getattr(network.model.config.text_config, "max_position_embeddings", 512))
+        length = torch.export.Dim("sequence", min=2, max=max_tokens)
+        with torch.no_grad():
+            torch.onnx.export(
+                network, example, str(path), dynamo=True, opset_version=opset, external_data=False,
+                input_names=list(INPUT_NAMES), output_names=output_names, verbose=False,
+                dynamic_shapes={"pixel_values": {0: batch}, "input_ids": {0: batch, 1: length},
+                                "attention_mask": {0: batch, 1: length}},
+            )
+        return "dynamo", None
+    except Exception as error:  # noqa: BLE001 - any failure of the new exporter falls back to the old one
+        reason = "asked for" if not dynamo else f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    axes = {"pixel_values": {0: "batch"}, "input_ids": {0: "batch", 1: "sequence"},
+            "attention_mask": {0: "batch", 1: "sequence"}}
+    axes.update({name: {0: "batch"} for name in output_names})
+    with torch.no_grad():
+        torch.onnx.export(
+            network, example, str(path), dynamo=False, opset_version=opset, input_names=list(INPUT_NAMES),
+            output_names=output_names, dynamic_axes=axes,
+        )
+    return "torchscript", reason
+
+
+def export_onnx(
+    model: str | os.PathLike | torch.nn.Module,
+    output_dir: str | os.PathLike,
+    processor: Any | None = None,
+    opset: int = 18,
+    dynamo: bool = True,
+) -> Path:
+    """Writes `model.onnx` (inputs pixel_values, input_ids, attention_mask; output `logits`, plus
+    `no_target_logits` for checkpoints with that head) and the processor into `output_dir`; returns the ONNX path.
+
+    `model`: a checkpoint folder, a Hub id, or a loaded METRIS model (then pass its `processor`).
+    """
+    from transformers import AutoProcessor
+
+    source = None if isinstance(model, torch.nn.Module) else str(model)
+    if processor is None:
+        if source is None:
+            raise ValueError("give the processor when exporting an already loaded model")
+        processor = AutoProcessor.from_pretrained(source)
+    network = _LogitsOnly(_load_for_export(model)).eval()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / ONNX_FILE
+    size = processor.image_processor.size
+    example = _example_inputs(network.model, int(size["height"]), processor.max_length)
+    output_names = ["logits", "no_target_logits"] if network.has_no_target else ["logits"]
+
+    start = time.perf_counter()
+    exporter, reason = _export_graph(network, example, path, output_names, opset, dynamo)
+    processor.save_pretrained(output_dir)
+    metadata = {
+        "exporter": exporter, "fallback_reason": reason, "opset": opset, "source": source,
+        "outputs": output_names, "image_size": [int(size["height"]), int(size["width"])],
+        "torch": torch.__version__, "export_seconds": round(time.perf_counter() - start, 1),
+    }
+    (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    return path
+
+
+def make_session(path: str | os.PathLike, threads: int | None = None):
+    """An onnxruntime CPU session for `path` (a `.onnx` file or a folder holding `model.onnx`)."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / ONNX_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX model at {path} (export one with scripts/export_onnx.py)")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxReferringSegmenter:
+    """The `referring-image-segmentation` pipeline's results, computed by onnxruntime on an exported folder.
+
+    Call with `(image, text)` for one result dict or `(image, [texts])` for a list of them (one batch); images as
+    the pipeline takes them (PIL, a local path, an array). Results: `{"mask": PIL "L" 0/255, "score": float}`.
+    """
+
+    def __init__(self, folder: str | os.PathLike, threads: int | None = None):
+        from .processing_metris import MetrisProcessor
+
+        self.folder = Path(folder)
+        self.processor = MetrisProcessor.from_pretrained(str(self.folder))
+        self.session = make_session(self.folder, threads)
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def logits(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph's raw outputs by name (`logits` (B, 1, h, w), maybe `no_target_logits` (B,))."""
+        feeds = {
+            "pixel_values": np.ascontiguousarray(pixel_values, dtype=np.float32),
+            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+            "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
+        }
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+    def __call__(self, image: Any, text: str | list[str], threshold: float = 0.5) -> dict[str, Any] | list[dict[str, Any]]:
+        from .image_processing_metris import load_local_image
+        from .pipeline_metris import _check_expression
+
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        if not texts:
+            raise ValueError("text must be a string or a non-empty list of strings")
+        texts = [_check_expression(t, f"expression {n}") for n, t in enumerate(texts)]
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+        if isinstance(image, (str, os.PathLike)):
+            image = load_local_image(image)
+        if not isinstance(image, PIL.Image.Image):
+            image = PIL.Image.fromarray(np.asarray(image))
+        encoded = self.processor(images=[image] * len(texts), text=texts, return_tensors="pt")
+        outputs = self.logits(*(encoded[name].numpy() for name in INPUT_NAMES))
+        tensors = {name: torch.from_numpy(value) for name, value in outputs.items()}
+        results = self.processor.post_process_referring_segmentation(
+            tensors, target_sizes=[(image.height, image.width)] * len(texts), threshold=threshold, return_scores=True
+        )
+        out = [
+            {"mask": PIL.Image.fromarray(r["mask"].numpy().astype(np.uint8) * 255), "score": r["score"]}
+            for r in results
+        ]
+        return out[0] if single else out
+
+
+def compare_with_pytorch(model: str | os.PathLike, folder: str | os.PathLike, batch: int = 3) -> float:
+    """Largest |onnxruntime − PyTorch| over the mask logits of one random batch: a quick check of an export."""
+    from transformers import AutoModel
+
+    segmenter = OnnxReferringSegmenter(folder)
+    reference = AutoModel.from_pretrained(str(model)).float().eval()
+    size = segmenter.processor.image_processor.size
+    inputs = _example_inputs(reference, int(size["height"]), segmenter.processor.max_length, batch)
+    with torch.no_grad():
+        expected = reference(*inputs).logits.numpy()
+    got = segmenter.logits(*(tensor.numpy() for tensor in inputs))["logits"]
+    return float(np.abs(got - expected).max())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Benchmark: the onnxruntime row beside PyTorch eager and bfloat16 (scripts/benchmark.py calls these)
+# --------------------------------------------------------------------------------------------------------------
+
+# Runs in its own interpreter with onnxruntime and NumPy only, so its peak memory is what a deployment without
+# PyTorch would hold (importing this package would load torch and transformers first).
+_TIMING_SCRIPT = r"""
+import json, statistics, sys, time
+import numpy as np
+import onnxruntime as ort
+
+job = json.loads(sys.argv[1])
+options = ort.SessionOptions()
+if job["threads"]:
+    options.intra_op_num_threads = job["threads"]
+session = ort.InferenceSession(job["path"], options, providers=["CPUExecutionProvider"])
+names = [output.name for output in session.get_outputs()]
+rng = np.random.default_rng(0)
+rows = []
+for batch in job["batch_sizes"]:
+    feeds = {
+        "pixel_values": rng.standard_normal((batch, 3, job["image_size"], job["image_size"])).astype(np.float32),
+        "input_ids": rng.integers(5, 250, (batch, job["max_length"])).astype(np.int64),
+        "attention_mask": np.ones((batch, job["max_length"]), dtype=np.int64),
+    }
+    session.run(names, feeds)
+    times = []
+    for _ in range(job["repeats"]):
+        start = time.perf_counter()
+        session.run(names, feeds)
+        times.append(time.perf_counter() - start)
+    rows.append({"batch_size": batch, "seconds": statistics.median(times)})
+# VmHWM, not getrusage's ru_maxrss: the latter keeps the parent's high-water mark across fork and exec
+with open("/proc/self/status") as status:
+    peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print(json.dumps({"rows": rows, "peak_memory_mb": peak_kib / 1024,
+                  "torch_loaded": "torch" in sys.modules, "onnxruntime": ort.__version__}))
+"""
+
+
+def time_onnxruntime(
+    path: str | os.PathLike, batch_sizes: list[int], image_size: int, max_length: int, repeats: int = 3,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Median seconds per batch of an ONNX file under onnxruntime (CPU), measured in a fresh interpreter that
+    never imports torch; returns {"rows": [{"batch_size", "seconds"}], "peak_memory_mb" (max RSS), ...}."""
+    import subprocess
+    import sys
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / ONNX_FILE
+    job = {"path": str(path), "batch_sizes": list(batch_sizes), "image_size": image_size, "max_length": max_length,
+           "repeats": repeats, "threads": threads}
+    done = subprocess.run([sys.executable, "-c", _TIMING_SCRIPT, json.dumps(job)], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the onnxruntime timing process failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def onnxruntime_benchmark_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """The benchmark's onnxruntime row(s): the randomly initialised METRIS that `scripts/benchmark.py` times in
+    PyTorch (same config and seed), exported here, then timed by `time_onnxruntime`.
+
+    `job`: tiny (bool), batch_sizes, image_size, max_length, repeats, optional threads and workdir. Returns
+    {"rows": [{"batch_size", "seconds"}], "peak_memory_mb", "export_seconds", "exporter", "onnx_mb"}; the peak
+    memory is the timing process's alone (onnxruntime, NumPy, the session), not the export's.
+    """
+    import tempfile
+
+    from .configuration_metris import MetrisConfig
+    from .modeling_metris import MetrisForReferringSegmentation
+    from .testing_utils import tiny_metris_config
+
+    torch.manual_seed(0)
+    config = tiny_metris_config() if job["tiny"] else MetrisConfig()
+    config._attn_implementation = "eager"
+    model = MetrisForReferringSegmentation(config).eval()
+    network = _LogitsOnly(_load_for_export(model)).eval()
+    example = _example_inputs(network.model, job["image_size"], job["max_length"])
+    output_names = ["logits", "no_target_logits"] if network.has_no_target else ["logits"]
+    with tempfile.TemporaryDirectory(dir=job.get("workdir")) as folder:
+        path = Path(folder) / ONNX_FILE
+        start = time.perf_counter()
+        exporter, _ = _export_graph(network, example, path, output_names, opset=18, dynamo=True)
+        export_seconds = time.perf_counter() - start
+        del model, network
+        timing = time_onnxruntime(path, job["batch_sizes"], job["image_size"], job["max_length"], job["repeats"],
+                                  job.get("threads"))
+        timing.update(export_seconds=export_seconds, exporter=exporter, onnx_mb=path.stat().st_size / 2**20)
+    return timing
+
+
+__all__ = [
+    "ONNX_FILE", "OnnxReferringSegmenter", "compare_with_pytorch", "export_onnx", "make_session",
+    "onnxruntime_benchmark_worker", "time_onnxruntime",
+]
