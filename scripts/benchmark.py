@@ -15,6 +15,9 @@ Parts:
   train      forward + backward + AdamW step: samples/s, peak memory and fraction of the peak, counting the
              backward as twice the forward's MACs (CPU: batch 2, float32 and bfloat16 autocast, and float32 with
              gradient checkpointing; GPU: batch 16 bf16 with and without gradient checkpointing).
+  onnx       the same full METRIS exported to ONNX and run by onnxruntime (CPU, float32, batch 1), timed in a
+             process that never imports torch: seconds, peak memory, export time and file size. Needs the
+             `[onnx]` extra; skipped with a message without it.
   data       the training transform (JPEG decode, mask decode, resize, tokenise) on a REFER-format copy the
              script writes (640×480 JPEGs), samples/s with num_workers 0, 1, 2.
   metrics    memory held by the referring_iou metric after 5,000 samples of 480².
@@ -259,6 +262,25 @@ def bench_train(args, device: str, peaks: dict[str, dict]) -> list[dict]:
     return results
 
 
+def bench_onnxruntime(args) -> list[dict]:
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None:
+        print("onnxruntime row skipped: pip install -e '.[onnx]'")
+        return []
+    from metris_hf.onnx_backend import onnxruntime_benchmark_worker
+
+    job = {"tiny": args.tiny, "batch_sizes": [1], "image_size": args.image_size, "max_length": args.max_length,
+           "repeats": args.repeats}
+    result = run_in_fresh_process(onnxruntime_benchmark_worker, job)
+    return [
+        {"backend": "onnxruntime", "dtype": "float32", "batch_size": row["batch_size"], "metris_s": row["seconds"],
+         "peak_mb": result["peak_memory_mb"], "export_s": result["export_seconds"], "exporter": result["exporter"],
+         "onnx_mb": result["onnx_mb"]}
+        for row in result["rows"]
+    ]
+
+
 def write_refer_copy(root: Path, num_images: int, width: int = 640, height: int = 480) -> Path:
     """A RefCOCO-format copy of COCO-sized JPEGs (photo-like noise, quality 90), one polygon object per image
     with three sentences: what the data part reads."""
@@ -401,6 +423,11 @@ def print_report(report: dict) -> None:
                 f"{100 * r['backbone_peak_fraction']:>7.1f}{r['text_s']:>9.4f}{r['text_gmacs']:>8.2f}"
                 f"{r['efficiency_ratio']:>7.2f}{r['metris_peak_mb']:>9.0f}"
             )
+    for r in report.get("onnxruntime", []):
+        print(
+            f"\nonnxruntime {r['dtype']} batch {r['batch_size']}: {r['metris_s']:.3f} s, peak {r['peak_mb']:.0f} MB "
+            f"(a process without torch); export {r['export_s']:.0f} s via {r['exporter']}, {r['onnx_mb']:.0f} MB file"
+        )
     if "train" in report:
         print("\ntraining step (forward + backward + AdamW)")
         for r in report["train"]:
@@ -424,8 +451,8 @@ def print_report(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", default=["inference", "train", "data", "metrics"],
-                        choices=["inference", "train", "data", "metrics"])
+    parser.add_argument("--parts", nargs="+", default=["inference", "onnx", "train", "data", "metrics"],
+                        choices=["inference", "onnx", "train", "data", "metrics"])
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--image_size", type=int, default=480)
     parser.add_argument("--max_length", type=int, default=20)
@@ -449,6 +476,8 @@ def main(argv: list[str] | None = None) -> dict:
     report["peak"] = bench_peak(args, args.device)
     if "inference" in args.parts:
         report["inference"] = bench_inference(args, args.device, report["peak"])
+    if "onnx" in args.parts:
+        report["onnxruntime"] = bench_onnxruntime(args)
     if "train" in args.parts:
         report["train"] = bench_train(args, args.device, report["peak"])
     if "data" in args.parts:

@@ -14,7 +14,7 @@ def test_benchmark_produces_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--tiny", "--compile", "off", "--dtypes", "float32",
+        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--tiny", "--compile", "off", "--parts", "inference", "train", "data", "metrics", "--dtypes", "float32",
          "bfloat16", "--json", str(out)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )
