@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import pickle
+import pickletools
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -65,7 +66,26 @@ COCO_FILE_PATTERN = "COCO_train2014_%012d.jpg"
 
 
 class UnsafePickleError(pickle.UnpicklingError):
-    """A refs pickle asked for something other than builtin containers and scalars."""
+    """A refs pickle asked for something other than builtin containers and scalars, or for more memory or
+    nesting than a REFER refs file ever needs (see `restricted_pickle_load` for the bounds)."""
+
+
+# Bounds on what a refs pickle may build. REFER's refs nest 5 deep (list → ref → sentences → sentence → tokens)
+# and every object costs the pickle at least one byte, or two for a reference to one already built.
+MAX_PICKLE_NESTING = 32
+MAX_PICKLE_EXPANSION = 64  # objects + characters reachable (shared references counted each time) per file byte
+_PICKLE_EXPANSION_FLOOR = 1 << 20
+# Opcodes that build objects plain data never needs: protocol 5's bytearray and out-of-band buffers.
+_REFUSED_OPCODES = {"BYTEARRAY8", "NEXT_BUFFER", "READONLY_BUFFER"}
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """The one use of `_codecs.encode` a protocol-2 pickle has: a bytes object spelled as latin-1 text.
+
+    Any other codec (hex, base64, zlib, utf-32, …) could grow the text, so it is refused."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"refused _codecs.encode with codec {encoding!r} (only latin1 spells bytes)")
+    return text.encode("latin1")
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -76,21 +96,18 @@ class RestrictedUnpickler(pickle.Unpickler):
     short list of inert builtins is refused, before the object it would build is called.
     """
 
-    _ALLOWED = {
-        ("builtins", "set"),
-        ("builtins", "frozenset"),
-        ("builtins", "complex"),
-        ("builtins", "bytearray"),
-        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 spell a bytes object
-    }
+    _ALLOWED = {("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex")}
 
     def __init__(self, file: Any, source: str = "<pickle>"):
         super().__init__(file, encoding="utf-8", errors="replace")
         self.source = source
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module.replace("__builtin__", "builtins"), name) in self._ALLOWED:  # Python 2 spelling
+        module = module.replace("__builtin__", "builtins")  # Python 2 spelling
+        if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
+        if (module, name) == ("_codecs", "encode"):  # how protocol-2 pickles written by Python 3 spell bytes
+            return _latin1_bytes
         raise UnsafePickleError(
             f"{self.source}: refused to unpickle {module}.{name}: a REFER refs file may only hold builtin "
             "containers and scalars (dict, list, str, int, float); nothing from this file was executed"
@@ -100,11 +117,126 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{self.source}: refused a persistent id in the pickle; nothing was executed")
 
 
+def _opcode_table() -> dict[int, tuple[str, int]]:
+    """opcode byte → (name, how its argument is laid out): n ≥ 0 fixed bytes, or pickletools' negative codes
+    (-1 up to a newline, -2/-3/-4/-5 a 1/4/4/8-byte length first)."""
+    table = {}
+    for opcode in pickletools.opcodes:
+        table[ord(opcode.code)] = (opcode.name, 0 if opcode.arg is None else opcode.arg.n)
+    return table
+
+
+_OPCODES = _opcode_table()
+_LENGTH_PREFIX = {-2: 1, -3: 4, -4: 4, -5: 8}
+_MEMO_INDEX_BYTES = {"BINPUT": 1, "BINGET": 1, "LONG_BINPUT": 4, "LONG_BINGET": 4}
+
+
+def _scan_opcodes(data: bytes, source: str) -> None:
+    """Refuses, before anything is built, the opcodes that allocate more than the file holds.
+
+    A memo index is the one size a pickle states without paying for it: `LONG_BINPUT 2**28` makes CPython's
+    unpickler allocate and clear a 2 GB table. The pickler numbers its memo entries 0, 1, 2, … so an index
+    never exceeds the file's length. (A plain loop over the opcodes: `pickletools.genops` decodes every
+    argument and is ten times slower on a 40 MB refs file.)
+    """
+    position, end = 0, len(data)
+
+    def unreadable(why: str) -> ValueError:
+        return ValueError(f"{source}: not a readable pickle ({why} at byte {position}); expected REFER's refs(*).p")
+
+    while position < end:
+        entry = _OPCODES.get(data[position])
+        if entry is None:
+            raise unreadable(f"unknown opcode {data[position]:#04x}")
+        name, layout = entry
+        start = position + 1
+        if name == "STOP":
+            return
+        if name in _REFUSED_OPCODES:
+            raise UnsafePickleError(f"{source}: refused opcode {name} at byte {position}")
+        if layout >= 0:
+            stop = start + layout
+            if name in _MEMO_INDEX_BYTES:
+                index = int.from_bytes(data[start:stop], "little")
+                if index > end:
+                    raise UnsafePickleError(
+                        f"{source}: memo index {index} at byte {position} exceeds the file's {end} bytes"
+                    )
+        elif layout == -1:  # text argument(s): GLOBAL and INST carry two lines
+            stop = start
+            for _ in range(2 if name in ("GLOBAL", "INST") else 1):
+                newline = data.find(b"\n", stop)
+                if newline < 0:
+                    raise unreadable(f"{name} without its newline")
+                stop = newline + 1
+            if name in ("PUT", "GET"):
+                text = data[start:stop].strip()
+                if not text.isdigit() or len(text) > 20 or int(text) > end:
+                    raise UnsafePickleError(f"{source}: memo index {text[:20]!r} at byte {position} is refused")
+        else:
+            width = _LENGTH_PREFIX[layout]
+            size = int.from_bytes(data[start:start + width], "little")
+            stop = start + width + size
+        if stop > end:
+            raise unreadable(f"{name} runs past the end of the file")
+        position = stop
+    raise unreadable("no STOP opcode: truncated")
+
+
+def _check_size_and_nesting(value: Any, budget: int, source: str) -> None:
+    """Walks what was unpickled (iteratively) and refuses absurd nesting or expansion.
+
+    Shared references cost the pickle 2 bytes each but are counted here every time they are reached, as a
+    consumer that walks the data (joins sentences, copies rows) would: a few hundred bytes of references to
+    references must not turn into a hundred-million-character sentence downstream.
+    """
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    spent = 0
+    while stack:
+        item, depth = stack.pop()
+        spent += 1
+        if isinstance(item, (str, bytes)):
+            spent += len(item)
+        elif isinstance(item, (list, tuple, set, frozenset, dict)):
+            if depth >= MAX_PICKLE_NESTING:
+                raise UnsafePickleError(
+                    f"{source}: containers nested more than {MAX_PICKLE_NESTING} deep (REFER refs nest 5 deep)"
+                )
+            children = (x for pair in item.items() for x in pair) if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+        if spent > budget:
+            raise UnsafePickleError(
+                f"{source}: the pickle expands to more than {budget:,} objects and characters "
+                f"({MAX_PICKLE_EXPANSION}× its size): shared references that multiply its content are refused"
+            )
+
+
 def restricted_pickle_load(path: str | os.PathLike) -> Any:
-    """Reads a pickle file with `RestrictedUnpickler` (builtin containers and scalars only)."""
+    """Reads a pickle file with `RestrictedUnpickler` (builtin containers and scalars only), within bounds.
+
+    Bounds: no global but set/frozenset/complex/latin-1 bytes; no bytearray or out-of-band buffer; memo
+    indices within the file's length (checked on the opcodes, before anything is built); at most
+    `MAX_PICKLE_NESTING` levels of containers and `MAX_PICKLE_EXPANSION` objects + characters per byte of file
+    (checked on the result, before anyone uses it). Peak memory is the file plus what its opcodes build, a small
+    multiple of its size. A file that is not a pickle (truncated, empty, JSON) is a `ValueError` naming it.
+    """
     with open(path, "rb") as handle:
         data = handle.read()
-    return RestrictedUnpickler(io.BytesIO(data), source=str(path)).load()
+    source = str(path)
+    if not data:
+        raise ValueError(f"{source}: empty file; expected REFER's refs(*).p pickle")
+    _scan_opcodes(data, source)
+    try:
+        value = RestrictedUnpickler(io.BytesIO(data), source=source).load()
+    except UnsafePickleError as error:
+        if source not in str(error):
+            raise UnsafePickleError(f"{source}: {error}") from None
+        raise
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, pickle.UnpicklingError,
+            RecursionError, OverflowError) as error:
+        raise ValueError(f"{source}: not a readable pickle ({type(error).__name__}: {error})") from None
+    _check_size_and_nesting(value, MAX_PICKLE_EXPANSION * len(data) + _PICKLE_EXPANSION_FLOOR, source)
+    return value
 
 
 # --------------------------------------------------------------------------------------------------------------
