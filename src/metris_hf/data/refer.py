@@ -42,11 +42,14 @@ from .schema import (
     BUILD_VERSION,
     FEATURES,
     cached_build,
+    check_bbox,
+    check_image_size,
     clean_sentences,
     default_cache_root,
     file_signature,
     fingerprint,
     mask_to_png,
+    segmentation_area,
     sort_splits,
     union_bbox,
     union_mask,
@@ -280,22 +283,42 @@ def default_image_root(data_root: str | os.PathLike) -> Path:
     return Path(data_root) / "images" / "mscoco" / "images" / "train2014"
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file, or a ValueError naming it (truncated, not JSON, not UTF-8)."""
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not readable JSON ({error})") from None
+
+
 def load_refs(path: Path) -> list[dict]:
     """A refs file (pickle, restricted; or gRefCOCO's JSON) → a list of ref dicts, structure checked."""
-    refs = json.loads(path.read_text()) if path.suffix == ".json" else restricted_pickle_load(path)
-    if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
+    refs = read_json(path) if path.suffix == ".json" else restricted_pickle_load(path)
+    if not isinstance(refs, list):
         raise ValueError(f"{path}: expected a list of ref dicts, got {type(refs).__name__}")
-    for ref in refs:
+    if not refs:
+        raise ValueError(f"{path}: no refs (the file holds an empty list)")
+    for position, ref in enumerate(refs):
+        if not isinstance(ref, dict):
+            raise ValueError(f"{path}: entry {position} is a {type(ref).__name__}, not a ref dict")
         missing = {"ref_id", "image_id", "split", "sentences"} - set(ref)
         if missing or ("ann_id" not in ref and "ann_ids" not in ref):
-            raise ValueError(f"{path}: ref {ref.get('ref_id')} lacks {sorted(missing) or ['ann_id']}")
+            raise ValueError(f"{path}: ref {ref.get('ref_id', f'#{position}')} lacks {sorted(missing) or ['ann_id']}")
+        for key in ("ref_id", "image_id"):
+            if not _is_id(ref[key]):
+                raise ValueError(f"{path}: ref {ref.get('ref_id', f'#{position}')!r}: {key} must be an integer, "
+                                 f"got {ref[key]!r:.80}")
+        if not isinstance(ref["split"], str):
+            raise ValueError(f"{path}: ref {ref['ref_id']}: split must be a name, got {ref['split']!r:.80}")
     return refs
 
 
 def _ann_ids(ref: dict) -> list[int]:
     raw = ref.get("ann_id", ref.get("ann_ids"))
     ids = raw if isinstance(raw, (list, tuple)) else [raw]
-    return [int(a) for a in ids if a is not None and int(a) >= 0]  # gRefCOCO marks no-target with [-1]
+    if not all(a is None or _is_id(a) for a in ids):
+        raise ValueError(f"ann_id(s) must be integers, got {raw!r:.80}")
+    return [a for a in ids if a is not None and a >= 0]  # gRefCOCO marks no-target with [-1]
 
 
 def _verify_image(path: str) -> str | None:
@@ -331,54 +354,144 @@ def _generate_rows(tasks: list[dict]):
         }
 
 
+def index_instances(instances: Any, path: str) -> tuple[dict[int, dict], dict[int, dict]]:
+    """instances.json's images and annotations by id, after checking the file's shape (a dict of lists of dicts
+    with ids); the fields a ref needs are checked when a ref uses them (`build_tasks`)."""
+    if not isinstance(instances, dict):
+        raise ValueError(f"{path}: expected a COCO instances dict with 'images' and 'annotations', "
+                         f"got a {type(instances).__name__}")
+    indexed = []
+    for key in ("images", "annotations"):
+        entries = instances.get(key)
+        if not isinstance(entries, list):
+            raise ValueError(f"{path}: '{key}' must be a list, got {type(entries).__name__}")
+        by_id = {}
+        for position, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not _is_id(entry.get("id")):
+                raise ValueError(f"{path}: {key}[{position}] is not a dict with an integer 'id': {entry!r:.120}")
+            by_id[int(entry["id"])] = entry
+        indexed.append(by_id)
+    return indexed[0], indexed[1]
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _image_facts(info: dict, image_id: int) -> tuple[int, int]:
+    missing = [key for key in ("height", "width") if key not in info]
+    if missing:
+        raise ValueError(f"image {image_id} lacks {missing}")
+    try:
+        return check_image_size(info["height"], info["width"])
+    except ValueError as error:
+        raise ValueError(f"image {image_id}: {error}") from None
+
+
+def _annotation_facts(ann: dict, image_id: int, height: int, width: int) -> tuple[list[float], int, int]:
+    """An annotation's bbox, category and mask area, each checked; and that it belongs to the ref's image."""
+    ann_id = ann["id"]
+    missing = [key for key in ("segmentation", "bbox", "category_id", "image_id") if key not in ann]
+    if missing:
+        raise ValueError(f"annotation {ann_id} lacks {missing}")
+    if ann["image_id"] != image_id:
+        raise ValueError(f"annotation {ann_id} belongs to image {ann['image_id']}, not to the ref's image {image_id}")
+    if not _is_id(ann["category_id"]):
+        raise ValueError(f"annotation {ann_id}: category_id must be an integer, got {ann['category_id']!r}")
+    try:
+        bbox = check_bbox(ann["bbox"])
+        area = segmentation_area(ann["segmentation"], height, width)
+    except ValueError as error:
+        raise ValueError(f"annotation {ann_id}: {error}") from None
+    return bbox, int(ann["category_id"]), area
+
+
 def build_tasks(
-    refs: list[dict], instances: dict, image_root: Path, source: str
-) -> tuple[dict[str, list[dict]], int]:
-    """Refs + COCO instances → per split, the self-contained description of each row; and blank sentences dropped."""
-    images = {int(image["id"]): image for image in instances.get("images", [])}
-    annotations = {int(ann["id"]): ann for ann in instances.get("annotations", [])}
+    refs: list[dict], instances: Any, image_root: Path, source: str, instances_source: str = "instances.json"
+) -> tuple[dict[str, list[dict]], int, list[int]]:
+    """Refs + COCO instances → per split, the self-contained description of each row; the number of blank
+    sentences dropped; and the ids of degenerate refs (a target whose mask is empty: polygons of < 3 points or
+    wholly outside the image), which are listed, not dropped, here.
+
+    Every field a row needs is checked here, once: an inconsistency is a ValueError naming the refs file and the
+    ref (and the image or annotation at fault).
+    """
+    images, annotations = index_instances(instances, instances_source)
     tasks: dict[str, list[dict]] = defaultdict(list)
     dropped = 0
+    degenerate = []
     for ref in refs:
-        ref_id, image_id = int(ref["ref_id"]), int(ref["image_id"])
-        info = images.get(image_id)
-        if info is None:
-            raise ValueError(f"{source}: ref {ref_id} names image {image_id}, which instances.json does not list")
-        ann_ids = _ann_ids(ref)
+        ref_id, image_id = ref["ref_id"], ref["image_id"]
         try:
-            anns = [annotations[a] for a in ann_ids]
-        except KeyError as error:
-            raise ValueError(f"{source}: ref {ref_id} names annotation {error}, absent from instances.json") from None
-        sentences = clean_sentences(ref["sentences"])
+            info = images.get(image_id)
+            if info is None:
+                raise ValueError(f"names image {image_id}, which {instances_source} does not list")
+            height, width = _image_facts(info, image_id)
+            ann_ids = _ann_ids(ref)
+            absent = [a for a in ann_ids if a not in annotations]
+            if absent:
+                raise ValueError(f"names annotation(s) {absent}, absent from {instances_source}")
+            facts = [_annotation_facts(annotations[a], image_id, height, width) for a in ann_ids]
+            sentences = clean_sentences(ref["sentences"])
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{source}: ref {ref_id}: {error}") from None
+        anns = [annotations[a] for a in ann_ids]
         dropped += len(ref["sentences"]) - len(sentences)
         if not sentences:
             continue
         no_target = bool(ref.get("no_target", False)) or not anns
-        categories = {int(ann["category_id"]) for ann in anns}
+        if not no_target and not any(area for _, _, area in facts):
+            degenerate.append(ref_id)
+        categories = {category for _, category, _ in facts}
         file_name = info.get("file_name") or COCO_FILE_PATTERN % image_id
         tasks[str(ref["split"])].append(
             {
                 "image_path": str(image_root / file_name),
-                "height": int(info["height"]),
-                "width": int(info["width"]),
+                "height": height,
+                "width": width,
                 "annotations": [{"id": a["id"], "segmentation": a["segmentation"]} for a in anns],
                 "sentences": sentences,
                 "ref_id": ref_id,
                 "image_id": image_id,
                 "ann_ids": [] if no_target else ann_ids,
                 "category_id": categories.pop() if len(categories) == 1 else -1,
-                "bbox": union_bbox(a["bbox"] for a in anns),
+                "bbox": union_bbox(bbox for bbox, _, _ in facts),
                 "no_target": no_target,
             }
         )
-    return dict(tasks), dropped
+    return dict(tasks), dropped, degenerate
+
+
+def drop_degenerate(tasks: dict[str, list[dict]], degenerate: list[int], keep: bool) -> dict[str, list[dict]]:
+    """Unless `keep`, drops refs whose target mask is empty from the training splits: an empty mask not marked
+    `no_target` would teach the model that the expression means nothing. Evaluation splits keep them, so their
+    sample counts stay the published ones. (The build report lists them; `_log_report` warns with their ids.)"""
+    if keep or not degenerate:
+        return tasks
+    bad = set(degenerate)
+    kept = {split: [t for t in rows if not (split.startswith("train") and t["ref_id"] in bad)]
+            for split, rows in tasks.items()}
+    return {split: rows for split, rows in kept.items() if rows}
+
+
+def _header_size(path: str) -> tuple[int, int] | None:
+    """(height, width) from the image's header, without decoding it; None when it cannot be read."""
+    try:
+        with PIL.Image.open(path) as image:
+            return image.height, image.width
+    except Exception:  # unreadable: reported by `verify` or when the row is read
+        return None
 
 
 def check_images(
-    paths: list[str], *, skip_missing: bool, verify: bool, num_proc: int | None, source: str
+    paths: list[str], *, skip_missing: bool, verify: bool, num_proc: int | None, source: str,
+    declared: dict[str, tuple[int, int, str]] | None = None,
 ) -> tuple[set[str], dict]:
     """The image files to skip, and a report: a missing (or, with `verify`, undecodable) file raises naming it,
-    unless `skip_missing`, in which case it is listed for skipping and counted."""
+    unless `skip_missing`, in which case it is listed for skipping and counted.
+
+    `declared` maps a path to the (height, width) the annotations give it and who says so; a file of another
+    size is a ValueError (its masks would be drawn at the wrong size)."""
     paths = sorted(set(paths))
     missing = [path for path in paths if not os.path.isfile(path)]
     if missing and not skip_missing:
@@ -386,6 +499,17 @@ def check_images(
             f"{source}: {len(missing)} referenced image(s) missing, e.g. {missing[0]} "
             "(check image_root, or pass skip_missing_images=True to skip their refs and report the count)"
         )
+    if declared:
+        absent = set(missing)
+        present = [path for path in paths if path not in absent and path in declared]
+        with ThreadPoolExecutor(max_workers=max(1, num_proc or 1)) as pool:
+            for path, size in zip(present, pool.map(_header_size, present)):
+                height, width, who = declared[path]
+                if size is not None and size != (height, width):
+                    raise ValueError(
+                        f"{source}: image {path} is {size[1]}×{size[0]} (width×height) but {who} declares it "
+                        f"{width}×{height}: the masks would not fit it (fix the annotation or the image)"
+                    )
     unreadable: list[tuple[str, str]] = []
     if verify:
         absent = set(missing)
@@ -414,7 +538,11 @@ def filter_images(
 ) -> tuple[dict[str, list[dict]], dict]:
     """Drops (or raises on) tasks whose image is missing or unreadable; see `check_images`."""
     paths = [task["image_path"] for rows in tasks.values() for task in rows]
-    bad, report = check_images(paths, skip_missing=skip_missing, verify=verify, num_proc=num_proc, source=source)
+    declared = {task["image_path"]: (task["height"], task["width"], f"image {task['image_id']} (ref {task['ref_id']})")
+                for rows in tasks.values() for task in rows}
+    bad, report = check_images(
+        paths, skip_missing=skip_missing, verify=verify, num_proc=num_proc, source=source, declared=declared
+    )
     kept = {split: [t for t in rows if t["image_path"] not in bad] for split, rows in tasks.items()}
     report["skipped_refs"] = len(paths) - sum(len(rows) for rows in kept.values())
     return {split: rows for split, rows in kept.items() if rows}, report
@@ -450,6 +578,7 @@ def load_refer(
     num_proc: int | None = None,
     skip_missing_images: bool = False,
     verify_images: bool = False,
+    keep_degenerate: bool = False,
 ) -> DatasetDict:
     """One REFER dataset (all its splits, named as in the refs file) → `DatasetDict` in the `metris_hf.data` schema.
 
@@ -466,6 +595,8 @@ def load_refer(
             many, instead of raising.
         verify_images: decode every image once at build time, so a corrupt JPEG is reported by name now rather
             than when training reaches it.
+        keep_degenerate: keep refs whose target mask is empty (polygons of < 3 points or outside the image) in
+            the train split; by default they are left out of it (and always counted and named in a warning).
     """
     dataset = check_dataset(dataset)
     split_by = check_split_by(dataset, split_by)
@@ -483,6 +614,7 @@ def load_refer(
             "image_root": file_signature(root),
             "skip_missing_images": skip_missing_images,
             "verify_images": verify_images,
+            "keep_degenerate": keep_degenerate,
         }
     )
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
@@ -491,14 +623,19 @@ def load_refer(
     def build(work_dir: Path) -> tuple[DatasetDict, dict]:
         logger.info("%s: building from %s (first load; later loads use the cache)", what, refs_path)
         refs = load_refs(refs_path)
-        instances = json.loads(instances_path.read_text())
-        tasks, dropped = build_tasks(refs, instances, root, str(refs_path))
+        instances = read_json(instances_path)
+        tasks, dropped, degenerate = build_tasks(refs, instances, root, str(refs_path), str(instances_path))
+        if not tasks:
+            raise ValueError(f"{refs_path}: no refs with a non-blank sentence")
+        tasks = drop_degenerate(tasks, degenerate, keep_degenerate)
         tasks, report = filter_images(
             tasks, skip_missing=skip_missing_images, verify=verify_images, num_proc=num_proc, source=what
         )
         if not tasks:
             raise ValueError(f"{what}: no refs left to build (every referenced image was missing or unreadable)")
         report["dropped_blank_sentences"] = dropped
+        report["degenerate_refs"] = degenerate
+        report["degenerate_kept"] = keep_degenerate
         return tasks_to_dataset_dict(tasks, work_dir, key, num_proc), report
 
     return cached_build(cache_root / "refer" / f"{dataset}-{split_by}-{key}", build, what)
