@@ -7,16 +7,19 @@ import copy
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from metris_hf.data import UnsafePickleError, load_refer, restricted_pickle_load
-from test_data import REFCOCO_REFS, instances, write_refer_copy
+from metris_hf.data import UnsafePickleError, load_refer, load_refer_parquet, restricted_pickle_load
+from test_data import REFCOCO_REFS, instances, write_jxu124_parquet, write_refer_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -291,3 +294,53 @@ def test_degenerate_targets_are_counted_warned_and_kept_out_of_training(tmp_path
     kept = load_refer(root, "refcoco", cache_dir=tmp_path / "cache", keep_degenerate=True)
     assert kept["train"]["ref_id"] == [100, 101]
     assert not kept["train"][0]["no_target"] and not np.asarray(kept["train"][0]["mask"]).any()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parquet copies (jxu124 layout)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def parquet_copy(tmp_path: Path, drop: tuple[str, ...] = (), **row_changes) -> tuple[Path, Path]:
+    """tests/test_data.py's jxu124 files for RefCOCO with columns dropped and/or the first row changed."""
+    files = write_jxu124_parquet(tmp_path / "jxu124", REFCOCO_REFS)
+    for file in files.glob("*.parquet"):
+        rows = pq.read_table(file).to_pylist()
+        if file.name.startswith("train"):
+            rows[0].update(row_changes)
+        table = pa.Table.from_pylist(rows)
+        pq.write_table(table.drop_columns([c for c in drop if c in table.column_names]), file)
+    image_root = write_refer_copy(tmp_path / "refer") / "images" / "mscoco" / "images" / "train2014"
+    return files, image_root
+
+
+@pytest.mark.parametrize("drop", [("sentences",), ("ref_id", "image_id"), ("raw_anns",)])
+def test_parquet_missing_columns_are_named_up_front(tmp_path, drop):
+    files, image_root = parquet_copy(tmp_path, drop=drop)
+    with pytest.raises(ValueError, match=r"-00000-of-00001\.parquet: missing column\(s\) " + re.escape(str(list(drop)))):
+        load_refer_parquet(files, image_root, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"raw_anns": json.dumps({"id": 11, "segmentation": [[5, 5, NAN, 5, 35, 30]], "bbox": [5, 5, 50, 35]})},
+         r"ref 100: annotation 11: bad segmentation \(polygon 0 holds a coordinate"),
+        ({"raw_anns": None}, r"ref 100: raw_anns is empty but ann_id is 11"),
+        ({"raw_image_info": json.dumps({"id": 1, "height": -48, "width": 64})}, r"ref 100: image height must lie in"),
+        ({"raw_anns": "[1, 2]"}, r"ref 100: raw_anns must hold COCO annotation dicts"),
+    ],
+    ids=["nan_polygon", "null_raw_anns", "negative_height", "anns_not_dicts"],
+)
+def test_parquet_bad_rows_name_the_file_and_ref(tmp_path, change, match):
+    files, image_root = parquet_copy(tmp_path, **change)
+    with pytest.raises(ValueError, match=match) as caught:
+        load_refer_parquet(files, image_root, cache_dir=tmp_path / "cache")
+    assert str(files) in str(caught.value)
+
+
+def test_parquet_file_that_is_not_parquet_names_it(tmp_path):
+    files, image_root = parquet_copy(tmp_path)
+    (files / "testB-00000-of-00001.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(ValueError, match=r"testB-00000-of-00001\.parquet: not a readable Parquet file"):
+        load_refer_parquet(files, image_root, cache_dir=tmp_path / "cache")
