@@ -191,6 +191,30 @@ class MetrisConfig(PreTrainedConfig):
             raise ValueError(f"`backbone_config` must return 4 feature maps (strides 4-32), it returns {list(out)}")
 
 
+    def check_input_size(self, height: int, width: int | None = None) -> None:
+        """A ValueError when the backbone cannot take `height` × `width` inputs, said before any tensor is built.
+
+        Why: Swin with absolute position embeddings (`use_absolute_embeddings`) has a table for exactly
+        `backbone_config.image_size`, and timm's Swin is built for `backbone_kwargs["img_size"]`; another size fails
+        deep inside the backbone with a bare tensor-size mismatch. Relative-position Swins pad, so any size works.
+        """
+        width = height if width is None else width
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"image {name} must be a positive integer, got {value!r}")
+        fixed, source = None, None
+        if getattr(self.backbone_config, "use_absolute_embeddings", False):
+            fixed, source = self.backbone_config.image_size, "backbone_config.image_size (Swin with absolute position embeddings)"
+        elif (self.backbone_kwargs or {}).get("img_size") is not None:
+            fixed, source = self.backbone_kwargs["img_size"], 'backbone_kwargs["img_size"] (timm Swin)'
+        if fixed is not None:
+            fixed = tuple(fixed) if isinstance(fixed, (list, tuple)) else (fixed, fixed)
+            if (height, width) != fixed:
+                raise ValueError(
+                    f"this backbone takes only {fixed[0]}×{fixed[1]} inputs ({source}), got {height}×{width}: "
+                    f"use --image_size {fixed[0]}, or a config whose backbone is built for {height}×{width}"
+                )
+
     @property
     def num_refinement_blocks(self) -> int:
         """Blocks of VEE step 2 (Eq. 6), with step 3's when step 3 is off and `equal_size_ablations` holds."""
