@@ -13,12 +13,7 @@ logit difference printed.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-# scripts/evaluate.py bears the `evaluate` library's name: search scripts/ last so `import evaluate` finds the library.
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path.append(sys.path.pop(0))
 
 from metris_hf import embedded_checkpoint
 from metris_hf.onnx_backend import compare_with_pytorch, export_onnx

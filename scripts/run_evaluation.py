@@ -13,6 +13,7 @@ output). The table is also written as JSON and Markdown to `--output_dir`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -22,8 +23,10 @@ from accelerate import Accelerator
 from transformers import AutoModel, AutoProcessor
 
 import metris_hf  # noqa: F401  (registers the Auto classes)
-from metris_hf.data import DATASET_NAMES, load_dataset_by_name, sentence_rows
+from metris_hf.data import DATASET_NAMES, SPLIT_BYS, load_dataset_by_name, sentence_rows
 from metris_hf.evaluation import RESOLUTIONS, evaluate_referring
+from metris_hf.folders import check_model_source
+from metris_hf.image_processing_metris import check_threshold
 
 REFERRING_COLUMNS = ("P@0.5", "P@0.7", "P@0.9", "mIoU", "oIoU")
 GREFCOCO_COLUMNS = ("cIoU", "gIoU", "N-acc", "T-acc")
@@ -49,9 +52,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.dataset != "synthetic" and (args.data_root is None or not Path(args.data_root).is_dir()):
         parser.error(f"--data_root must be an existing folder for --dataset {args.dataset}")
-    if not Path(args.model_name_or_path).exists() and args.model_name_or_path.count("/") != 1:
+    if not Path(args.model_name_or_path).exists() and args.model_name_or_path.count("/") > 1:
         parser.error(f"--model_name_or_path {args.model_name_or_path} is neither a folder nor a Hub id")
+    try:
+        check_model_source(args.model_name_or_path, "--model_name_or_path")
+        check_threshold(args.threshold)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
     return args
+
+
+def results_stem(args: argparse.Namespace) -> str:
+    """`results_<dataset>-<split_by>_<resolution>[_t<threshold>][_n<max samples>]_<data id>`: every choice that
+    changes the numbers is in the name, so runs on other data or settings do not overwrite each other. The data id
+    is a short hash of where the data came from (data_root, image_root; synthetic: its size and seed)."""
+    split_by = args.split_by or (SPLIT_BYS[args.dataset][0] if args.dataset in SPLIT_BYS else None)
+    source = ([str(Path(args.data_root).resolve()), args.image_root and str(Path(args.image_root).resolve())]
+              if args.dataset != "synthetic" else [args.synthetic_size, args.synthetic_seed])
+    data_id = hashlib.sha256(json.dumps(source).encode()).hexdigest()[:8]
+    stem = f"results_{args.dataset}" + (f"-{split_by}" if split_by else "") + f"_{args.eval_resolution}"
+    if args.threshold != 0.5:
+        stem += f"_t{args.threshold:g}"
+    if args.max_eval_samples:
+        stem += f"_n{args.max_eval_samples}"
+    return f"{stem}_{data_id}"
 
 
 def format_table(rows: dict[str, dict], columns: tuple[str, ...], title: str) -> str:
@@ -104,9 +128,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(table)
     out_dir = Path(args.output_dir or args.model_name_or_path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"results_{args.dataset}_{args.eval_resolution}"
-    payload = {"model": args.model_name_or_path, "dataset": args.dataset, "resolution": args.eval_resolution,
-               "splits": rows}
+    stem = results_stem(args)
+    payload = {"model": args.model_name_or_path, "dataset": args.dataset, "split_by": args.split_by,
+               "data_root": args.data_root, "image_root": args.image_root, "resolution": args.eval_resolution,
+               "threshold": args.threshold, "max_eval_samples": args.max_eval_samples, "splits": rows}
+    if args.dataset == "synthetic":
+        payload.update(synthetic_size=args.synthetic_size, synthetic_seed=args.synthetic_seed)
     (out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=2))
     (out_dir / f"{stem}.md").write_text(table + "\n")
     print(f"\nwrote {out_dir / (stem + '.json')} and {out_dir / (stem + '.md')}")

@@ -31,6 +31,7 @@ from metris_hf import MetrisConfig, MetrisForReferringSegmentation, MetrisProces
 from metris_hf.configuration_metris import parse_config_overrides
 from metris_hf.data import DATASET_NAMES, RefTrainTransform, load_dataset_by_name, sentence_rows
 from metris_hf.evaluation import RESOLUTIONS, evaluate_referring
+from metris_hf.folders import check_model_source, check_training_state
 
 logger = logging.getLogger("metris.train")
 
@@ -130,25 +131,20 @@ def validate_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error("--push_to_hub needs --hub_model_id")
     try:
         args.config_overrides = parse_config_overrides(args.config_overrides)
-    except ValueError as error:
+        if args.model_name_or_path:
+            check_model_source(args.model_name_or_path, "--model_name_or_path")
+        if args.resume_from_checkpoint not in (None, "latest"):
+            check_training_state(args.resume_from_checkpoint)
+    except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
 
 
 def build_model_and_processor(args):
+    config = build_config_checked(args)
     if args.model_name_or_path:
-        config = AutoConfig.from_pretrained(args.model_name_or_path, **args.config_overrides)
         model = AutoModel.from_pretrained(args.model_name_or_path, config=config)
         processor = AutoProcessor.from_pretrained(args.processor_name or args.model_name_or_path)
     else:
-        if args.config_name in ("tiny", "small"):
-            from metris_hf import testing_utils
-
-            make_config = testing_utils.tiny_metris_config if args.config_name == "tiny" else testing_utils.small_metris_config
-            config = make_config(**args.config_overrides)
-        elif args.config_name == "default":
-            config = MetrisConfig(**args.config_overrides)
-        else:
-            config = MetrisConfig.from_pretrained(args.config_name, **args.config_overrides)
         model = MetrisForReferringSegmentation(config)
         if args.processor_name:
             processor = AutoProcessor.from_pretrained(args.processor_name)
@@ -161,6 +157,25 @@ def build_model_and_processor(args):
     processor.image_processor.size = {"height": args.image_size, "width": args.image_size}
     processor.max_length = args.max_length
     return model, processor
+
+
+def build_config_checked(args):
+    """The model's config, checked against --image_size before any data is loaded (see `check_input_size`)."""
+    if args.model_name_or_path:
+        config = AutoConfig.from_pretrained(args.model_name_or_path, **args.config_overrides)
+    elif args.config_name in ("tiny", "small"):
+        from metris_hf import testing_utils
+
+        config = getattr(testing_utils, f"{args.config_name}_metris_config")(**args.config_overrides)
+    elif args.config_name == "default":
+        config = MetrisConfig(**args.config_overrides)
+    else:
+        config = MetrisConfig.from_pretrained(args.config_name, **args.config_overrides)
+    try:
+        config.check_input_size(args.image_size)
+    except ValueError as error:
+        raise SystemExit(f"--image_size {args.image_size}: {error}") from None
+    return config
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -194,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
 
+    build_config_checked(args)  # a wrong --image_size fails now, not after the data is built
     with accelerator.main_process_first():
         datasets = load_dataset_by_name(
             args.dataset, data_root=args.data_root, split_by=args.split_by, image_root=args.image_root,

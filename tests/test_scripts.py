@@ -72,18 +72,19 @@ def evaluate_args(model: Path, out: Path) -> list[str]:
 def test_evaluate_prints_and_writes_the_table(trained, tmp_path):
     result = run([sys.executable, str(SCRIPTS / "run_evaluation.py"), *evaluate_args(trained, tmp_path / "eval")])
     assert "| val |" in result.stdout and "| test |" in result.stdout and "oIoU" in result.stdout
-    table = json.loads((tmp_path / "eval" / "results_synthetic_model.json").read_text())
+    (results,) = (tmp_path / "eval").glob("results_synthetic_model_*.json")  # + the data's id
+    table = json.loads(results.read_text())
     assert set(table["splits"]) == {"val", "test"}
     for row in table["splits"].values():
         assert 0.0 <= row["oIoU"] <= 1.0 and row["samples"] > 0
-    assert (tmp_path / "eval" / "results_synthetic_model.md").read_text().startswith("**")
+    assert results.with_suffix(".md").read_text().startswith("**")
 
 
 def test_evaluate_on_two_processes_gives_the_figures_of_one(trained, tmp_path):
     accelerate_launch(1, str(SCRIPTS / "run_evaluation.py"), *evaluate_args(trained, tmp_path / "one"))
     accelerate_launch(2, str(SCRIPTS / "run_evaluation.py"), *evaluate_args(trained, tmp_path / "two"))
-    one = json.loads((tmp_path / "one" / "results_synthetic_model.json").read_text())["splits"]
-    two = json.loads((tmp_path / "two" / "results_synthetic_model.json").read_text())["splits"]
+    one = json.loads(next((tmp_path / "one").glob("results_synthetic_model_*.json")).read_text())["splits"]
+    two = json.loads(next((tmp_path / "two").glob("results_synthetic_model_*.json")).read_text())["splits"]
     assert one.keys() == two.keys()
     for split in one:
         assert one[split]["samples"] == two[split]["samples"]

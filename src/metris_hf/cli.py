@@ -1,6 +1,7 @@
 """`metris-segment`: segment what an expression refers to in one's own image.
 
     metris-segment --image photo.jpg --text "the dog on the left" [--model DIR] [--output mask.png]
+        [--threshold 0.5] [--device cpu]
 
 Without `--model` it uses the embedded checkpoint (a small METRIS trained on synthetic shapes: it knows
 colours, shapes, sizes and positions of shapes, not dogs).
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import embedded_checkpoint
+from .folders import check_model_source
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,9 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", required=True, help="path of the image")
     parser.add_argument("--text", required=True, help="the referring expression")
     parser.add_argument("--model", default=None, help="checkpoint folder or Hub id (default: the embedded one)")
-    parser.add_argument("--output", default="mask.png", help="where the mask PNG goes (mode L, 0/255)")
-    parser.add_argument("--threshold", type=float, default=0.5)
-    parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0")
+    parser.add_argument(
+        "--output", default="mask.png",
+        help="where the mask goes: a PNG (mode L, 0/255); a name without .png gets .png added (a lossy JPEG would "
+             "blur the mask's edges, so .jpg/.jpeg and other formats are refused)",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=0.5,
+        help="probability above which a pixel belongs to the mask, in [0, 1] (default 0.5); lower finds more",
+    )
+    parser.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:0 (default: cpu)")
     parser.add_argument("--backend", choices=("pytorch", "onnx"), default="pytorch",
                         help="onnx: run a folder written by scripts/export_onnx.py with onnxruntime (give it as --model)")
     args = parser.parse_args(argv)
@@ -33,6 +42,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--image {args.image} does not exist")
     if not args.text.strip():
         parser.error("--text is empty")
+    if not 0.0 <= args.threshold <= 1.0:  # also refuses nan
+        parser.error(f"--threshold must lie in [0, 1], got {args.threshold}")
+    output = Path(args.output)
+    if output.suffix.lower() not in ("", ".png"):
+        parser.error(f"--output {output}: masks are written as PNG (lossless); name it {output.with_suffix('.png')}")
+    output = output.with_suffix(".png")
+    device_problem = _device_problem(args.device)
+    if device_problem:
+        parser.error(f"--device {args.device}: {device_problem}")
+    if args.model is not None and args.backend == "pytorch":  # an ONNX export folder has model.onnx instead
+        try:
+            check_model_source(args.model, "--model")
+        except (ValueError, FileNotFoundError) as error:
+            parser.error(str(error))
 
     if args.backend == "onnx":
         if args.model is None:
@@ -40,18 +63,42 @@ def main(argv: list[str] | None = None) -> int:
         from .onnx_backend import OnnxReferringSegmenter
 
         segmenter = OnnxReferringSegmenter(args.model)
+        result = segmenter(args.image, args.text, threshold=args.threshold)
     else:
         from transformers import pipeline
 
         model = args.model or str(embedded_checkpoint())
-        segmenter = pipeline("referring-image-segmentation", model=model, device=args.device)
-    result = segmenter(args.image, args.text, threshold=args.threshold)
-    output = Path(args.output)
+        try:
+            segmenter = pipeline("referring-image-segmentation", model=model, device=args.device)
+            result = segmenter(args.image, args.text, threshold=args.threshold)
+        except (ValueError, OSError) as error:  # our checks and transformers' loading errors: one line, no traceback
+            parser.exit(1, f"metris-segment: error: {error}\n")
     output.parent.mkdir(parents=True, exist_ok=True)
-    result["mask"].save(output)
+    result["mask"].save(output, format="PNG")
     area = float(np.asarray(result["mask"]).astype(bool).mean())
     print(f"{output}: {result['mask'].width}×{result['mask'].height}, {100 * area:.1f}% of the image, score {result['score']:.3f}")
     return 0
+
+
+def _device_problem(device: str | None) -> str | None:
+    """Why `device` cannot be used here (None when it can): an unknown name, or CUDA without a GPU."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        return f"not a device name ({error})"
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            return "no CUDA GPU is available here (use --device cpu)"
+        if parsed.index is not None and parsed.index >= count:
+            return f"there are only {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})"
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        return "MPS is not available here (use --device cpu)"
+    return None
 
 
 if __name__ == "__main__":

@@ -1,16 +1,28 @@
 """METRIS configuration: every ablation of the paper is a field, so experiments are configs."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: `@strict` checks every field's type (at construction and on
+# every assignment) from the annotations, and it can only read real types, not strings.
+import difflib
 import json
+import math
+from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 GUIDANCE_MODES = ("full", "pure_le", "enhanced_le", "ve_only", "all_pixels")
 LINGUISTIC_CUES = ("all", "global", "local")
 MASK_LOSSES = ("bce", "weighted_ce")
+
+# Keys that `PreTrainedConfig` takes besides its fields (what `from_pretrained` / `from_dict` / copies pass on).
+_PRETRAINED_KWARGS = {
+    "model_type", "auto_map", "name_or_path", "_name_or_path", "_commit_hash", "output_attentions", "torch_dtype",
+    "attn_implementation", "experts_implementation", "per_layer_config", "num_labels", "use_return_dict",
+}
 
 # Swin-B shaped like `microsoft/swin-base-patch4-window12-384-in22k`, all four stages out.
 SWIN_B_22K_384 = {
@@ -107,8 +119,8 @@ class MetrisConfig(PreTrainedConfig):
     refinement_layers: int = 4
     relation_layers: int = 4
     dropout: float | int = 0.0
-    layer_norm_eps: float = 1e-5
-    initializer_range: float = 0.02
+    layer_norm_eps: float | int = 1e-5
+    initializer_range: float | int = 0.02
 
     guidance: str = "full"
     use_curation: bool = True
@@ -121,9 +133,9 @@ class MetrisConfig(PreTrainedConfig):
     equal_size_ablations: bool = True
     article_token_ids: list[int] | tuple[int, ...] = (1037, 2019, 1996)  # "a", "an", "the" in bert-base-uncased
 
-    temperature_init: float = 0.1
-    temperature_min: float = 0.001
-    temperature_max: float = 0.5
+    temperature_init: float | int = 0.1
+    temperature_min: float | int = 0.001
+    temperature_max: float | int = 0.5
     contrastive_loss_weight: float | int = 0.4
     mask_loss: str = "bce"
     mask_loss_weight: float | int = 2.0
@@ -133,39 +145,40 @@ class MetrisConfig(PreTrainedConfig):
     no_target_loss_weight: float | int = 1.0
 
     def __post_init__(self, **kwargs):
+        unknown = sorted(set(kwargs) - _PRETRAINED_KWARGS)
+        if unknown:  # a typo such as `guidence=` would otherwise be stored and never read
+            known = list(self.__dataclass_fields__)
+            hints = [f"{key!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, known, 1))
+                                   else "") for key in unknown]
+            logger.warning(f"MetrisConfig: unknown key(s) {', '.join(hints)}: not MetrisConfig fields, kept but unused")
         super().__post_init__(**kwargs)
         # Checked here as well as in `validate_architecture` so a bad value raises a plain `ValueError`
         # naming the field (strict's class validators wrap it in their own exception type).
         self._check_metris_fields()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Type-checked by `@strict` (a wrong type raises its `StrictDataclassFieldValidationError`); a METRIS field assigned after construction is value-checked too, so
+        `config.guidance = "bogus"` fails here rather than running a model silently. Fields that bound each
+        other (the temperatures, `hidden_size` / `num_attention_heads`) are checked together when the config is
+        validated (`save_pretrained`, building a model)."""
+        # `_name_or_path` appears late in `PreTrainedConfig.__post_init__`: before it, fields are being filled in
+        # by the constructor, and `__post_init__` checks them all at its end
+        if name in _SINGLE_FIELD_CHECKS and "_name_or_path" in self.__dict__:
+            _SINGLE_FIELD_CHECKS[name](name, value)
+        super().__setattr__(name, value)
 
     def validate_architecture(self):
         super().validate_architecture()
         self._check_metris_fields()
 
     def _check_metris_fields(self) -> None:
-        choices = {"guidance": GUIDANCE_MODES, "linguistic_cues": LINGUISTIC_CUES, "mask_loss": MASK_LOSSES}
-        for field, allowed in choices.items():
-            if getattr(self, field) not in allowed:
-                raise ValueError(f"`{field}` must be one of {allowed}, got {getattr(self, field)!r}")
-        if not 0 < self.curation_ratio <= 1:
-            raise ValueError(f"`curation_ratio` must be in (0, 1], got {self.curation_ratio}")
+        for field, check in _SINGLE_FIELD_CHECKS.items():
+            check(field, getattr(self, field))
         if not 0 < self.temperature_min <= self.temperature_init <= self.temperature_max:
             raise ValueError(
                 "`temperature_init` must lie in [`temperature_min`, `temperature_max`] with `temperature_min` > 0, "
                 f"got {self.temperature_init} in [{self.temperature_min}, {self.temperature_max}]"
             )
-        for field in (
-            "contrastive_loss_weight", "no_target_loss_weight", "mask_loss_weight", "dropout", "attention_dropout",
-            "drop_path_rate",
-        ):
-            if getattr(self, field) < 0:
-                raise ValueError(f"`{field}` must be >= 0, got {getattr(self, field)}")
-        for field in ("hidden_size", "num_attention_heads", "joint_dim", "mlp_ratio", "decoder_mlp_ratio"):
-            if getattr(self, field) <= 0:
-                raise ValueError(f"`{field}` must be > 0, got {getattr(self, field)}")
-        for field in ("enhancer_rounds", "refinement_layers", "relation_layers"):
-            if getattr(self, field) < 0:
-                raise ValueError(f"`{field}` must be >= 0, got {getattr(self, field)}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
@@ -177,6 +190,30 @@ class MetrisConfig(PreTrainedConfig):
         if out is not None and len(out) != 4:
             raise ValueError(f"`backbone_config` must return 4 feature maps (strides 4-32), it returns {list(out)}")
 
+
+    def check_input_size(self, height: int, width: int | None = None) -> None:
+        """A ValueError when the backbone cannot take `height` × `width` inputs, said before any tensor is built.
+
+        Why: Swin with absolute position embeddings (`use_absolute_embeddings`) has a table for exactly
+        `backbone_config.image_size`, and timm's Swin is built for `backbone_kwargs["img_size"]`; another size fails
+        deep inside the backbone with a bare tensor-size mismatch. Relative-position Swins pad, so any size works.
+        """
+        width = height if width is None else width
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"image {name} must be a positive integer, got {value!r}")
+        fixed, source = None, None
+        if getattr(self.backbone_config, "use_absolute_embeddings", False):
+            fixed, source = self.backbone_config.image_size, "backbone_config.image_size (Swin with absolute position embeddings)"
+        elif (self.backbone_kwargs or {}).get("img_size") is not None:
+            fixed, source = self.backbone_kwargs["img_size"], 'backbone_kwargs["img_size"] (timm Swin)'
+        if fixed is not None:
+            fixed = tuple(fixed) if isinstance(fixed, (list, tuple)) else (fixed, fixed)
+            if (height, width) != fixed:
+                raise ValueError(
+                    f"this backbone takes only {fixed[0]}×{fixed[1]} inputs ({source}), got {height}×{width}: "
+                    f"use --image_size {fixed[0]}, or a config whose backbone is built for {height}×{width}"
+                )
 
     @property
     def num_refinement_blocks(self) -> int:
@@ -193,6 +230,46 @@ class MetrisConfig(PreTrainedConfig):
             return 0
         extra = self.refinement_layers if self.equal_size_ablations and not self.use_refinement else 0
         return self.relation_layers + extra
+
+
+def _one_of(allowed: tuple[str, ...]):
+    def check(field: str, value: Any) -> None:
+        if value not in allowed:
+            raise ValueError(f"`{field}` must be one of {allowed}, got {value!r}")
+    return check
+
+
+def _number(low: float, high: float = math.inf, low_open: bool = False):
+    """A finite real number (not a bool) in [low, high], or (low, high] with `low_open`."""
+    def check(field: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"`{field}` must be a finite number, got {value!r}")
+        if value > high or value < low or (low_open and value == low):
+            bracket = "(" if low_open else "["
+            raise ValueError(f"`{field}` must be in {bracket}{low}, {high}], got {value}")
+    return check
+
+
+def _whole(low: int):
+    def check(field: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"`{field}` must be an integer >= {low}, got {value!r}")
+    return check
+
+
+# One check per field that can be judged on its own (run at construction and on every later assignment).
+_SINGLE_FIELD_CHECKS = {
+    "guidance": _one_of(GUIDANCE_MODES),
+    "linguistic_cues": _one_of(LINGUISTIC_CUES),
+    "mask_loss": _one_of(MASK_LOSSES),
+    "curation_ratio": _number(0, 1, low_open=True),
+    **{name: _number(0) for name in ("contrastive_loss_weight", "no_target_loss_weight", "mask_loss_weight",
+                                     "dropout", "attention_dropout", "drop_path_rate")},
+    **{name: _number(0, low_open=True) for name in ("mlp_ratio", "decoder_mlp_ratio", "layer_norm_eps",
+                                                    "temperature_min", "temperature_init", "temperature_max")},
+    **{name: _whole(1) for name in ("hidden_size", "num_attention_heads", "joint_dim")},
+    **{name: _whole(0) for name in ("enhancer_rounds", "refinement_layers", "relation_layers")},
+}
 
 
 def parse_config_overrides(text: str | None) -> dict:

@@ -285,9 +285,17 @@ def make_list(inputs: Any, what: str = "images") -> list[Any]:
     return [inputs]
 
 
+def check_threshold(threshold: Any) -> float:
+    """A probability threshold: a real number in [0, 1] (not a string, bool or NaN), else a ValueError."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise ValueError(f"threshold must be a number in [0, 1], got {type(threshold).__name__} {threshold!r}")
+    if not 0.0 <= threshold <= 1.0:  # also refuses NaN
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+    return float(threshold)
+
+
 def _logit(probability: float) -> float:
-    if not 0.0 <= probability <= 1.0:
-        raise ValueError(f"threshold must lie in [0, 1], got {probability}")
+    probability = check_threshold(probability)
     if probability == 0.0:
         return -math.inf
     if probability == 1.0:
@@ -416,6 +424,13 @@ class MetrisImageProcessingMixin:
             logits = logits.unsqueeze(1)
         if logits.ndim != 4 or logits.shape[1] != 1:
             raise ValueError(f"expected mask logits of shape (B, 1, h, w), got {tuple(logits.shape)}")
+        finite = torch.isfinite(logits).flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            raise ValueError(
+                f"the model's mask logits hold non-finite values (NaN or inf) for example(s) "
+                f"{torch.nonzero(~finite).flatten().tolist()}: no mask can be read from them. Its weights are "
+                "probably corrupt (look for non-finite parameters), or the input overflowed its dtype"
+            )
         no_target = outputs.get("no_target_logits") if hasattr(outputs, "get") else None
         if no_target is None:
             no_target = getattr(outputs, "no_target_logits", None)

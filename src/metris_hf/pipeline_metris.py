@@ -24,7 +24,8 @@ from transformers import AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 from transformers.utils import logging
 
-from .image_processing_metris import load_local_image, to_rgb_uint8
+from .image_processing_metris import check_threshold, load_local_image, to_rgb_uint8
+from .processing_metris import check_tokenizer_vocabulary
 
 logger = logging.get_logger(__name__)
 
@@ -63,6 +64,9 @@ class ReferringImageSegmentationPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         if self.processor is None:
             raise ValueError(f"the {TASK} pipeline needs the checkpoint's processor (MetrisProcessor)")
+        text_config = getattr(self.model.config, "text_config", None)
+        check_tokenizer_vocabulary(self.processor.tokenizer, "pipeline", getattr(text_config, "vocab_size", None))
+        check_finite_weights(self.model)
 
     def __call__(self, image: Any, text: str | list[str] | None = None, **kwargs: Any) -> Any:
         """Returns one result dict for one (image, expression), else a list of them (see the class docstring)."""
@@ -142,9 +146,7 @@ class ReferringImageSegmentationPipeline(Pipeline):
         if max_length is not None:
             preprocess_params["max_length"] = max_length
         if threshold is not None:
-            if not 0.0 <= threshold <= 1.0:
-                raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
-            postprocess_params["threshold"] = threshold
+            postprocess_params["threshold"] = check_threshold(threshold)
         return preprocess_params, {}, postprocess_params
 
     def preprocess(self, inputs: dict[str, Any], max_length: int | None = None) -> dict[str, torch.Tensor]:
@@ -183,6 +185,18 @@ class ReferringImageSegmentationPipeline(Pipeline):
         )
         mask = PIL.Image.fromarray(result["mask"].cpu().numpy().astype(np.uint8) * 255)  # mode "L", 0/255
         return {"mask": mask, "score": result["score"]}
+
+
+def check_finite_weights(model: torch.nn.Module) -> None:
+    """A ValueError naming the parameters and buffers that hold NaN or inf: such a model answers an empty mask
+    with score NaN for every input, which must not pass for an answer."""
+    bad = [name for name, tensor in (*model.named_parameters(), *model.named_buffers())
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise ValueError(
+            f"the model's weights hold non-finite values (NaN or inf) in {len(bad)} tensor(s): "
+            f"{', '.join(bad[:5])}{', …' if len(bad) > 5 else ''}; the checkpoint is corrupt (re-save or re-train it)"
+        )
 
 
 def register_pipeline() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from transformers.image_processing_utils import BatchFeature
@@ -49,6 +50,26 @@ def _one_per_sample(inputs: Any, what: str) -> None:
                 f"sample {index} has {count} {what}: METRIS pairs every expression with exactly one image "
                 "(give one per sample, or one for all expressions)"
             )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+def check_tokenizer_vocabulary(tokenizer: Any, where: str, vocab_size: int | None = None) -> None:
+    """A ValueError when the tokenizer cannot be the model's: it knows only its special tokens (its vocabulary
+    file was missing, so every word would become [UNK] and the model would answer a plausible wrong mask), or its
+    ids reach past the text encoder's `vocab_size` embeddings (it belongs to another model)."""
+    vocabulary = tokenizer.get_vocab()
+    if not set(vocabulary) - set(tokenizer.all_special_tokens):
+        raise ValueError(
+            f"{where}: the tokenizer knows only its special tokens {sorted(vocabulary)}: its vocabulary "
+            f"({' or '.join(TOKENIZER_FILES)}) is missing, so every word would become {tokenizer.unk_token}"
+        )
+    if vocab_size is not None and max(vocabulary.values()) >= vocab_size:
+        raise ValueError(
+            f"{where}: the tokenizer's ids reach {max(vocabulary.values())} but the model's text encoder has "
+            f"{vocab_size} embeddings (text_config.vocab_size): the tokenizer belongs to another model"
+        )
 
 
 class MetrisProcessor(ProcessorMixin):
@@ -168,6 +189,22 @@ class MetrisProcessor(ProcessorMixin):
                 self.__dict__.pop("auto_map", None)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """Loads as `ProcessorMixin` does, then refuses a tokenizer without its vocabulary: transformers builds
+        one from `tokenizer_config.json` alone, which knows only the special tokens (see
+        `check_tokenizer_vocabulary`)."""
+        folder = Path(pretrained_model_name_or_path)
+        if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            raise ValueError(
+                f"{folder}: no tokenizer vocabulary ({' or '.join(TOKENIZER_FILES)}) in the checkpoint folder; "
+                "save the processor with the model (`processor.save_pretrained(folder)`) or copy the file there"
+            )
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        processor = loaded[0] if isinstance(loaded, tuple) else loaded
+        check_tokenizer_vocabulary(processor.tokenizer, str(pretrained_model_name_or_path))
+        return loaded
+
+    @classmethod
     def from_args_and_dict(cls, args: Any, processor_dict: dict[str, Any], **kwargs: Any) -> Any:
         """Loads a `processor_config.json`; one written before `max_length` moved to the tokenizer still loads.
 
@@ -191,4 +228,4 @@ class MetrisProcessor(ProcessorMixin):
         return ["pixel_values", "input_ids", "attention_mask"]
 
 
-__all__ = ["MetrisProcessor"]
+__all__ = ["MetrisProcessor", "check_tokenizer_vocabulary"]

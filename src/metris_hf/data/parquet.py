@@ -10,6 +10,7 @@ the same split names as `load_refer`: validation → val, and test → testA whe
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow.parquet
 from datasets import DatasetDict
 
 from .refer import COCO_FILE_PATTERN, check_images
@@ -27,6 +29,8 @@ from .schema import (
     FEATURES,
     SPLIT_ORDER,
     cached_build,
+    check_bbox,
+    check_image_size,
     clean_sentences,
     default_cache_root,
     file_signature,
@@ -111,37 +115,71 @@ def _image_path(row: dict, image_root: Path) -> str:
     return str(candidates[1] if row.get("image_path") else candidates[-1])
 
 
+# The columns a row cannot do without (jxu124 layout); `raw_anns` is required because without it every row
+# would silently become "nothing is referred".
+REQUIRED_COLUMNS = ("ref_id", "image_id", "sentences", "raw_anns")
+
+
+def check_columns(columns: list[str], where: str) -> None:
+    """A ValueError naming the missing columns (and the ones present), before any row is read."""
+    missing = [name for name in REQUIRED_COLUMNS if name not in columns]
+    if missing:
+        raise ValueError(
+            f"{where}: missing column(s) {missing} of the jxu124 RefCOCO layout (needs {list(REQUIRED_COLUMNS)}; "
+            f"has {sorted(columns)})"
+        )
+
+
 def _convert(row: dict, image_path: str) -> dict:
+    """One jxu124 row → one row of the schema; every field checked (the caller adds which ref it is)."""
     anns = _load_json(row.get("raw_anns"))
-    anns = [] if anns is None else ([anns] if isinstance(anns, dict) else list(anns))
+    anns = [] if anns is None else ([anns] if isinstance(anns, dict) else anns)
+    if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
+        raise ValueError(f"raw_anns must hold COCO annotation dicts, got {row.get('raw_anns')!r:.80}")
+    if not anns and row.get("ann_id") is not None and row["ann_id"] >= 0:
+        raise ValueError(f"raw_anns is empty but ann_id is {row['ann_id']}: the target's annotation is missing")
     info = _load_json(row.get("raw_image_info")) or {}
+    if not isinstance(info, dict):
+        raise ValueError(f"raw_image_info must be a COCO image dict, got {row.get('raw_image_info')!r:.80}")
     height, width = info.get("height"), info.get("width")
-    if not height or not width:  # read the header only
+    if height is None or width is None:  # read the header only
         import PIL.Image
 
         with PIL.Image.open(image_path) as image:
             width, height = image.size
-    mask = union_mask(anns, int(height), int(width))
+    height, width = check_image_size(height, width)
+    for ann in anns:
+        missing = [key for key in ("segmentation", "bbox") if key not in ann]
+        if missing:
+            raise ValueError(f"annotation {ann.get('id')} lacks {missing}")
+    mask = union_mask(anns, height, width)
     ann_ids = [int(row["ann_id"])] if row.get("ann_id") is not None else [int(a["id"]) for a in anns]
-    bbox = row.get("bbox") or union_bbox(a["bbox"] for a in anns)
+    bbox = check_bbox(row.get("bbox") or union_bbox(check_bbox(a["bbox"]) for a in anns)) if anns else None
+    for key in ("ref_id", "image_id"):
+        if not isinstance(row[key], int) or isinstance(row[key], bool):
+            raise ValueError(f"{key} must be an integer, got {row[key]!r:.80}")
     return {
         "image": {"path": image_path, "bytes": None},
         "mask": {"path": None, "bytes": mask_to_png(mask)},
         "sentences": clean_sentences(row["sentences"]),
-        "ref_id": int(row["ref_id"]),
-        "image_id": int(row["image_id"]),
+        "ref_id": row["ref_id"],
+        "image_id": row["image_id"],
         "ann_ids": ann_ids if anns else [],
         "category_id": int(row["category_id"]) if anns and row.get("category_id") is not None else -1,
-        "bbox": [float(v) for v in bbox] if anns else [0.0, 0.0, 0.0, 0.0],
+        "bbox": bbox if anns else [0.0, 0.0, 0.0, 0.0],
         "no_target": not anns,
     }
 
 
-def _convert_batch(batch: dict[str, list]) -> dict[str, list]:
+def _convert_batch(batch: dict[str, list], source: str = "parquet") -> dict[str, list]:
     out: dict[str, list] = {name: [] for name in FEATURES}
     names = list(batch)
     for i in range(len(batch[names[0]])):
-        converted = _convert({name: batch[name][i] for name in names}, batch["_image_path"][i])
+        row = {name: batch[name][i] for name in names}
+        try:
+            converted = _convert(row, batch["_image_path"][i])
+        except (ValueError, TypeError, KeyError) as error:
+            raise ValueError(f"{source}: ref {row.get('ref_id')}: {error}") from None
         if not converted["sentences"]:
             continue
         for name, value in converted.items():
@@ -190,9 +228,18 @@ def load_refer_parquet(
 
     def build(work_dir: Path) -> tuple[DatasetDict, dict]:
         if data_files is not None:
+            for files in data_files.values():  # the schema first: read from the footers, no rows
+                for file in files:
+                    try:
+                        columns = pyarrow.parquet.read_schema(file).names
+                    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+                        raise ValueError(f"{file}: not a readable Parquet file ({error})") from None
+                    check_columns(columns, file)
             raw = datasets.load_dataset("parquet", data_files=data_files, cache_dir=str(work_dir))
         else:
             raw = datasets.load_dataset(str(data_files_or_hub_id), cache_dir=str(work_dir))
+            for split, table in raw.items():
+                check_columns(table.column_names, f"{label} ({split})")
         built, report = {}, {"skipped_missing_images": 0, "skipped_unreadable_images": 0, "skipped_refs": 0}
         all_splits = list(raw)
         paths_per_split = {}
@@ -214,7 +261,7 @@ def load_refer_parquet(
                 table = table.select(keep)
             name = _refer_split_name(split, all_splits, table.unique("split") if "split" in table.column_names else [])
             built[name] = table.map(
-                _convert_batch,
+                functools.partial(_convert_batch, source=f"{label} ({split})"),
                 batched=True,
                 remove_columns=table.column_names,
                 features=FEATURES,

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import pickle
+import pickletools
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,11 +42,14 @@ from .schema import (
     BUILD_VERSION,
     FEATURES,
     cached_build,
+    check_bbox,
+    check_image_size,
     clean_sentences,
     default_cache_root,
     file_signature,
     fingerprint,
     mask_to_png,
+    segmentation_area,
     sort_splits,
     union_bbox,
     union_mask,
@@ -65,7 +69,26 @@ COCO_FILE_PATTERN = "COCO_train2014_%012d.jpg"
 
 
 class UnsafePickleError(pickle.UnpicklingError):
-    """A refs pickle asked for something other than builtin containers and scalars."""
+    """A refs pickle asked for something other than builtin containers and scalars, or for more memory or
+    nesting than a REFER refs file ever needs (see `restricted_pickle_load` for the bounds)."""
+
+
+# Bounds on what a refs pickle may build. REFER's refs nest 5 deep (list → ref → sentences → sentence → tokens)
+# and every object costs the pickle at least one byte, or two for a reference to one already built.
+MAX_PICKLE_NESTING = 32
+MAX_PICKLE_EXPANSION = 64  # objects + characters reachable (shared references counted each time) per file byte
+_PICKLE_EXPANSION_FLOOR = 1 << 20
+# Opcodes that build objects plain data never needs: protocol 5's bytearray and out-of-band buffers.
+_REFUSED_OPCODES = {"BYTEARRAY8", "NEXT_BUFFER", "READONLY_BUFFER"}
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """The one use of `_codecs.encode` a protocol-2 pickle has: a bytes object spelled as latin-1 text.
+
+    Any other codec (hex, base64, zlib, utf-32, …) could grow the text, so it is refused."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"refused _codecs.encode with codec {encoding!r} (only latin1 spells bytes)")
+    return text.encode("latin1")
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -76,21 +99,18 @@ class RestrictedUnpickler(pickle.Unpickler):
     short list of inert builtins is refused, before the object it would build is called.
     """
 
-    _ALLOWED = {
-        ("builtins", "set"),
-        ("builtins", "frozenset"),
-        ("builtins", "complex"),
-        ("builtins", "bytearray"),
-        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 spell a bytes object
-    }
+    _ALLOWED = {("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex")}
 
     def __init__(self, file: Any, source: str = "<pickle>"):
         super().__init__(file, encoding="utf-8", errors="replace")
         self.source = source
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module.replace("__builtin__", "builtins"), name) in self._ALLOWED:  # Python 2 spelling
+        module = module.replace("__builtin__", "builtins")  # Python 2 spelling
+        if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
+        if (module, name) == ("_codecs", "encode"):  # how protocol-2 pickles written by Python 3 spell bytes
+            return _latin1_bytes
         raise UnsafePickleError(
             f"{self.source}: refused to unpickle {module}.{name}: a REFER refs file may only hold builtin "
             "containers and scalars (dict, list, str, int, float); nothing from this file was executed"
@@ -100,11 +120,126 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{self.source}: refused a persistent id in the pickle; nothing was executed")
 
 
+def _opcode_table() -> dict[int, tuple[str, int]]:
+    """opcode byte → (name, how its argument is laid out): n ≥ 0 fixed bytes, or pickletools' negative codes
+    (-1 up to a newline, -2/-3/-4/-5 a 1/4/4/8-byte length first)."""
+    table = {}
+    for opcode in pickletools.opcodes:
+        table[ord(opcode.code)] = (opcode.name, 0 if opcode.arg is None else opcode.arg.n)
+    return table
+
+
+_OPCODES = _opcode_table()
+_LENGTH_PREFIX = {-2: 1, -3: 4, -4: 4, -5: 8}
+_MEMO_INDEX_BYTES = {"BINPUT": 1, "BINGET": 1, "LONG_BINPUT": 4, "LONG_BINGET": 4}
+
+
+def _scan_opcodes(data: bytes, source: str) -> None:
+    """Refuses, before anything is built, the opcodes that allocate more than the file holds.
+
+    A memo index is the one size a pickle states without paying for it: `LONG_BINPUT 2**28` makes CPython's
+    unpickler allocate and clear a 2 GB table. The pickler numbers its memo entries 0, 1, 2, … so an index
+    never exceeds the file's length. (A plain loop over the opcodes: `pickletools.genops` decodes every
+    argument and is ten times slower on a 40 MB refs file.)
+    """
+    position, end = 0, len(data)
+
+    def unreadable(why: str) -> ValueError:
+        return ValueError(f"{source}: not a readable pickle ({why} at byte {position}); expected REFER's refs(*).p")
+
+    while position < end:
+        entry = _OPCODES.get(data[position])
+        if entry is None:
+            raise unreadable(f"unknown opcode {data[position]:#04x}")
+        name, layout = entry
+        start = position + 1
+        if name == "STOP":
+            return
+        if name in _REFUSED_OPCODES:
+            raise UnsafePickleError(f"{source}: refused opcode {name} at byte {position}")
+        if layout >= 0:
+            stop = start + layout
+            if name in _MEMO_INDEX_BYTES:
+                index = int.from_bytes(data[start:stop], "little")
+                if index > end:
+                    raise UnsafePickleError(
+                        f"{source}: memo index {index} at byte {position} exceeds the file's {end} bytes"
+                    )
+        elif layout == -1:  # text argument(s): GLOBAL and INST carry two lines
+            stop = start
+            for _ in range(2 if name in ("GLOBAL", "INST") else 1):
+                newline = data.find(b"\n", stop)
+                if newline < 0:
+                    raise unreadable(f"{name} without its newline")
+                stop = newline + 1
+            if name in ("PUT", "GET"):
+                text = data[start:stop].strip()
+                if not text.isdigit() or len(text) > 20 or int(text) > end:
+                    raise UnsafePickleError(f"{source}: memo index {text[:20]!r} at byte {position} is refused")
+        else:
+            width = _LENGTH_PREFIX[layout]
+            size = int.from_bytes(data[start:start + width], "little")
+            stop = start + width + size
+        if stop > end:
+            raise unreadable(f"{name} runs past the end of the file")
+        position = stop
+    raise unreadable("no STOP opcode: truncated")
+
+
+def _check_size_and_nesting(value: Any, budget: int, source: str) -> None:
+    """Walks what was unpickled (iteratively) and refuses absurd nesting or expansion.
+
+    Shared references cost the pickle 2 bytes each but are counted here every time they are reached, as a
+    consumer that walks the data (joins sentences, copies rows) would: a few hundred bytes of references to
+    references must not turn into a hundred-million-character sentence downstream.
+    """
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    spent = 0
+    while stack:
+        item, depth = stack.pop()
+        spent += 1
+        if isinstance(item, (str, bytes)):
+            spent += len(item)
+        elif isinstance(item, (list, tuple, set, frozenset, dict)):
+            if depth >= MAX_PICKLE_NESTING:
+                raise UnsafePickleError(
+                    f"{source}: containers nested more than {MAX_PICKLE_NESTING} deep (REFER refs nest 5 deep)"
+                )
+            children = (x for pair in item.items() for x in pair) if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+        if spent > budget:
+            raise UnsafePickleError(
+                f"{source}: the pickle expands to more than {budget:,} objects and characters "
+                f"({MAX_PICKLE_EXPANSION}× its size): shared references that multiply its content are refused"
+            )
+
+
 def restricted_pickle_load(path: str | os.PathLike) -> Any:
-    """Reads a pickle file with `RestrictedUnpickler` (builtin containers and scalars only)."""
+    """Reads a pickle file with `RestrictedUnpickler` (builtin containers and scalars only), within bounds.
+
+    Bounds: no global but set/frozenset/complex/latin-1 bytes; no bytearray or out-of-band buffer; memo
+    indices within the file's length (checked on the opcodes, before anything is built); at most
+    `MAX_PICKLE_NESTING` levels of containers and `MAX_PICKLE_EXPANSION` objects + characters per byte of file
+    (checked on the result, before anyone uses it). Peak memory is the file plus what its opcodes build, a small
+    multiple of its size. A file that is not a pickle (truncated, empty, JSON) is a `ValueError` naming it.
+    """
     with open(path, "rb") as handle:
         data = handle.read()
-    return RestrictedUnpickler(io.BytesIO(data), source=str(path)).load()
+    source = str(path)
+    if not data:
+        raise ValueError(f"{source}: empty file; expected REFER's refs(*).p pickle")
+    _scan_opcodes(data, source)
+    try:
+        value = RestrictedUnpickler(io.BytesIO(data), source=source).load()
+    except UnsafePickleError as error:
+        if source not in str(error):
+            raise UnsafePickleError(f"{source}: {error}") from None
+        raise
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, pickle.UnpicklingError,
+            RecursionError, OverflowError) as error:
+        raise ValueError(f"{source}: not a readable pickle ({type(error).__name__}: {error})") from None
+    _check_size_and_nesting(value, MAX_PICKLE_EXPANSION * len(data) + _PICKLE_EXPANSION_FLOOR, source)
+    return value
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -148,22 +283,42 @@ def default_image_root(data_root: str | os.PathLike) -> Path:
     return Path(data_root) / "images" / "mscoco" / "images" / "train2014"
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file, or a ValueError naming it (truncated, not JSON, not UTF-8)."""
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not readable JSON ({error})") from None
+
+
 def load_refs(path: Path) -> list[dict]:
     """A refs file (pickle, restricted; or gRefCOCO's JSON) → a list of ref dicts, structure checked."""
-    refs = json.loads(path.read_text()) if path.suffix == ".json" else restricted_pickle_load(path)
-    if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
+    refs = read_json(path) if path.suffix == ".json" else restricted_pickle_load(path)
+    if not isinstance(refs, list):
         raise ValueError(f"{path}: expected a list of ref dicts, got {type(refs).__name__}")
-    for ref in refs:
+    if not refs:
+        raise ValueError(f"{path}: no refs (the file holds an empty list)")
+    for position, ref in enumerate(refs):
+        if not isinstance(ref, dict):
+            raise ValueError(f"{path}: entry {position} is a {type(ref).__name__}, not a ref dict")
         missing = {"ref_id", "image_id", "split", "sentences"} - set(ref)
         if missing or ("ann_id" not in ref and "ann_ids" not in ref):
-            raise ValueError(f"{path}: ref {ref.get('ref_id')} lacks {sorted(missing) or ['ann_id']}")
+            raise ValueError(f"{path}: ref {ref.get('ref_id', f'#{position}')} lacks {sorted(missing) or ['ann_id']}")
+        for key in ("ref_id", "image_id"):
+            if not _is_id(ref[key]):
+                raise ValueError(f"{path}: ref {ref.get('ref_id', f'#{position}')!r}: {key} must be an integer, "
+                                 f"got {ref[key]!r:.80}")
+        if not isinstance(ref["split"], str):
+            raise ValueError(f"{path}: ref {ref['ref_id']}: split must be a name, got {ref['split']!r:.80}")
     return refs
 
 
 def _ann_ids(ref: dict) -> list[int]:
     raw = ref.get("ann_id", ref.get("ann_ids"))
     ids = raw if isinstance(raw, (list, tuple)) else [raw]
-    return [int(a) for a in ids if a is not None and int(a) >= 0]  # gRefCOCO marks no-target with [-1]
+    if not all(a is None or _is_id(a) for a in ids):
+        raise ValueError(f"ann_id(s) must be integers, got {raw!r:.80}")
+    return [a for a in ids if a is not None and a >= 0]  # gRefCOCO marks no-target with [-1]
 
 
 def _verify_image(path: str) -> str | None:
@@ -199,54 +354,144 @@ def _generate_rows(tasks: list[dict]):
         }
 
 
+def index_instances(instances: Any, path: str) -> tuple[dict[int, dict], dict[int, dict]]:
+    """instances.json's images and annotations by id, after checking the file's shape (a dict of lists of dicts
+    with ids); the fields a ref needs are checked when a ref uses them (`build_tasks`)."""
+    if not isinstance(instances, dict):
+        raise ValueError(f"{path}: expected a COCO instances dict with 'images' and 'annotations', "
+                         f"got a {type(instances).__name__}")
+    indexed = []
+    for key in ("images", "annotations"):
+        entries = instances.get(key)
+        if not isinstance(entries, list):
+            raise ValueError(f"{path}: '{key}' must be a list, got {type(entries).__name__}")
+        by_id = {}
+        for position, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not _is_id(entry.get("id")):
+                raise ValueError(f"{path}: {key}[{position}] is not a dict with an integer 'id': {entry!r:.120}")
+            by_id[int(entry["id"])] = entry
+        indexed.append(by_id)
+    return indexed[0], indexed[1]
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _image_facts(info: dict, image_id: int) -> tuple[int, int]:
+    missing = [key for key in ("height", "width") if key not in info]
+    if missing:
+        raise ValueError(f"image {image_id} lacks {missing}")
+    try:
+        return check_image_size(info["height"], info["width"])
+    except ValueError as error:
+        raise ValueError(f"image {image_id}: {error}") from None
+
+
+def _annotation_facts(ann: dict, image_id: int, height: int, width: int) -> tuple[list[float], int, int]:
+    """An annotation's bbox, category and mask area, each checked; and that it belongs to the ref's image."""
+    ann_id = ann["id"]
+    missing = [key for key in ("segmentation", "bbox", "category_id", "image_id") if key not in ann]
+    if missing:
+        raise ValueError(f"annotation {ann_id} lacks {missing}")
+    if ann["image_id"] != image_id:
+        raise ValueError(f"annotation {ann_id} belongs to image {ann['image_id']}, not to the ref's image {image_id}")
+    if not _is_id(ann["category_id"]):
+        raise ValueError(f"annotation {ann_id}: category_id must be an integer, got {ann['category_id']!r}")
+    try:
+        bbox = check_bbox(ann["bbox"])
+        area = segmentation_area(ann["segmentation"], height, width)
+    except ValueError as error:
+        raise ValueError(f"annotation {ann_id}: {error}") from None
+    return bbox, int(ann["category_id"]), area
+
+
 def build_tasks(
-    refs: list[dict], instances: dict, image_root: Path, source: str
-) -> tuple[dict[str, list[dict]], int]:
-    """Refs + COCO instances → per split, the self-contained description of each row; and blank sentences dropped."""
-    images = {int(image["id"]): image for image in instances.get("images", [])}
-    annotations = {int(ann["id"]): ann for ann in instances.get("annotations", [])}
+    refs: list[dict], instances: Any, image_root: Path, source: str, instances_source: str = "instances.json"
+) -> tuple[dict[str, list[dict]], int, list[int]]:
+    """Refs + COCO instances → per split, the self-contained description of each row; the number of blank
+    sentences dropped; and the ids of degenerate refs (a target whose mask is empty: polygons of < 3 points or
+    wholly outside the image), which are listed, not dropped, here.
+
+    Every field a row needs is checked here, once: an inconsistency is a ValueError naming the refs file and the
+    ref (and the image or annotation at fault).
+    """
+    images, annotations = index_instances(instances, instances_source)
     tasks: dict[str, list[dict]] = defaultdict(list)
     dropped = 0
+    degenerate = []
     for ref in refs:
-        ref_id, image_id = int(ref["ref_id"]), int(ref["image_id"])
-        info = images.get(image_id)
-        if info is None:
-            raise ValueError(f"{source}: ref {ref_id} names image {image_id}, which instances.json does not list")
-        ann_ids = _ann_ids(ref)
+        ref_id, image_id = ref["ref_id"], ref["image_id"]
         try:
-            anns = [annotations[a] for a in ann_ids]
-        except KeyError as error:
-            raise ValueError(f"{source}: ref {ref_id} names annotation {error}, absent from instances.json") from None
-        sentences = clean_sentences(ref["sentences"])
+            info = images.get(image_id)
+            if info is None:
+                raise ValueError(f"names image {image_id}, which {instances_source} does not list")
+            height, width = _image_facts(info, image_id)
+            ann_ids = _ann_ids(ref)
+            absent = [a for a in ann_ids if a not in annotations]
+            if absent:
+                raise ValueError(f"names annotation(s) {absent}, absent from {instances_source}")
+            facts = [_annotation_facts(annotations[a], image_id, height, width) for a in ann_ids]
+            sentences = clean_sentences(ref["sentences"])
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{source}: ref {ref_id}: {error}") from None
+        anns = [annotations[a] for a in ann_ids]
         dropped += len(ref["sentences"]) - len(sentences)
         if not sentences:
             continue
         no_target = bool(ref.get("no_target", False)) or not anns
-        categories = {int(ann["category_id"]) for ann in anns}
+        if not no_target and not any(area for _, _, area in facts):
+            degenerate.append(ref_id)
+        categories = {category for _, category, _ in facts}
         file_name = info.get("file_name") or COCO_FILE_PATTERN % image_id
         tasks[str(ref["split"])].append(
             {
                 "image_path": str(image_root / file_name),
-                "height": int(info["height"]),
-                "width": int(info["width"]),
+                "height": height,
+                "width": width,
                 "annotations": [{"id": a["id"], "segmentation": a["segmentation"]} for a in anns],
                 "sentences": sentences,
                 "ref_id": ref_id,
                 "image_id": image_id,
                 "ann_ids": [] if no_target else ann_ids,
                 "category_id": categories.pop() if len(categories) == 1 else -1,
-                "bbox": union_bbox(a["bbox"] for a in anns),
+                "bbox": union_bbox(bbox for bbox, _, _ in facts),
                 "no_target": no_target,
             }
         )
-    return dict(tasks), dropped
+    return dict(tasks), dropped, degenerate
+
+
+def drop_degenerate(tasks: dict[str, list[dict]], degenerate: list[int], keep: bool) -> dict[str, list[dict]]:
+    """Unless `keep`, drops refs whose target mask is empty from the training splits: an empty mask not marked
+    `no_target` would teach the model that the expression means nothing. Evaluation splits keep them, so their
+    sample counts stay the published ones. (The build report lists them; `_log_report` warns with their ids.)"""
+    if keep or not degenerate:
+        return tasks
+    bad = set(degenerate)
+    kept = {split: [t for t in rows if not (split.startswith("train") and t["ref_id"] in bad)]
+            for split, rows in tasks.items()}
+    return {split: rows for split, rows in kept.items() if rows}
+
+
+def _header_size(path: str) -> tuple[int, int] | None:
+    """(height, width) from the image's header, without decoding it; None when it cannot be read."""
+    try:
+        with PIL.Image.open(path) as image:
+            return image.height, image.width
+    except Exception:  # unreadable: reported by `verify` or when the row is read
+        return None
 
 
 def check_images(
-    paths: list[str], *, skip_missing: bool, verify: bool, num_proc: int | None, source: str
+    paths: list[str], *, skip_missing: bool, verify: bool, num_proc: int | None, source: str,
+    declared: dict[str, tuple[int, int, str]] | None = None,
 ) -> tuple[set[str], dict]:
     """The image files to skip, and a report: a missing (or, with `verify`, undecodable) file raises naming it,
-    unless `skip_missing`, in which case it is listed for skipping and counted."""
+    unless `skip_missing`, in which case it is listed for skipping and counted.
+
+    `declared` maps a path to the (height, width) the annotations give it and who says so; a file of another
+    size is a ValueError (its masks would be drawn at the wrong size)."""
     paths = sorted(set(paths))
     missing = [path for path in paths if not os.path.isfile(path)]
     if missing and not skip_missing:
@@ -254,6 +499,17 @@ def check_images(
             f"{source}: {len(missing)} referenced image(s) missing, e.g. {missing[0]} "
             "(check image_root, or pass skip_missing_images=True to skip their refs and report the count)"
         )
+    if declared:
+        absent = set(missing)
+        present = [path for path in paths if path not in absent and path in declared]
+        with ThreadPoolExecutor(max_workers=max(1, num_proc or 1)) as pool:
+            for path, size in zip(present, pool.map(_header_size, present)):
+                height, width, who = declared[path]
+                if size is not None and size != (height, width):
+                    raise ValueError(
+                        f"{source}: image {path} is {size[1]}×{size[0]} (width×height) but {who} declares it "
+                        f"{width}×{height}: the masks would not fit it (fix the annotation or the image)"
+                    )
     unreadable: list[tuple[str, str]] = []
     if verify:
         absent = set(missing)
@@ -282,7 +538,11 @@ def filter_images(
 ) -> tuple[dict[str, list[dict]], dict]:
     """Drops (or raises on) tasks whose image is missing or unreadable; see `check_images`."""
     paths = [task["image_path"] for rows in tasks.values() for task in rows]
-    bad, report = check_images(paths, skip_missing=skip_missing, verify=verify, num_proc=num_proc, source=source)
+    declared = {task["image_path"]: (task["height"], task["width"], f"image {task['image_id']} (ref {task['ref_id']})")
+                for rows in tasks.values() for task in rows}
+    bad, report = check_images(
+        paths, skip_missing=skip_missing, verify=verify, num_proc=num_proc, source=source, declared=declared
+    )
     kept = {split: [t for t in rows if t["image_path"] not in bad] for split, rows in tasks.items()}
     report["skipped_refs"] = len(paths) - sum(len(rows) for rows in kept.values())
     return {split: rows for split, rows in kept.items() if rows}, report
@@ -318,6 +578,7 @@ def load_refer(
     num_proc: int | None = None,
     skip_missing_images: bool = False,
     verify_images: bool = False,
+    keep_degenerate: bool = False,
 ) -> DatasetDict:
     """One REFER dataset (all its splits, named as in the refs file) → `DatasetDict` in the `metris_hf.data` schema.
 
@@ -334,6 +595,8 @@ def load_refer(
             many, instead of raising.
         verify_images: decode every image once at build time, so a corrupt JPEG is reported by name now rather
             than when training reaches it.
+        keep_degenerate: keep refs whose target mask is empty (polygons of < 3 points or outside the image) in
+            the train split; by default they are left out of it (and always counted and named in a warning).
     """
     dataset = check_dataset(dataset)
     split_by = check_split_by(dataset, split_by)
@@ -351,6 +614,7 @@ def load_refer(
             "image_root": file_signature(root),
             "skip_missing_images": skip_missing_images,
             "verify_images": verify_images,
+            "keep_degenerate": keep_degenerate,
         }
     )
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
@@ -359,14 +623,19 @@ def load_refer(
     def build(work_dir: Path) -> tuple[DatasetDict, dict]:
         logger.info("%s: building from %s (first load; later loads use the cache)", what, refs_path)
         refs = load_refs(refs_path)
-        instances = json.loads(instances_path.read_text())
-        tasks, dropped = build_tasks(refs, instances, root, str(refs_path))
+        instances = read_json(instances_path)
+        tasks, dropped, degenerate = build_tasks(refs, instances, root, str(refs_path), str(instances_path))
+        if not tasks:
+            raise ValueError(f"{refs_path}: no refs with a non-blank sentence")
+        tasks = drop_degenerate(tasks, degenerate, keep_degenerate)
         tasks, report = filter_images(
             tasks, skip_missing=skip_missing_images, verify=verify_images, num_proc=num_proc, source=what
         )
         if not tasks:
             raise ValueError(f"{what}: no refs left to build (every referenced image was missing or unreadable)")
         report["dropped_blank_sentences"] = dropped
+        report["degenerate_refs"] = degenerate
+        report["degenerate_kept"] = keep_degenerate
         return tasks_to_dataset_dict(tasks, work_dir, key, num_proc), report
 
     return cached_build(cache_root / "refer" / f"{dataset}-{split_by}-{key}", build, what)

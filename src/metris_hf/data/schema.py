@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import uuid
@@ -84,30 +85,115 @@ def mask_to_png(mask: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+# The largest image side a build accepts: a declared 10**6 × 10**6 image would make a terabyte mask.
+MAX_IMAGE_SIDE = 16384
+# Polygon points may lie a little outside the image (COCO has some at -0.5); farther than this many image
+# sides away, pycocotools would rasterise a huge outline, so such a polygon is refused.
+POLYGON_REACH = 4
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def check_image_size(height: Any, width: Any) -> tuple[int, int]:
+    """(height, width) as ints, or a ValueError saying what is wrong (missing, not whole, ≤ 0, too large)."""
+    sides = []
+    for name, value in (("height", height), ("width", width)):
+        if not _is_number(value) or not math.isfinite(value) or value != int(value):
+            raise ValueError(f"image {name} must be a whole number, got {value!r}")
+        if not 0 < value <= MAX_IMAGE_SIDE:
+            raise ValueError(f"image {name} must lie in [1, {MAX_IMAGE_SIDE}], got {value}")
+        sides.append(int(value))
+    return sides[0], sides[1]
+
+
+def _compressed_counts(counts: str) -> list[int]:
+    """COCO's compressed RLE string → its run lengths (6-bit characters from '0', 5 bits of value each, bit 0x20
+    = more to come, bit 0x10 of the last = negative; from the fourth run on, a delta from the run two before)."""
+    values: list[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(counts):
+                raise ValueError("compressed RLE counts end inside a number")
+            code = ord(counts[position]) - 48
+            if not 0 <= code < 64 or shift > 60:
+                raise ValueError(f"compressed RLE counts are garbled at character {position}")
+            value |= (code & 0x1F) << shift
+            more, shift, position = bool(code & 0x20), shift + 5, position + 1
+        if code & 0x10:
+            value |= -1 << shift
+        values.append(value + (values[-2] if len(values) > 2 else 0))
+    return values
+
+
+def segmentation_rle(segmentation: Any, height: int, width: int) -> Any:
+    """One COCO `segmentation` (polygons, uncompressed or compressed RLE), validated → pycocotools' RLE, or None
+    for an empty list.
+
+    Why validate: pycocotools trusts its input. A NaN or far-away polygon point makes it rasterise without
+    end (the machine runs out of memory), and RLE runs that do not add up to height × width make it write
+    past the mask. Every number is checked here, before pycocotools sees it. Polygons of fewer than 3 points
+    are skipped (pycocotools would read a 4-number list as a box); the caller sees an empty mask.
+    """
+    if isinstance(segmentation, list):
+        reach = POLYGON_REACH * max(height, width)
+        polygons = []
+        for index, polygon in enumerate(segmentation):
+            if not isinstance(polygon, (list, tuple)):
+                raise ValueError(f"polygon {index} is a {type(polygon).__name__}, not a list of coordinates")
+            if not all(_is_number(v) and math.isfinite(v) and abs(v) <= reach for v in polygon):
+                raise ValueError(
+                    f"polygon {index} holds a coordinate that is not a finite number within {reach} of the "
+                    f"image ({[v for v in polygon if not (_is_number(v) and math.isfinite(v) and abs(v) <= reach)][:3]})"
+                )
+            if len(polygon) % 2:
+                raise ValueError(f"polygon {index} has an odd number of coordinates ({len(polygon)})")
+            if len(polygon) >= 6:
+                polygons.append([float(v) for v in polygon])
+        return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)) if polygons else None
+    if isinstance(segmentation, dict) and "counts" in segmentation:
+        size = segmentation.get("size", [height, width])
+        if not isinstance(size, (list, tuple)) or [v for v in size] != [height, width]:
+            raise ValueError(f"RLE size {size!r} differs from the image size {[height, width]}")
+        counts = segmentation["counts"]
+        if isinstance(counts, list):  # uncompressed RLE (COCO iscrowd annotations)
+            if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+                raise ValueError("uncompressed RLE counts must be non-negative integers")
+            runs = counts
+        elif isinstance(counts, (str, bytes)):
+            text = counts.decode("latin1") if isinstance(counts, bytes) else counts
+            runs = _compressed_counts(text)
+            counts = text.encode("latin1")
+        else:
+            raise ValueError(f"RLE counts must be a list or a string, got {type(counts).__name__}")
+        if any(run < 0 for run in runs) or sum(runs) != height * width:
+            raise ValueError(f"RLE runs add up to {sum(runs)} pixels (or run negative), not {height}×{width}")
+        if isinstance(counts, list):
+            return mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+        return {"size": [height, width], "counts": counts}
+    raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
+
+
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """One COCO `segmentation` (polygons, uncompressed or compressed RLE) → boolean H×W mask via pycocotools.
+    """One COCO `segmentation` → boolean H×W mask via pycocotools, validated first (see `segmentation_rle`).
 
     Polygons of one object are merged as a union: where two of them overlap the pixel is foreground
     (LAVT's loader sums the decoded polygons and so loses such pixels; we deliberately do not).
     """
-    if isinstance(segmentation, list):
-        # fewer than 3 points is no polygon; pycocotools would also read a 4-number list as a box
-        polygons = [[float(v) for v in polygon] for polygon in segmentation if len(polygon) >= 6]
-        if not polygons:
-            return np.zeros((height, width), dtype=bool)
-        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-    elif isinstance(segmentation, dict) and "counts" in segmentation:
-        size = [int(v) for v in segmentation.get("size", (height, width))]
-        if size != [height, width]:
-            raise ValueError(f"RLE size {size} differs from the image size {[height, width]}")
-        if isinstance(segmentation["counts"], list):  # uncompressed RLE (COCO iscrowd annotations)
-            rle = mask_utils.frPyObjects(segmentation, height, width)
-        else:
-            counts = segmentation["counts"]
-            rle = {"size": size, "counts": counts.encode() if isinstance(counts, str) else counts}
-    else:
-        raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
+    rle = segmentation_rle(segmentation, height, width)
+    if rle is None:
+        return np.zeros((height, width), dtype=bool)
     return mask_utils.decode(rle).astype(bool)
+
+
+def segmentation_area(segmentation: Any, height: int, width: int) -> int:
+    """Foreground pixels of one validated `segmentation` without decoding it: 0 marks a degenerate annotation
+    (no polygon of 3 points, or every point outside the image)."""
+    rle = segmentation_rle(segmentation, height, width)
+    return 0 if rle is None else int(mask_utils.area(rle))
 
 
 def union_mask(annotations: Iterable[dict], height: int, width: int) -> np.ndarray:
@@ -133,18 +219,39 @@ def union_bbox(boxes: Iterable[Iterable[float]]) -> list[float]:
     return [x0, y0, x1 - x0, y1 - y0]
 
 
-def clean_sentences(sentences: Iterable[Any]) -> list[str]:
+def check_bbox(bbox: Any) -> list[float]:
+    """A COCO [x, y, w, h] box of 4 finite numbers, w and h ≥ 0, or a ValueError saying what it is."""
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) and math.isfinite(v) for v in bbox):
+        raise ValueError(f"bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise ValueError(f"bbox has a negative width or height: {bbox!r}")
+    return [float(v) for v in bbox]
+
+
+def clean_sentences(sentences: Any) -> list[str]:
     """REFER sentence entries (dicts with `raw`/`sent`, or plain strings) → non-blank strings.
 
     `raw` is the text as the annotator typed it (what LAVT feeds its tokenizer); `sent` is REFER's cleaned,
     lowercased copy, used where `raw` is blank. Blank expressions are dropped: the processor refuses them.
+    Anything else (a bare string, which would split into characters; numbers; None; a non-text `raw`) is a
+    ValueError: the caller adds which ref it is.
     """
+    if isinstance(sentences, (str, bytes)) or not isinstance(sentences, (list, tuple)):
+        raise ValueError(f"`sentences` must be a list of sentences, got {type(sentences).__name__} {sentences!r:.80}")
     texts = []
-    for entry in sentences:
+    for index, entry in enumerate(sentences):
         if isinstance(entry, dict):
-            text = str(entry.get("raw") or "").strip() or str(entry.get("sent") or "").strip()
+            raw, sent = entry.get("raw"), entry.get("sent")
+            for name, value in (("raw", raw), ("sent", sent)):
+                if value is not None and not isinstance(value, str):
+                    raise ValueError(f"sentence {index}: `{name}` must be text, got {type(value).__name__} {value!r:.80}")
+            text = (raw or "").strip() or (sent or "").strip()
+        elif isinstance(entry, str):
+            text = entry.strip()
         else:
-            text = str(entry).strip()
+            raise ValueError(
+                f"sentence {index} must be a dict with `raw`/`sent` or a string, got {type(entry).__name__} {entry!r:.80}"
+            )
         if text:
             texts.append(text)
     return texts
@@ -263,6 +370,15 @@ def _log_report(what: str, report: dict) -> None:
             "%s: %d ref(s) skipped because their image is missing or unreadable (%d missing, %d unreadable; e.g. %s)",
             what, report.get("skipped_refs", 0), report.get("skipped_missing_images", 0),
             report.get("skipped_unreadable_images", 0), report.get("example_skipped"),
+        )
+    if report.get("degenerate_refs"):
+        refs = report["degenerate_refs"]
+        logger.warning(
+            "%s: %d ref(s) have an empty target mask (degenerate polygons: < 3 points, or outside the image) but "
+            "are not marked no_target: ref_id %s; %s", what, len(refs),
+            ", ".join(map(str, refs[:20])) + (", …" if len(refs) > 20 else ""),
+            "kept (keep_degenerate=True)" if report.get("degenerate_kept") else
+            "left out of the train split(s), kept in evaluation splits",
         )
     if report.get("dropped_blank_sentences"):
         logger.info("%s: %d blank expression(s) dropped", what, report["dropped_blank_sentences"])

@@ -22,7 +22,6 @@ cache, so it cannot import helpers from elsewhere in `metris_hf` (the same helpe
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -92,8 +91,10 @@ def _is_tensor(x: Any) -> bool:
 def _check_threshold(threshold: Any) -> float | None:
     if threshold is None:
         return None
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
-        raise ValueError(f"threshold must be a number or None, got {threshold!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise ValueError(f"threshold must be a number in [0, 1] or None, got {threshold!r}")
+    if not 0.0 <= threshold <= 1.0:  # also refuses NaN: predictions are probabilities
+        raise ValueError(f"threshold must lie in [0, 1] (predictions are probabilities), got {threshold!r}")
     return float(threshold)
 
 
@@ -131,6 +132,8 @@ def _binarize(mask: Any, kind: str, index: int, threshold: float | None):
         if mask.is_complex():
             raise ValueError(f"{kind} of sample {index} has complex dtype {mask.dtype}")
         if threshold is not None:
+            if mask.is_floating_point() and not bool(mask.isfinite().all()):
+                raise ValueError(f"{kind} of sample {index} holds NaN or inf: probabilities must be finite")
             return mask > threshold
         bad = (mask != 0) & (mask != 1)
         if bool(bad.any()):
@@ -148,6 +151,8 @@ def _binarize(mask: Any, kind: str, index: int, threshold: float | None):
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise ValueError(f"{kind} of sample {index} has dtype {array.dtype}; expected bool, integer or float")
     if threshold is not None:
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise ValueError(f"{kind} of sample {index} holds NaN or inf: probabilities must be finite")
         return array > threshold
     bad = (array != 0) & (array != 1)
     if bad.any():

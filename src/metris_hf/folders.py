@@ -1,0 +1,67 @@
+"""What a folder given on a command line is, so that a wrong one is named as such before anything loads.
+
+transformers reads a missing local folder as a Hub id ("Repo id must be in the form …"), a folder without
+`config.json` as an unknown model ("Unrecognized model …"), and Accelerate reads a model folder given as a training
+state as a wall of missing keys. The checks here say what the folder is and what was expected instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+MODEL = "a model checkpoint (config.json + weights, written by save_pretrained)"
+TRAINING_STATE = "an Accelerate training state (written by scripts/train.py --checkpointing_steps: step_<N>/ or epoch_<N>/)"
+
+
+def folder_kind(path: str | os.PathLike) -> str:
+    """'missing', 'model', 'training_state' or 'other' (a folder that is neither)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return "missing"
+    if (folder / "config.json").is_file():
+        return "model"
+    if (folder / "progress.json").is_file() or any(folder.glob("random_states_*.pkl")) or (folder / "optimizer.bin").is_file():
+        return "training_state"
+    return "other"
+
+
+def _looks_local(name: str) -> bool:
+    """A Hub id is `name` or `owner/name`; anything with more slashes, a leading `.`, `/` or `~` is a path."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or os.path.exists(name)
+
+
+def check_model_source(name_or_path: str, what: str = "--model") -> None:
+    """Raises FileNotFoundError / ValueError when `name_or_path` is a local path but not a model checkpoint folder;
+    a Hub id (`owner/name`) passes unchecked."""
+    if not _looks_local(name_or_path):
+        return
+    kind = folder_kind(os.path.expanduser(name_or_path))
+    if kind == "missing":
+        if Path(name_or_path).is_file():
+            raise ValueError(f"{what} {name_or_path} is a file; expected {MODEL} folder")
+        raise FileNotFoundError(f"{what} {name_or_path}: no such folder (expected {MODEL})")
+    if kind == "training_state":
+        raise ValueError(
+            f"{what} {name_or_path} is {TRAINING_STATE}, not {MODEL}; evaluate the model folder the run saved "
+            "(the output_dir itself, or best/), or resume training from this folder with --resume_from_checkpoint"
+        )
+    if kind == "other":
+        raise ValueError(f"{what} {name_or_path} has no config.json: it is not {MODEL}")
+
+
+def check_training_state(path: str, what: str = "--resume_from_checkpoint") -> None:
+    """Raises FileNotFoundError / ValueError unless `path` is an Accelerate training state folder."""
+    kind = folder_kind(path)
+    if kind == "missing":
+        raise FileNotFoundError(f"{what} {path}: no such folder (expected {TRAINING_STATE})")
+    if kind == "model":
+        raise ValueError(
+            f"{what} {path} is {MODEL}, not {TRAINING_STATE}; to start from its weights pass it as "
+            "--model_name_or_path, to resume a run pass one of its step_<N>/ folders (or 'latest')"
+        )
+    if kind == "other":
+        raise ValueError(f"{what} {path} is not {TRAINING_STATE} (no progress.json, optimizer.bin or random states)")
+
+
+__all__ = ["check_model_source", "check_training_state", "folder_kind"]

@@ -1,0 +1,205 @@
+"""Bad input to the model-side entry points (config, processor/tokenizer, weights, pipeline, metrics): each ends in
+a clear error or a visible warning, never in a silently wrong answer."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub.errors import StrictDataclassFieldValidationError
+from PIL import Image
+from transformers import AutoProcessor, BertTokenizer, pipeline
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging as hf_logging
+
+from metris_hf import MetrisConfig, MetrisForReferringSegmentation
+from metris_hf import metrics as metris_metrics
+from metris_hf.image_processing_metris import MetrisImageProcessor
+from metris_hf.pipeline_metris import TASK
+from metris_hf.processing_metris import MetrisProcessor
+from metris_hf.testing_utils import tiny_metris_config
+from test_processor import register_auto_classes
+from transformers_common import build_tiny_tokenizer
+
+SIZE = 64
+
+
+def save_checkpoint(folder: Path, tokenizer=None, poison: bool = False) -> Path:
+    register_auto_classes()
+    torch.manual_seed(0)
+    model = MetrisForReferringSegmentation(tiny_metris_config())
+    if poison:
+        with torch.no_grad():
+            next(iter(model.parameters())).view(-1)[:3] = float("nan")
+    model.save_pretrained(folder)
+    MetrisProcessor(image_processor=MetrisImageProcessor(size={"height": SIZE, "width": SIZE}),
+                    tokenizer=tokenizer or build_tiny_tokenizer()).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tokenizer: missing vocabulary, another model's vocabulary
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_checkpoint_without_tokenizer_vocabulary_is_an_error(checkpoint, tmp_path):
+    broken = Path(shutil.copytree(checkpoint, tmp_path / "no-vocab"))
+    (broken / "tokenizer.json").unlink()
+    (broken / "vocab.txt").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=r"no-vocab: no tokenizer vocabulary \(tokenizer\.json or vocab\.txt\)"):
+        AutoProcessor.from_pretrained(broken)
+    with pytest.raises(ValueError, match=r"no tokenizer vocabulary"):
+        pipeline(TASK, model=str(broken))
+
+
+def test_tokenizer_with_only_special_tokens_is_refused(checkpoint):
+    specials_only = BertTokenizer(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])})
+    processor = MetrisProcessor(image_processor=MetrisImageProcessor(size={"height": SIZE, "width": SIZE}),
+                                tokenizer=specials_only)
+    model = MetrisForReferringSegmentation.from_pretrained(checkpoint)
+    with pytest.raises(ValueError, match=r"knows only its special tokens .*every word would become \[UNK\]"):
+        pipeline(TASK, model=model, processor=processor)
+
+
+def test_tokenizer_of_another_model_is_refused(tmp_path):
+    words = [f"word{i}" for i in range(300)]  # ids past the tiny text encoder's 256 embeddings
+    big = BertTokenizer(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])})
+    folder = save_checkpoint(tmp_path / "mismatch", tokenizer=big)
+    with pytest.raises(ValueError, match=r"tokenizer's ids reach 304 but the model's text encoder has 256 embeddings"):
+        pipeline(TASK, model=str(folder))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Non-finite weights and logits; the pipeline's threshold
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_non_finite_weights_are_reported_by_the_pipeline(tmp_path):
+    folder = save_checkpoint(tmp_path / "nan", poison=True)
+    with pytest.raises(ValueError, match=r"weights hold non-finite values \(NaN or inf\) in 1 tensor\(s\): "):
+        pipeline(TASK, model=str(folder))
+
+
+def test_non_finite_logits_are_an_error_not_an_empty_mask():
+    processor = MetrisProcessor(image_processor=MetrisImageProcessor(size={"height": SIZE, "width": SIZE}),
+                                tokenizer=build_tiny_tokenizer())
+    logits = torch.zeros(3, 1, 16, 16)
+    logits[1, 0, 2, 3] = float("nan")
+    logits[2, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"non-finite values \(NaN or inf\) for example\(s\) \[1, 2\]"):
+        processor.post_process_referring_segmentation({"logits": logits}, target_sizes=[(8, 8)] * 3)
+
+
+@pytest.mark.parametrize("threshold", ["0.5", 1.5, -0.1, float("nan"), True, None])
+def test_pipeline_threshold_is_checked_up_front(checkpoint, photo, threshold):
+    segmenter = pipeline(TASK, model=str(checkpoint))
+    if threshold is None:  # the default: a correct answer
+        result = segmenter(photo, "the red box")
+        assert result["mask"].size == photo.size and 0 <= result["score"] <= 1
+        return
+    with pytest.raises(ValueError, match=r"threshold must (be a number in|lie in) \[0, 1\]"):
+        segmenter(photo, "the red box", threshold=threshold)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------------------------
+
+MASK = np.zeros((4, 4), dtype=bool)
+MASK[1:3, 1:3] = True
+
+
+@pytest.mark.parametrize("name", ["referring_iou", "grefcoco_iou"])
+def test_metrics_refuse_nan_probabilities_and_thresholds_outside_0_1(name):
+    metric = metris_metrics.load(name, keep_in_memory=True)
+    probabilities = MASK * 0.9
+    probabilities[0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"prediction of sample 0 holds NaN or inf"):
+        metric.compute(predictions=[probabilities], references=[MASK], threshold=0.5)
+    with pytest.raises(ValueError, match=r"prediction of sample 0 holds NaN or inf"):
+        metric.compute(predictions=[torch.from_numpy(probabilities)], references=[MASK], threshold=0.5)
+    for threshold in (1.5, -0.5, math.nan, math.inf):
+        with pytest.raises(ValueError, match=r"threshold must lie in \[0, 1\]"):
+            metric.compute(predictions=[MASK * 0.9], references=[MASK], threshold=threshold)
+    with pytest.raises(ValueError, match=r"threshold must lie in \[0, 1\]"):
+        metris_metrics.load(name, keep_in_memory=True, threshold=2)
+    result = metric.compute(predictions=[MASK * 0.9], references=[MASK], threshold=0.5)  # the valid call works
+    assert result[{"referring_iou": "oIoU", "grefcoco_iou": "cIoU"}[name]] == 1.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------------------------
+
+config_logger = hf_logging.get_logger("metris_hf.configuration_metris")
+
+
+def test_unknown_config_keys_warn_naming_them(tmp_path):
+    with CaptureLogger(config_logger) as captured:
+        tiny_metris_config(guidence="full")
+    assert "unknown key(s) 'guidence' (did you mean 'guidance'?)" in captured.out
+    tiny_metris_config().save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["curation_ration"] = 0.5
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with CaptureLogger(config_logger) as captured:
+        MetrisConfig.from_pretrained(tmp_path)
+    assert "unknown key(s) 'curation_ration' (did you mean 'curation_ratio'?)" in captured.out
+    with CaptureLogger(config_logger) as captured:  # a clean round trip warns about nothing
+        tiny_metris_config().save_pretrained(tmp_path / "clean")
+        MetrisConfig.from_pretrained(tmp_path / "clean")
+    assert "unknown key" not in captured.out
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("use_curation", "no"), ("curation_ratio", "0.3"), ("hidden_size", 32.5), ("guidance", 3),
+     ("article_token_ids", ["a"]), ("no_target_head", 1)],
+)
+def test_wrong_config_types_raise_naming_the_field(field, value):
+    with pytest.raises(StrictDataclassFieldValidationError, match=rf"field '{field}'"):
+        tiny_metris_config(**{field: value})
+    config = tiny_metris_config()
+    before = getattr(config, field)
+    with pytest.raises(StrictDataclassFieldValidationError, match=rf"field '{field}'"):
+        setattr(config, field, value)
+    assert getattr(config, field) == before
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [("guidance", "bogus", r"`guidance` must be one of"), ("curation_ratio", 1.5, r"`curation_ratio` must be in \(0, 1\]"),
+     ("curation_ratio", math.nan, r"`curation_ratio` must be a finite number"),
+     ("dropout", -0.1, r"`dropout` must be in \[0, inf\]"), ("enhancer_rounds", -1, r"`enhancer_rounds` must be an integer >= 0"),
+     ("mask_loss", "dice", r"`mask_loss` must be one of")],
+)
+def test_bad_config_values_raise_at_construction_and_on_assignment(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_metris_config(**{field: value})
+    config = tiny_metris_config()
+    before = getattr(config, field)
+    with pytest.raises(ValueError, match=match):
+        setattr(config, field, value)
+    assert getattr(config, field) == before  # the bad value never reaches a model
+
+
+def test_a_loaded_model_cannot_be_switched_to_a_bogus_guidance(checkpoint):
+    model = MetrisForReferringSegmentation.from_pretrained(checkpoint)
+    with pytest.raises(ValueError, match=r"`guidance` must be one of"):
+        model.config.guidance = "bogus"
+    assert model.config.guidance == "full"
