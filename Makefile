@@ -3,7 +3,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2
 
-.PHONY: venv install dev test lint demo app clean
+.PHONY: venv install dev test test-fast lint demo app clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ dev: $(PY)
 test: dev
 	$(VENV)/bin/ruff check src scripts tests
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: dev
+	$(VENV)/bin/ruff check src scripts tests
+	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow"
 
 lint: dev
 	$(VENV)/bin/ruff check src scripts tests

@@ -1,6 +1,6 @@
 """Build and cache every split of the referring datasets once, and print their sizes. No network needed.
 
-    # every dataset found under data/ (REFER layout; see the README's Data section)
+    # every dataset found under data/ (REFER layout; see docs/data.md)
     python scripts/prepare_data.py --data_root data --num_proc 8 --verify_images
     # one dataset / split scheme, COCO images elsewhere
     python scripts/prepare_data.py --data_root data --dataset refcocog --split_by umd --image_root /coco/train2014
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[tuple[str, int, int, i
     root = Path(args.data_root)
     targets = [(args.dataset, args.split_by)] if args.dataset else found_datasets(root)
     if not targets:
-        raise SystemExit(f"no REFER refs files or Parquet folders found under {root} (see the README's Data section)")
+        raise SystemExit(f"no REFER refs files or Parquet folders found under {root} (see docs/data.md)")
     options = {"cache_dir": args.cache_dir, "num_proc": args.num_proc, "skip_missing_images": args.skip_missing_images}
     for dataset, split_by in targets:
         start = time.perf_counter()

@@ -31,6 +31,8 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from metris_hf.app import build_demo, example_scenes, parse_expressions  # noqa: E402
 
+pytestmark = pytest.mark.slow  # `make test-fast` leaves it out
+
 SCREENSHOT = Path("outputs/app/screenshot.png")
 
 

@@ -121,6 +121,7 @@ def test_visualize_draws_a_row_per_expression(tmp_path):
     assert figure.height >= 3 * 192
 
 
+@pytest.mark.slow
 def test_ablate_runs_rows_and_draws_the_curves(tmp_path):
     out = tmp_path / "ablate"
     run([sys.executable, str(SCRIPTS / "ablate.py"), "--rows", "full", "ve_only", "--config_name", "tiny",

@@ -350,6 +350,7 @@ WORKER = textwrap.dedent(
 @pytest.mark.parametrize(
     ("name", "split"), [("referring_iou", 13), ("grefcoco_iou", 13), ("grefcoco_iou", 31)], ids=str
 )
+@pytest.mark.slow
 def test_two_processes_give_the_same_numbers_as_one(both, name, split, tmp_path):
     pairs = random_pairs(seed=7, count=31, empty_every=3)
     # contiguous shards like Dataset.shard(contiguous=True): uneven (13 + 18), or all + none

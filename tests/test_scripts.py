@@ -80,6 +80,7 @@ def test_evaluate_prints_and_writes_the_table(trained, tmp_path):
     assert results.with_suffix(".md").read_text().startswith("**")
 
 
+@pytest.mark.slow
 def test_evaluate_on_two_processes_gives_the_figures_of_one(trained, tmp_path):
     accelerate_launch(1, str(SCRIPTS / "run_evaluation.py"), *evaluate_args(trained, tmp_path / "one"))
     accelerate_launch(2, str(SCRIPTS / "run_evaluation.py"), *evaluate_args(trained, tmp_path / "two"))
@@ -92,6 +93,7 @@ def test_evaluate_on_two_processes_gives_the_figures_of_one(trained, tmp_path):
             assert two[split][key] == pytest.approx(one[split][key], abs=1e-6), (split, key)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
     common = [sys.executable, TRAIN, *QUICK, "--max_train_steps", "6", "--eval_every", "0",
               "--checkpointing_steps", "2"]
@@ -105,6 +107,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_trains_to_the_same_weights(tmp_path):
     common = [sys.executable, TRAIN, *QUICK, "--max_train_steps", "2", "--eval_every", "0"]
     run([*common, "--output_dir", str(tmp_path / "stored")])
@@ -115,6 +118,7 @@ def test_gradient_checkpointing_trains_to_the_same_weights(tmp_path):
         torch.testing.assert_close(recomputed[name], stored[name], rtol=0, atol=1e-5, msg=name)
 
 
+@pytest.mark.slow
 def test_two_processes_with_accelerate(tmp_path):
     out = tmp_path / "ddp"
     accelerate_launch(2, TRAIN, *QUICK, "--output_dir", str(out), "--max_train_steps", "2", "--eval_every", "1")

@@ -1,6 +1,6 @@
 """RefCOCO, RefCOCO+, RefCOCOg and gRefCOCO from the standard REFER layout, as `datasets.DatasetDict`s.
 
-Layout (what the peers' loaders read; see the README's Data section):
+Layout (what the peers' loaders read; see docs/data.md):
 
     <data_root>/refcoco/refs(unc).p, refs(google).p, instances.json
     <data_root>/refcoco+/refs(unc).p, instances.json
