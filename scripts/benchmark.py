@@ -57,7 +57,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 def metris_config(tiny: bool):
     from metris_hf import MetrisConfig
-    from metris_hf.testing_utils import tiny_metris_config
+    from metris_hf.presets import tiny_metris_config
 
     return tiny_metris_config() if tiny else MetrisConfig()
 

@@ -32,6 +32,7 @@ from metris_hf.configuration_metris import parse_config_overrides
 from metris_hf.data import DATASET_NAMES, RefTrainTransform, load_dataset_by_name, sentence_rows
 from metris_hf.evaluation import RESOLUTIONS, evaluate_referring
 from metris_hf.folders import check_model_source, check_training_state
+from metris_hf.presets import PRESETS, preset_config
 
 logger = logging.getLogger("metris.train")
 
@@ -69,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--model_name_or_path", default=None, help="a checkpoint folder or Hub id to start from")
     model.add_argument("--config_name", default=None,
                        help="when no checkpoint is given: config.json / folder, or 'default' (full size), "
-                       "'small' (the demo model) or 'tiny' (tests)")
+                       "or a preset of metris_hf.presets: 'small' (the embedded checkpoint's shape) or 'tiny'")
     model.add_argument("--processor_name", default=None, help="processor folder / Hub id (None: the model's)")
     model.add_argument("--config_overrides", default=None, help='config fields, e.g. "curation_ratio=0.1,guidance=enhanced_le"')
     model.add_argument("--freeze_text_embeddings", action=argparse.BooleanOptionalAction, default=True,
@@ -163,10 +164,8 @@ def build_config_checked(args):
     """The model's config, checked against --image_size before any data is loaded (see `check_input_size`)."""
     if args.model_name_or_path:
         config = AutoConfig.from_pretrained(args.model_name_or_path, **args.config_overrides)
-    elif args.config_name in ("tiny", "small"):
-        from metris_hf import testing_utils
-
-        config = getattr(testing_utils, f"{args.config_name}_metris_config")(**args.config_overrides)
+    elif args.config_name in PRESETS:
+        config = preset_config(args.config_name, **args.config_overrides)
     elif args.config_name == "default":
         config = MetrisConfig(**args.config_overrides)
     else:
