@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         # transformers 5 renamed it; the old name still works there but warns
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
 
-    transform = RefTrainTransform(processor, image_size=args.image_size, max_length=args.max_length, seed=args.seed)
+    transform = RefTrainTransform(processor, seed=args.seed)  # --image_size / --max_length are in the processor
     train_data = train_data.with_transform(transform)
     # The loader draws its workers' base seed from `generator` rather than from the global RNG: a resumed run
     # creates its iterator at another moment than an uninterrupted one, and must not shift the dropout stream.

@@ -541,11 +541,18 @@ def test_synthetic_tokenizer_covers_every_word():
 # --------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def processor():
+def make_processor(side: int = 32, max_length: int = 12):
     from metris_hf import MetrisProcessor
 
-    return MetrisProcessor(tokenizer=build_synthetic_tokenizer())
+    processor = MetrisProcessor(tokenizer=build_synthetic_tokenizer())
+    processor.image_processor.size = {"height": side, "width": side}
+    processor.max_length = max_length
+    return processor
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return make_processor()
 
 
 @pytest.fixture(scope="module")
@@ -554,13 +561,13 @@ def synthetic_train():
 
 
 def test_train_transform_shapes_and_collate(processor, synthetic_train):
-    transform = RefTrainTransform(processor, image_size=32, max_length=12, seed=0)
+    transform = RefTrainTransform(processor, seed=0)
+    assert transform.image_size == {"height": 32, "width": 32} and transform.max_length == 12
     data = synthetic_train.with_transform(transform)
     row = data[0]
     assert row["pixel_values"].shape == (3, 32, 32) and row["pixel_values"].dtype == torch.float32
     assert row["input_ids"].shape == row["attention_mask"].shape == (12,)
     assert row["labels"].shape == (32, 32) and set(row["labels"].unique().tolist()) <= {0, 1}
-    assert processor.image_processor.size["height"] == 480 and processor.max_length == 20  # not mutated
     loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=False, collate_fn=transform.collate)
     batch = next(iter(loader))
     assert batch["pixel_values"].shape == (4, 3, 32, 32) and batch["input_ids"].shape == (4, 12)
@@ -569,9 +576,22 @@ def test_train_transform_shapes_and_collate(processor, synthetic_train):
     assert text in synthetic_train[0]["sentences"]
 
 
+def test_train_transform_follows_its_processor(synthetic_train):
+    """The sizes have one source: a processor changed after the transform was made is what the rows follow."""
+    processor = make_processor()
+    transform = RefTrainTransform(processor)
+    processor.image_processor.size = {"height": 48, "width": 40}
+    processor.max_length = 9
+    row = synthetic_train.with_transform(transform)[0]
+    assert row["pixel_values"].shape == (3, 48, 40) and row["labels"].shape == (48, 40)
+    assert row["input_ids"].shape == (9,) and transform.max_length == 9
+    with pytest.raises(ValueError, match="seed"):
+        RefTrainTransform(processor, seed=-1)
+
+
 def test_train_transform_is_deterministic_and_varies_by_epoch(processor, synthetic_train):
     def sentences(seed: int, epoch: int) -> list[str]:
-        transform = RefTrainTransform(processor, image_size=32, max_length=12, seed=seed)
+        transform = RefTrainTransform(processor, seed=seed)
         transform.set_epoch(epoch)
         batch = synthetic_train.with_transform(transform)[:]
         return [processor.tokenizer.decode(ids, skip_special_tokens=True) for ids in batch["input_ids"]]
