@@ -111,7 +111,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--report_to", default="tensorboard", help="tracker for --with_tracking")
     run.add_argument("--push_to_hub", action="store_true", help="upload the final model and processor")
     run.add_argument("--hub_model_id", default=None, help="Hub repository for --push_to_hub")
-    run.add_argument("--stop_after_steps", type=int, default=None, help=argparse.SUPPRESS)  # simulates a kill (tests)
     args = parser.parse_args(argv)
     validate_args(args, parser)
     return args
@@ -303,9 +302,6 @@ def main(argv: list[str] | None = None) -> None:
                 accelerator.log({"train/loss": loss.item(), "train/lr": lr, "epoch": epoch}, step=completed_steps)
             if args.checkpointing_steps and args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
                 save_checkpoint(accelerator, args.output_dir, f"step_{completed_steps}", completed_steps)
-            if args.stop_after_steps and completed_steps >= args.stop_after_steps:
-                accelerator.wait_for_everyone()
-                os._exit(3)  # an abrupt stop, as a kill would be: nothing after this point runs
             if completed_steps >= args.max_train_steps:
                 break
         if args.checkpointing_steps == "epoch":
@@ -348,7 +344,11 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, name: str, comple
     path = Path(output_dir) / name
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
-        (path / "progress.json").write_text(json.dumps({"completed_steps": completed_steps}))
+        # progress.json marks the state complete (`latest_checkpoint` skips a folder without it); written whole
+        # or not at all, so a kill at any moment never leaves a truncated one for the resumed run to choke on
+        staged = path / "progress.json.tmp"
+        staged.write_text(json.dumps({"completed_steps": completed_steps}))
+        os.replace(staged, path / "progress.json")
     accelerator.wait_for_everyone()
 
 
