@@ -199,10 +199,8 @@ def test_bad_override_value_names_the_field(tmp_path):
 def test_init_checkpoint_from_local_encoders(tmp_path):
     from transformers import BertModel, SwinModel
 
+    from helpers import build_tiny_tokenizer
     from metris_hf.testing_utils import tiny_bert_config, tiny_swin_config
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from transformers_common import build_tiny_tokenizer
 
     torch.manual_seed(0)
     swin = SwinModel(tiny_swin_config())
