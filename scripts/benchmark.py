@@ -57,7 +57,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 def metris_config(tiny: bool):
     from metris_hf import MetrisConfig
-    from metris_hf.testing_utils import tiny_metris_config
+    from metris_hf.presets import tiny_metris_config
 
     return tiny_metris_config() if tiny else MetrisConfig()
 
@@ -335,8 +335,10 @@ def bench_data(args) -> list[dict]:
     with tempfile.TemporaryDirectory() as scratch:
         root = write_refer_copy(Path(scratch) / "refer", args.data_images)
         train = load_refer(root, "refcoco", cache_dir=Path(scratch) / "cache")["train"]
-        transform = RefTrainTransform(MetrisProcessor(tokenizer=build_synthetic_tokenizer()),
-                                      image_size=args.image_size, max_length=args.max_length)
+        processor = MetrisProcessor(tokenizer=build_synthetic_tokenizer())
+        processor.image_processor.size = {"height": args.image_size, "width": args.image_size}
+        processor.max_length = args.max_length
+        transform = RefTrainTransform(processor)
         data = train.with_transform(transform)
         for workers in (0, 1, 2):
             loader = DataLoader(data, batch_size=8, num_workers=workers, collate_fn=transform.collate)

@@ -32,6 +32,7 @@ from metris_hf.configuration_metris import parse_config_overrides
 from metris_hf.data import DATASET_NAMES, RefTrainTransform, load_dataset_by_name, sentence_rows
 from metris_hf.evaluation import RESOLUTIONS, evaluate_referring
 from metris_hf.folders import check_model_source, check_training_state
+from metris_hf.presets import PRESETS, preset_config
 
 logger = logging.getLogger("metris.train")
 
@@ -69,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--model_name_or_path", default=None, help="a checkpoint folder or Hub id to start from")
     model.add_argument("--config_name", default=None,
                        help="when no checkpoint is given: config.json / folder, or 'default' (full size), "
-                       "'small' (the demo model) or 'tiny' (tests)")
+                       "or a preset of metris_hf.presets: 'small' (the embedded checkpoint's shape) or 'tiny'")
     model.add_argument("--processor_name", default=None, help="processor folder / Hub id (None: the model's)")
     model.add_argument("--config_overrides", default=None, help='config fields, e.g. "curation_ratio=0.1,guidance=enhanced_le"')
     model.add_argument("--freeze_text_embeddings", action=argparse.BooleanOptionalAction, default=True,
@@ -110,7 +111,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--report_to", default="tensorboard", help="tracker for --with_tracking")
     run.add_argument("--push_to_hub", action="store_true", help="upload the final model and processor")
     run.add_argument("--hub_model_id", default=None, help="Hub repository for --push_to_hub")
-    run.add_argument("--stop_after_steps", type=int, default=None, help=argparse.SUPPRESS)  # simulates a kill (tests)
     args = parser.parse_args(argv)
     validate_args(args, parser)
     return args
@@ -163,10 +163,8 @@ def build_config_checked(args):
     """The model's config, checked against --image_size before any data is loaded (see `check_input_size`)."""
     if args.model_name_or_path:
         config = AutoConfig.from_pretrained(args.model_name_or_path, **args.config_overrides)
-    elif args.config_name in ("tiny", "small"):
-        from metris_hf import testing_utils
-
-        config = getattr(testing_utils, f"{args.config_name}_metris_config")(**args.config_overrides)
+    elif args.config_name in PRESETS:
+        config = preset_config(args.config_name, **args.config_overrides)
     elif args.config_name == "default":
         config = MetrisConfig(**args.config_overrides)
     else:
@@ -230,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         # transformers 5 renamed it; the old name still works there but warns
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
 
-    transform = RefTrainTransform(processor, image_size=args.image_size, max_length=args.max_length, seed=args.seed)
+    transform = RefTrainTransform(processor, seed=args.seed)  # --image_size / --max_length are in the processor
     train_data = train_data.with_transform(transform)
     # The loader draws its workers' base seed from `generator` rather than from the global RNG: a resumed run
     # creates its iterator at another moment than an uninterrupted one, and must not shift the dropout stream.
@@ -304,9 +302,6 @@ def main(argv: list[str] | None = None) -> None:
                 accelerator.log({"train/loss": loss.item(), "train/lr": lr, "epoch": epoch}, step=completed_steps)
             if args.checkpointing_steps and args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
                 save_checkpoint(accelerator, args.output_dir, f"step_{completed_steps}", completed_steps)
-            if args.stop_after_steps and completed_steps >= args.stop_after_steps:
-                accelerator.wait_for_everyone()
-                os._exit(3)  # an abrupt stop, as a kill would be: nothing after this point runs
             if completed_steps >= args.max_train_steps:
                 break
         if args.checkpointing_steps == "epoch":
@@ -349,7 +344,11 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, name: str, comple
     path = Path(output_dir) / name
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
-        (path / "progress.json").write_text(json.dumps({"completed_steps": completed_steps}))
+        # progress.json marks the state complete (`latest_checkpoint` skips a folder without it); written whole
+        # or not at all, so a kill at any moment never leaves a truncated one for the resumed run to choke on
+        staged = path / "progress.json.tmp"
+        staged.write_text(json.dumps({"completed_steps": completed_steps}))
+        os.replace(staged, path / "progress.json")
     accelerator.wait_for_everyone()
 
 

@@ -10,16 +10,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 import pytest  # noqa: E402
 
-from transformers_common import build_tiny_tokenizer  # noqa: E402
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-@pytest.fixture
-def tiny_tokenizer():
-    return build_tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Bad data files: each malformed or hostile input ends in a clear error naming the file and the record (or in a
-correct result), within bounded memory. Tiny REFER / Parquet copies come from tests/test_data.py's writers."""
+correct result), within bounded memory. Tiny REFER / Parquet copies come from tests/helpers.py's writers."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from helpers import REFCOCO_REFS, instances, write_jxu124_parquet, write_refer_copy
 from metris_hf.data import UnsafePickleError, load_refer, load_refer_parquet, restricted_pickle_load
-from test_data import REFCOCO_REFS, instances, write_jxu124_parquet, write_refer_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,13 +143,13 @@ def test_unreadable_pickle_names_the_file(tmp_path, content, match):
 
 
 def refer_copy(root: Path, refs: list[dict] | None = None, edit_instances=None, instances_text: str | None = None) -> Path:
-    """tests/test_data.py's tiny REFER copy, with refcoco's refs and/or instances.json replaced."""
+    """tests/helpers.py's tiny REFER copy, with refcoco's refs and/or instances.json replaced."""
     write_refer_copy(root)
     folder = root / "refcoco"
     if refs is not None:
         (folder / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
     if edit_instances is not None:
-        data = copy.deepcopy(instances())  # test_data's annotations are module constants
+        data = copy.deepcopy(instances())  # the helpers' annotations are module constants
         edit_instances(data)
         (folder / "instances.json").write_text(json.dumps(data))
     if instances_text is not None:
@@ -302,7 +302,7 @@ def test_degenerate_targets_are_counted_warned_and_kept_out_of_training(tmp_path
 
 
 def parquet_copy(tmp_path: Path, drop: tuple[str, ...] = (), **row_changes) -> tuple[Path, Path]:
-    """tests/test_data.py's jxu124 files for RefCOCO with columns dropped and/or the first row changed."""
+    """tests/helpers.py's jxu124 files for RefCOCO with columns dropped and/or the first row changed."""
     files = write_jxu124_parquet(tmp_path / "jxu124", REFCOCO_REFS)
     for file in files.glob("*.parquet"):
         rows = pq.read_table(file).to_pylist()

@@ -17,34 +17,20 @@ from transformers import AutoProcessor, BertTokenizer, pipeline
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging as hf_logging
 
+from helpers import build_tiny_tokenizer, save_tiny_checkpoint
 from metris_hf import MetrisConfig, MetrisForReferringSegmentation
 from metris_hf import metrics as metris_metrics
 from metris_hf.image_processing_metris import MetrisImageProcessor
 from metris_hf.pipeline_metris import TASK
 from metris_hf.processing_metris import MetrisProcessor
 from metris_hf.testing_utils import tiny_metris_config
-from test_processor import register_auto_classes
-from transformers_common import build_tiny_tokenizer
 
 SIZE = 64
 
 
-def save_checkpoint(folder: Path, tokenizer=None, poison: bool = False) -> Path:
-    register_auto_classes()
-    torch.manual_seed(0)
-    model = MetrisForReferringSegmentation(tiny_metris_config())
-    if poison:
-        with torch.no_grad():
-            next(iter(model.parameters())).view(-1)[:3] = float("nan")
-    model.save_pretrained(folder)
-    MetrisProcessor(image_processor=MetrisImageProcessor(size={"height": SIZE, "width": SIZE}),
-                    tokenizer=tokenizer or build_tiny_tokenizer()).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return save_checkpoint(tmp_path_factory.mktemp("tiny"))
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +65,7 @@ def test_tokenizer_with_only_special_tokens_is_refused(checkpoint):
 def test_tokenizer_of_another_model_is_refused(tmp_path):
     words = [f"word{i}" for i in range(300)]  # ids past the tiny text encoder's 256 embeddings
     big = BertTokenizer(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])})
-    folder = save_checkpoint(tmp_path / "mismatch", tokenizer=big)
+    folder = save_tiny_checkpoint(tmp_path / "mismatch", tokenizer=big)
     with pytest.raises(ValueError, match=r"tokenizer's ids reach 304 but the model's text encoder has 256 embeddings"):
         pipeline(TASK, model=str(folder))
 
@@ -90,7 +76,7 @@ def test_tokenizer_of_another_model_is_refused(tmp_path):
 
 
 def test_non_finite_weights_are_reported_by_the_pipeline(tmp_path):
-    folder = save_checkpoint(tmp_path / "nan", poison=True)
+    folder = save_tiny_checkpoint(tmp_path / "nan", poison=True)
     with pytest.raises(ValueError, match=r"weights hold non-finite values \(NaN or inf\) in 1 tensor\(s\): "):
         pipeline(TASK, model=str(folder))
 

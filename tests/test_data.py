@@ -11,12 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+from helpers import (
+    ANNOTATIONS,
+    IMAGE_SIZES,
+    REFCOCO_REFS,
+    REFCOCOG_REFS,
+    crowd_mask,
+    instances,
+    write_jpeg,
+    write_jxu124_parquet,
+    write_refer_copy,
+)
 from metris_hf.data import (
     DATASET_NAMES,
     FEATURES,
@@ -37,117 +46,10 @@ from metris_hf.data import refer as refer_module
 ROOT = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------------------------------------------
-# A tiny REFER copy
+# A tiny REFER copy (written by helpers.write_refer_copy)
 # --------------------------------------------------------------------------------------------------------------
 
-IMAGE_SIZES = {1: (64, 48), 2: (56, 40), 3: (48, 48), 4: (40, 64), 5: (64, 64)}  # id → (width, height)
-
-
-def rle_uncompressed(mask: np.ndarray) -> dict:
-    """COCO's uncompressed RLE (iscrowd annotations): run lengths in column-major order, starting with zeros."""
-    flat = mask.flatten(order="F").astype(np.uint8)
-    changes = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
-    counts = np.diff(np.concatenate([[0], changes])).tolist()
-    return {"size": list(mask.shape), "counts": counts}
-
-
-def crowd_mask() -> np.ndarray:
-    mask = np.zeros((40, 56), dtype=np.uint8)
-    mask[5:30, 10:25] = 1
-    mask[20:35, 30:50] = 1
-    return mask
-
-
-ANNOTATIONS = [
-    # two overlapping polygons of one object: the mask is their union
-    {"id": 11, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [5, 5, 50, 35],
-     "segmentation": [[5, 5, 35, 5, 35, 30, 5, 30], [20, 15, 55, 15, 55, 40, 20, 40]]},
-    {"id": 12, "image_id": 1, "category_id": 2, "iscrowd": 0, "bbox": [40, 2, 20, 10],
-     "segmentation": [[40, 2, 60, 2, 50, 12]]},
-    {"id": 21, "image_id": 2, "category_id": 1, "iscrowd": 1, "bbox": [10, 5, 40, 30],
-     "segmentation": rle_uncompressed(crowd_mask())},
-    {"id": 22, "image_id": 2, "category_id": 3, "iscrowd": 0, "bbox": [2, 2, 10, 10],
-     "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]]},
-    {"id": 31, "image_id": 3, "category_id": 1, "iscrowd": 0, "bbox": [10, 10, 20, 25],
-     "segmentation": [[10, 10, 30, 12, 25, 35, 12, 30]]},
-    {"id": 41, "image_id": 4, "category_id": 4, "iscrowd": 0, "bbox": [5, 20, 30, 30],
-     "segmentation": [[5, 20, 35, 20, 20, 50]]},
-    {"id": 51, "image_id": 5, "category_id": 2, "iscrowd": 0, "bbox": [30, 30, 20, 20],
-     "segmentation": [[30, 30, 50, 30, 50, 50, 30, 50]]},
-]
-
-
-def sentence(raw: str, sent: str | None = None, sent_id: int = 0) -> dict:
-    sent = raw.lower().strip() if sent is None else sent
-    return {"raw": raw, "sent": sent, "sent_id": sent_id, "tokens": sent.split()}
-
-
-def ref(ref_id, ann_id, image_id, split, raws, **extra) -> dict:
-    return {"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split,
-            "sentences": [sentence(r, sent_id=ref_id * 10 + i) if isinstance(r, str) else r for i, r in enumerate(raws)],
-            "sent_ids": [ref_id * 10 + i for i in range(len(raws))], "category_id": 1,
-            "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg", **extra}
-
-
-REFCOCO_REFS = [
-    ref(100, 11, 1, "train", ["the big box", "left thing", "man in red"]),
-    # a blank raw falls back to sent; an entirely blank sentence is dropped
-    ref(101, 12, 1, "train", [sentence("   ", "small triangle"), sentence("", ""), "the triangle top right"]),
-    ref(200, 21, 2, "val", ["the crowd", "people in the middle"]),
-    ref(201, 22, 2, "val", ["small square", "top left corner", "the tiny box"]),
-    ref(300, 31, 3, "testA", ["a person", "the guy"]),
-    ref(400, 41, 4, "testB", ["the triangle", "pointy thing"]),
-]
-REFCOCOG_REFS = [
-    ref(100, 11, 1, "train", ["the big box made of two parts", "the shape on the left"]),
-    ref(200, 21, 2, "val", ["the crowd of people in the picture", "people"]),
-    ref(300, 31, 3, "test", ["a person standing", "the guy"]),
-    ref(400, 41, 4, "test", ["the triangle pointing down", "pointy thing"]),
-]
-GREFS = [
-    ref(1000, [11, 12], 1, "train", ["both shapes", "everything at the top"]),
-    ref(1001, [-1], 1, "train", ["the green dog", "a cat"], no_target=True),
-    ref(2000, [21], 2, "val", ["the crowd", "people"]),
-    ref(3000, [31], 3, "testA", ["a person", "the guy"]),
-    ref(4000, [-1], 4, "testB", ["the purple car"], no_target=True),
-    ref(4001, [51], 5, "testB", ["the square", "box"]),
-]
 EXPECTED_REFCOCO = {"train": [100, 101], "val": [200, 201], "testA": [300], "testB": [400]}
-
-
-def write_jpeg(path: Path, width: int, height: int, seed: int) -> None:
-    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
-    PIL.Image.fromarray(pixels).save(path, quality=90)
-
-
-def instances() -> dict:
-    images = [{"id": i, "file_name": f"COCO_train2014_{i:012d}.jpg", "width": w, "height": h}
-              for i, (w, h) in IMAGE_SIZES.items()]
-    categories = [{"id": c, "name": f"c{c}", "supercategory": "thing"} for c in (1, 2, 3, 4)]
-    return {"images": images, "annotations": ANNOTATIONS, "categories": categories}
-
-
-def write_refer_copy(root: Path) -> Path:
-    image_dir = root / "images" / "mscoco" / "images" / "train2014"
-    image_dir.mkdir(parents=True)
-    for image_id, (width, height) in IMAGE_SIZES.items():
-        write_jpeg(image_dir / f"COCO_train2014_{image_id:012d}.jpg", width, height, image_id)
-    for dataset, files in {
-        "refcoco": {"refs(unc).p": REFCOCO_REFS, "refs(google).p": [dict(r, split="train" if r["split"] == "train" else "val") for r in REFCOCO_REFS]},
-        "refcoco+": {"refs(unc).p": REFCOCO_REFS},
-        "refcocog": {"refs(umd).p": REFCOCOG_REFS, "refs(google).p": [dict(r, split="train" if r["split"] == "train" else "val") for r in REFCOCOG_REFS]},
-        "grefcoco": {"grefs(unc).json": GREFS},
-    }.items():
-        folder = root / dataset
-        folder.mkdir()
-        (folder / "instances.json").write_text(json.dumps(instances()))
-        for name, refs in files.items():
-            if name.endswith(".json"):
-                (folder / name).write_text(json.dumps(refs))
-            else:
-                with open(folder / name, "wb") as handle:
-                    pickle.dump(refs, handle, protocol=2)  # REFER's pickles are protocol 2 (Python 2 era)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -362,31 +264,6 @@ def test_num_proc_gives_the_same_rows(refer_root, refcoco, tmp_path):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def write_jxu124_parquet(folder: Path, refs: list[dict], with_split_column: bool = True) -> Path:
-    """One row per ref, files named <split>-00000-of-00001.parquet with jxu124's split names."""
-    by_id = {a["id"]: a for a in ANNOTATIONS}
-    infos = {image["id"]: image for image in instances()["images"]}
-    to_parquet = {"train": "train", "val": "validation", "testA": "test", "testB": "testB", "test": "test"}
-    tables: dict[str, list[dict]] = {}
-    for r in refs:
-        ann = by_id[r["ann_id"]]
-        row = {
-            "sent_ids": r["sent_ids"], "file_name": r["file_name"], "ann_id": r["ann_id"], "ref_id": r["ref_id"],
-            "image_id": r["image_id"], "split": r["split"], "sentences": r["sentences"],
-            "category_id": ann["category_id"], "raw_anns": json.dumps(ann), "raw_image_info": json.dumps(infos[r["image_id"]]),
-            "raw_sentences": json.dumps(r["sentences"]), "image_path": f"coco/train2014/COCO_train2014_{r['image_id']:012d}.jpg",
-            "bbox": [float(v) for v in ann["bbox"]], "captions": [s["raw"] for s in r["sentences"]],
-            "global_image_id": f"coco.{r['image_id']}", "anns_id": str(r["ann_id"]),
-        }
-        if not with_split_column:
-            del row["split"]
-        tables.setdefault(to_parquet[r["split"]], []).append(row)
-    (folder / "data").mkdir(parents=True)
-    for split, rows in tables.items():
-        pq.write_table(pa.Table.from_pylist(rows), folder / "data" / f"{split}-00000-of-00001.parquet")
-    return folder / "data"
-
-
 @pytest.mark.parametrize("with_split_column", [True, False])
 def test_parquet_layout_matches_refer(tmp_path, refer_root, refcoco, with_split_column):
     files = write_jxu124_parquet(tmp_path / "jxu124_refcoco", REFCOCO_REFS, with_split_column)
@@ -541,11 +418,18 @@ def test_synthetic_tokenizer_covers_every_word():
 # --------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def processor():
+def make_processor(side: int = 32, max_length: int = 12):
     from metris_hf import MetrisProcessor
 
-    return MetrisProcessor(tokenizer=build_synthetic_tokenizer())
+    processor = MetrisProcessor(tokenizer=build_synthetic_tokenizer())
+    processor.image_processor.size = {"height": side, "width": side}
+    processor.max_length = max_length
+    return processor
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return make_processor()
 
 
 @pytest.fixture(scope="module")
@@ -554,13 +438,13 @@ def synthetic_train():
 
 
 def test_train_transform_shapes_and_collate(processor, synthetic_train):
-    transform = RefTrainTransform(processor, image_size=32, max_length=12, seed=0)
+    transform = RefTrainTransform(processor, seed=0)
+    assert transform.image_size == {"height": 32, "width": 32} and transform.max_length == 12
     data = synthetic_train.with_transform(transform)
     row = data[0]
     assert row["pixel_values"].shape == (3, 32, 32) and row["pixel_values"].dtype == torch.float32
     assert row["input_ids"].shape == row["attention_mask"].shape == (12,)
     assert row["labels"].shape == (32, 32) and set(row["labels"].unique().tolist()) <= {0, 1}
-    assert processor.image_processor.size["height"] == 480 and processor.max_length == 20  # not mutated
     loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=False, collate_fn=transform.collate)
     batch = next(iter(loader))
     assert batch["pixel_values"].shape == (4, 3, 32, 32) and batch["input_ids"].shape == (4, 12)
@@ -569,9 +453,22 @@ def test_train_transform_shapes_and_collate(processor, synthetic_train):
     assert text in synthetic_train[0]["sentences"]
 
 
+def test_train_transform_follows_its_processor(synthetic_train):
+    """The sizes have one source: a processor changed after the transform was made is what the rows follow."""
+    processor = make_processor()
+    transform = RefTrainTransform(processor)
+    processor.image_processor.size = {"height": 48, "width": 40}
+    processor.max_length = 9
+    row = synthetic_train.with_transform(transform)[0]
+    assert row["pixel_values"].shape == (3, 48, 40) and row["labels"].shape == (48, 40)
+    assert row["input_ids"].shape == (9,) and transform.max_length == 9
+    with pytest.raises(ValueError, match="seed"):
+        RefTrainTransform(processor, seed=-1)
+
+
 def test_train_transform_is_deterministic_and_varies_by_epoch(processor, synthetic_train):
     def sentences(seed: int, epoch: int) -> list[str]:
-        transform = RefTrainTransform(processor, image_size=32, max_length=12, seed=seed)
+        transform = RefTrainTransform(processor, seed=seed)
         transform.set_epoch(epoch)
         batch = synthetic_train.with_transform(transform)[:]
         return [processor.tokenizer.decode(ids, skip_special_tokens=True) for ids in batch["input_ids"]]

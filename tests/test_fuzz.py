@@ -1,5 +1,5 @@
 """Fuzz tests, one per entry point: whatever the input, the outcome is a correct result or one of the documented
-exceptions (README "Errors"), and the memory a load takes stays within a small multiple of its input.
+exceptions (docs/errors.md), and the memory a load takes stays within a small multiple of its input.
 
 Each example's outcome is tallied (correct / clear error); an exception of any other type fails the test. Set
 METRIS_FUZZ_TALLY=<file> to have the tallies written there as JSON.
@@ -25,6 +25,7 @@ from hypothesis.extra.numpy import array_shapes, arrays
 from PIL import Image
 from transformers import pipeline
 
+from helpers import REFCOCO_REFS, instances, save_tiny_checkpoint
 from metris_hf import MetrisConfig
 from metris_hf import metrics as metris_metrics
 from metris_hf.data import UnsafePickleError
@@ -32,7 +33,6 @@ from metris_hf.data.parquet import _convert_batch
 from metris_hf.data.refer import build_tasks, load_refs
 from metris_hf.pipeline_metris import TASK
 from metris_hf.testing_utils import tiny_metris_config
-from test_data import REFCOCO_REFS, instances
 
 TALLY: dict[str, Counter] = {}
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -296,9 +296,7 @@ def test_fuzz_config_values(field, value, after):
 
 @pytest.fixture(scope="module")
 def segmenter(tmp_path_factory):
-    from test_bad_input import save_checkpoint
-
-    return pipeline(TASK, model=str(save_checkpoint(tmp_path_factory.mktemp("fuzz-model"))))
+    return pipeline(TASK, model=str(save_tiny_checkpoint(tmp_path_factory.mktemp("fuzz-model"))))
 
 
 IMAGES = st.one_of(

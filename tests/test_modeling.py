@@ -236,6 +236,21 @@ def test_timm_swin_b_accepts_480():
     assert [tuple(m.shape[1:]) for m in maps] == [(128, 120, 120), (256, 60, 60), (512, 30, 30), (1024, 15, 15)]
 
 
+def test_small_preset_is_the_embedded_checkpoints_architecture():
+    """A fresh model of the preset has the shipped model's every tensor and shape, and none of its metadata."""
+    from metris_hf.presets import PRESETS, preset_config
+
+    config = preset_config("small")
+    assert config.architectures is None
+    config.check_input_size(128)
+    fresh = MetrisForReferringSegmentation(config).state_dict()
+    shipped = MetrisForReferringSegmentation.from_pretrained(metris_hf.embedded_checkpoint()).state_dict()
+    assert {k: v.shape for k, v in fresh.items()} == {k: v.shape for k, v in shipped.items()}
+    assert set(PRESETS) == {"tiny", "small"} and preset_config("tiny", joint_dim=8).joint_dim == 8
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        preset_config("huge")
+
+
 def test_default_config_is_the_paper_model():
     config = MetrisConfig()
     assert config.backbone_config.model_type == "swin"

@@ -14,16 +14,23 @@ from hypothesis import strategies as st
 from PIL import Image
 from transformers import pipeline
 
+from helpers import (
+    CHECKPOINT_SIZE,
+    KINDS,
+    build_tiny_tokenizer,
+    expressions,
+    make_image,
+    natural_image,
+    save_tiny_checkpoint,
+)
 from metris_hf import MetrisForReferringSegmentation
 from metris_hf.data.synthetic import render_scene
 from metris_hf.image_processing_metris import MetrisImageProcessor
 from metris_hf.pipeline_metris import TASK, ReferringImageSegmentationPipeline, register_pipeline
 from metris_hf.processing_metris import MetrisProcessor
 from metris_hf.testing_utils import tiny_metris_config
-from test_processor import KINDS, expressions, make_image, natural_image, register_auto_classes
-from transformers_common import build_tiny_tokenizer
 
-SIZE = 64
+SIZE = CHECKPOINT_SIZE
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -35,13 +42,7 @@ def tiny_processor() -> MetrisProcessor:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A tiny METRIS and its processor saved as a checkpoint folder, as training would leave it."""
-    register_auto_classes()
-    folder = tmp_path_factory.mktemp("tiny-metris")
-    torch.manual_seed(0)
-    MetrisForReferringSegmentation(tiny_metris_config()).save_pretrained(folder)
-    tiny_processor().save_pretrained(folder)
-    return folder
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-metris"))
 
 
 @pytest.fixture(scope="module")

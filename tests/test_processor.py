@@ -17,31 +17,15 @@ from transformers import AutoImageProcessor, AutoProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.utils import ModelOutput
 
+from helpers import KINDS, build_tiny_tokenizer, expressions, make_image, natural_image, register_auto_classes
 from metris_hf.image_processing_metris import MetrisImageProcessor, MetrisImageProcessorPil, load_local_image
 from metris_hf.processing_metris import MetrisProcessor
-from transformers_common import build_tiny_tokenizer
 
 SIZE = 64
 BACKENDS = [MetrisImageProcessor, MetrisImageProcessorPil]
 MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
 ONE_LEVEL = 1 / 255 / min(IMAGENET_DEFAULT_STD)  # one grey level after normalisation (≈ 0.0175)
-
-
-def register_auto_classes() -> None:
-    """What users do: `import metris_hf` registers the Auto classes (a fresh import in a subprocess is tested too)."""
-    import metris_hf  # noqa: F401
-
-
-def natural_image(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Smooth gradients, a sharp-edged disc and mild noise: a stand-in for a photo."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    red = 127 + 100 * np.sin(xx / 23) * np.cos(yy / 31)
-    green = 255 * xx / max(width - 1, 1)
-    blue = np.where((yy - height / 2) ** 2 + (xx - width / 3) ** 2 < (min(height, width) / 4) ** 2, 230, 30)
-    image = np.stack([red, green, blue], -1) + rng.normal(0, 4, (height, width, 3))
-    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def colour_of(pixel_values: torch.Tensor) -> torch.Tensor:
@@ -560,37 +544,6 @@ def test_default_processor_defaults(tokenizer):
 # --------------------------------------------------------------------------------------------------------------
 # Property test: any size, any kind of image, any expression
 # --------------------------------------------------------------------------------------------------------------
-
-KINDS = ["RGB", "L", "LA", "RGBA", "P", "1", "CMYK", "I;16", "I", "F", "np-gray", "np-rgba", "np-float", "tensor"]
-
-
-def make_image(kind: str, height: int, width: int, seed: int):
-    """An image of `kind` with random content."""
-    rng = np.random.default_rng(seed)
-    rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    if kind == "np-gray":
-        return rgb[..., 0]
-    if kind == "np-rgba":
-        return np.concatenate([rgb, rng.integers(0, 256, (height, width, 1), dtype=np.uint8)], -1)
-    if kind == "np-float":
-        return rgb.astype(np.float32) / 255
-    if kind == "tensor":
-        return torch.from_numpy(rgb).permute(2, 0, 1)
-    if kind == "I;16":
-        return Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16))
-    if kind == "I":
-        return Image.fromarray(rng.integers(0, 70000, (height, width)).astype(np.int32))
-    if kind == "F":
-        return Image.fromarray(rng.random((height, width), dtype=np.float32))
-    return Image.fromarray(rgb).convert("RGBA").convert(kind)
-
-
-expressions = st.one_of(
-    st.text(min_size=0, max_size=40),
-    st.text(alphabet=st.characters(codec="utf-8"), min_size=300, max_size=2000),  # very long, any script
-    st.sampled_from(["the dog on the left", "  ", "\n", "ça, c'est le chat 🐈 à gauche", "左边的狗", "\u200b"]),
-)
-
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,14 +95,37 @@ def test_evaluate_on_two_processes_gives_the_figures_of_one(trained, tmp_path):
             assert two[split][key] == pytest.approx(one[split][key], abs=1e-6), (split, key)
 
 
+def kill_after_first_checkpoint(args: list[str], output_dir: Path, timeout: float = 300.0) -> None:
+    """Starts a training run and SIGKILLs it as soon as its first `step_N` state is complete (its progress.json
+    is written last): the run dies wherever it happens to be, as it would on a lost machine."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log = output_dir.parent / f"{output_dir.name}.log"  # a file, not a pipe: a full pipe would stall the run
+    with open(log, "w") as sink:
+        process = subprocess.Popen([*args, "--output_dir", str(output_dir)], cwd=ROOT, env=env, stdout=sink,
+                                   stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while not list(output_dir.glob("step_*/progress.json")):
+                assert process.poll() is None, f"exit {process.returncode} before any checkpoint\n{log.read_text()[-5000:]}"
+                assert time.monotonic() < deadline, f"no checkpoint after {timeout:.0f} s\n{log.read_text()[-5000:]}"
+                time.sleep(0.02)
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.kill()  # a no-op once it is dead; never leave a run behind a failed assertion
+            process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, f"the run ended on its own (exit {process.returncode}) before the kill"
+
+
 @pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
-    common = [sys.executable, TRAIN, *QUICK, "--max_train_steps", "6", "--eval_every", "0",
+    # 12 steps, a state every 2: the kill comes after step 2, with 10 steps left to land in
+    common = [sys.executable, TRAIN, *QUICK, "--max_train_steps", "12", "--eval_every", "0",
               "--checkpointing_steps", "2"]
     run([*common, "--output_dir", str(tmp_path / "straight")])
-    run([*common, "--output_dir", str(tmp_path / "killed"), "--stop_after_steps", "3"], expect=3)
+    kill_after_first_checkpoint(common, tmp_path / "killed")
     assert not (tmp_path / "killed" / "model.safetensors").exists()
-    run([*common, "--output_dir", str(tmp_path / "killed"), "--resume_from_checkpoint", "latest"])
+    resumed_run = run([*common, "--output_dir", str(tmp_path / "killed"), "--resume_from_checkpoint", "latest"])
+    assert "resuming from" in resumed_run.stdout  # from scratch would give the same weights, and prove nothing
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "killed")
     assert straight.keys() == resumed.keys()
     for name in straight:
@@ -174,10 +199,8 @@ def test_bad_override_value_names_the_field(tmp_path):
 def test_init_checkpoint_from_local_encoders(tmp_path):
     from transformers import BertModel, SwinModel
 
+    from helpers import build_tiny_tokenizer
     from metris_hf.testing_utils import tiny_bert_config, tiny_swin_config
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from transformers_common import build_tiny_tokenizer
 
     torch.manual_seed(0)
     swin = SwinModel(tiny_swin_config())

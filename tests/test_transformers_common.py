@@ -22,6 +22,7 @@ import torch
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
+from helpers import build_tiny_tokenizer
 from metris_hf import (
     MetrisConfig,
     MetrisForReferringSegmentation,
@@ -31,7 +32,7 @@ from metris_hf import (
 )
 from metris_hf.modeling_metris import MetrisModel
 from metris_hf.testing_utils import tiny_metris_config
-from transformers_common import build_tiny_tokenizer, load_common_tests
+from transformers_common import load_common_tests
 
 modeling_common, configuration_common, image_processing_common, processing_common = load_common_tests(
     "test_modeling_common", "test_configuration_common", "test_image_processing_common", "test_processing_common"

@@ -1,4 +1,4 @@
-"""Shared test helpers: transformers' own common test suites, and the offline tokenizer our tests build.
+"""transformers' own common test suites (`ModelTesterMixin` and the rest), run on METRIS.
 
 transformers checks every in-tree model with the mixins of its `tests/` folder (`ModelTesterMixin`,
 `ConfigTester`, `ImageProcessingTestMixin`, `ProcessorTesterMixin`). They are not part of the installed wheel,
@@ -12,8 +12,6 @@ The cache is `$METRIS_TRANSFORMERS_SRC` if set (a folder holding `tests/`: an ex
 transformers repository, which also has the helper folders the release leaves out), else
 `~/.cache/metris-hf/transformers-src/<version>/` (under `$XDG_CACHE_HOME` when that is set). Without network
 access the download fails, and the test modules that need it are skipped with the reason.
-
-Test modules must not import each other or `conftest.py`; what they share lives here.
 """
 
 from __future__ import annotations
@@ -37,24 +35,6 @@ ALIAS = "transformers_tests"
 SOURCE_ENV = "METRIS_TRANSFORMERS_SRC"
 _MARKER = "test_modeling_common.py"  # present once the tests/ tree is complete
 _DOWNLOAD_TIMEOUT_S = 600
-
-TINY_WORDS = (
-    "the a an of on in to and is left right top bottom middle big small large red green blue yellow "
-    "purple orange white black circle square triangle star shape man woman dog cat shirt near next "
-    "above below behind front biggest smallest"
-).split()
-
-
-def build_tiny_tokenizer() -> Any:
-    """A BERT WordPiece tokenizer over a few dozen words, built offline (every word spells out in letters)."""
-    from transformers import BertTokenizer
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    pieces = ["##s", "##es", "##er", "##est", "##ing", ",", ".", "'", "-"]
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["##" + chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = {w: i for i, w in enumerate(dict.fromkeys(specials + TINY_WORDS + pieces + letters))}
-    return BertTokenizer(vocab=vocab)
-
 
 class TransformersTestsUnavailable(RuntimeError):
     """The source release of transformers (and so its common tests) could not be obtained."""

@@ -299,7 +299,7 @@ def onnxruntime_benchmark_worker(job: dict[str, Any]) -> dict[str, Any]:
 
     from .configuration_metris import MetrisConfig
     from .modeling_metris import MetrisForReferringSegmentation
-    from .testing_utils import tiny_metris_config
+    from .presets import tiny_metris_config
 
     torch.manual_seed(0)
     config = tiny_metris_config() if job["tiny"] else MetrisConfig()

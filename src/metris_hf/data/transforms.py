@@ -16,23 +16,31 @@ class RefTrainTransform:
     before, so a run resumed mid-training sees exactly the sentences the uninterrupted run saw. Call
     `set_epoch(epoch)` before each epoch (DataLoader workers copy the transform when an epoch's iterator starts).
 
-    The image is resized to `image_size`² (passed to the processor call; the processor itself is not changed),
-    rescaled and normalised; the sentence is tokenised to `max_length` tokens; the mask becomes `labels`
-    (image_size², int64 0/1, nearest neighbour). No augmentation beyond that, and in particular no horizontal
+    Sizes come from the processor alone (its image processor's `size`, its `max_length`), the one place a
+    checkpoint saves them, so training, validation and inference cannot disagree: the image is resized to that
+    size, rescaled and normalised; the sentence is tokenised to `max_length` tokens; the mask becomes `labels`
+    (that size, int64 0/1, nearest neighbour). No augmentation beyond that, and in particular no horizontal
     flip: flipping the image would turn "the man on the left" into a wrong label unless every "left" and
     "right" in the text were swapped too, which LAVT and METRIS do not do.
     """
 
-    def __init__(self, processor: Any, image_size: int = 480, max_length: int = 20, seed: int = 0):
-        if image_size <= 0 or max_length <= 0 or seed < 0:
-            raise ValueError(
-                f"need image_size > 0, max_length > 0 and seed >= 0, got {image_size}, {max_length}, {seed}"
-            )
+    def __init__(self, processor: Any, seed: int = 0):
+        if seed < 0:
+            raise ValueError(f"need seed >= 0, got {seed}")
         self.processor = processor
-        self.image_size = int(image_size)
-        self.max_length = int(max_length)
         self.seed = int(seed)
         self.epoch = 0
+
+    @property
+    def image_size(self) -> dict[str, int]:
+        """The processor's output size, `{"height", "width"}` (read, never copied)."""
+        size = self.processor.image_processor.size
+        return {"height": size["height"], "width": size["width"]}
+
+    @property
+    def max_length(self) -> int:
+        """The processor's tokens per expression (read, never copied)."""
+        return self.processor.max_length
 
     def set_epoch(self, epoch: int) -> None:
         """Selects the epoch whose sentences `__call__` draws."""
@@ -58,8 +66,6 @@ class RefTrainTransform:
             images=images,
             text=texts,
             segmentation_maps=masks,
-            size={"height": self.image_size, "width": self.image_size},
-            max_length=self.max_length,
             return_tensors="pt",
         )
         return {
