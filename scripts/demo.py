@@ -2,8 +2,9 @@
 
 Generates scenes with a seed the checkpoint never saw, segments several expressions per scene through the
 `referring-image-segmentation` pipeline, prints the IoU of each prediction and the mean, and writes one PNG
-per scene to `outputs/demo/`: the image, each expression, its predicted mask, and the decoder's attention
-over the visual and the linguistic expression tokens (the paper's Fig. 7b).
+per scene to `outputs/demo/`: for each expression, the ground-truth mask and the predicted one (outlined, so
+each object keeps its colour), and the decoder's attention over the visual and the linguistic expression tokens
+(the paper's Fig. 7b) with colour bars.
 
     python scripts/demo.py [--num_scenes 6] [--expressions_per_scene 3] [--model DIR] [--output_dir outputs/demo]
 """
@@ -19,7 +20,7 @@ from transformers import AutoModel, AutoProcessor, pipeline
 
 from metris_hf import embedded_checkpoint
 from metris_hf.data import iter_synthetic
-from metris_hf.visualization import explain, render_row, stack_rows
+from metris_hf.visualization import explain, render_row, save_figure, stack_rows
 
 MAX_EXPRESSIONS = 4  # scenes with 5-6 referable shapes are rare enough to make the search long
 DEMO_SEED = 2024  # the embedded checkpoint was trained and tested on seeds 0 and 1
@@ -80,8 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
             score = iou(predicted, target)
             scores.append(score)
             print(f"scene {scene_index} (image {scene.image_id}): {expression!r:<45} IoU {score:.3f}")
-            rows.append(render_row(image, expression, predicted, attention, iou=score))
-        stack_rows(rows).save(out_dir / f"scene_{scene_index:02d}.png")
+            rows.append(render_row(image, expression, predicted, attention, iou=score, target=target))
+        save_figure(stack_rows(rows), out_dir / f"scene_{scene_index:02d}.png")
     mean = float(np.mean(scores)) if scores else float("nan")
     print(f"\nmean IoU over {len(scores)} expressions: {mean:.3f}")
     print(f"pictures: {Path(args.output_dir).resolve()}/scene_*.png")

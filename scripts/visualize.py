@@ -1,6 +1,6 @@
 """What a METRIS checkpoint looks at (the paper's Fig. 7b / 15): for each (image, expression) pair, the image,
-the predicted mask over it, and the last decoder stage's attention over the visual-expression tokens and over
-the linguistic-expression tokens.
+the predicted mask outlined on it, and the last decoder stage's attention over the visual-expression tokens and
+over the linguistic-expression tokens, each with its colour bar.
 
     python scripts/visualize.py --model runs/tiny/best --image scene.png --text "the red star" "the big circle"
     python scripts/visualize.py --image a.jpg --text "the dog" --image b.jpg --text "the left car" --output fig.png
@@ -19,7 +19,7 @@ from transformers import AutoModel, AutoProcessor
 
 from metris_hf import embedded_checkpoint
 from metris_hf.image_processing_metris import load_local_image
-from metris_hf.visualization import explain, render_row, stack_rows
+from metris_hf.visualization import explain, render_row, save_figure, stack_rows
 
 
 def parse_pairs(argv: list[str] | None) -> tuple[argparse.Namespace, list[tuple[str, list[str]]]]:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> Path:
             rows.append(render_row(image, expression, mask, attention))
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    stack_rows(rows).save(output)
+    save_figure(stack_rows(rows), output)
     print(f"wrote {output} ({len(rows)} rows)")
     return output
 

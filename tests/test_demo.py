@@ -9,14 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 import metris_hf
 from metris_hf import embedded_checkpoint
+from metris_hf.visualization import BAR_WIDTH, FIGURE_OUTLINE, figure_panels, render_row, stack_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 CARD = ROOT / "model_cards" / "metris-tiny-synthetic" / "README.md"
+WITH_TRUTH = ["ground truth", "prediction", "attention", "colourbar", "attention", "colourbar"]
+WITHOUT_TRUTH = ["image", "prediction", "attention", "colourbar", "attention", "colourbar"]
 CHECK_REFS = 60  # the first refs of the synthetic test split (seed 0): a prefix of the set the card reports on
 
 
@@ -85,7 +88,16 @@ def test_demo_script_writes_one_picture_per_scene(tmp_path):
     assert len(result["ious"]) == 4 and all(0.0 <= iou <= 1.0 for iou in result["ious"])
     pictures = sorted(tmp_path.glob("scene_*.png"))
     assert [p.name for p in pictures] == ["scene_00.png", "scene_01.png"]
-    assert Image.open(pictures[0]).height > 2 * 150  # two rows of panels
+    panels = figure_panels(pictures[0])
+    assert [[p["kind"] for p in panels if p["row"] == row] for row in (0, 1)] == [WITH_TRUTH, WITH_TRUTH]
+    figure = np.asarray(Image.open(pictures[0]).convert("RGB"))
+    for panel in panels:
+        left, top, right, bottom = panel["box"]
+        pixels = figure[top:bottom, left:right]
+        if panel["kind"] == "ground truth":  # the target is outlined: every demo expression has one
+            assert (pixels == FIGURE_OUTLINE).all(-1).sum() > 20
+        if panel["kind"] == "colourbar":  # high (red) at the top, low (blue) at the bottom
+            assert pixels[2, 4, 0] > 200 > pixels[2, 4, 2] and pixels[-3, 4, 2] > 200 > pixels[-3, 4, 0]
 
 
 def test_console_script_writes_a_mask_of_the_image_size(tmp_path):
@@ -117,8 +129,40 @@ def test_visualize_draws_a_row_per_expression(tmp_path):
     run([sys.executable, str(SCRIPTS / "visualize.py"), "--image", str(image), "--text", "the red star",
          "the big circle", "--image", str(image), "--text", "the square", "--output", str(tmp_path / "fig.png")])
     figure = Image.open(tmp_path / "fig.png")
-    assert figure.width >= 4 * 192  # image, mask, VE attention, LE attention
     assert figure.height >= 3 * 192
+    panels = figure_panels(tmp_path / "fig.png")  # no ground truth: the image instead
+    assert [[p["kind"] for p in panels if p["row"] == row] for row in (0, 1, 2)] == [WITHOUT_TRUTH] * 3
+    assert all(p["box"][2] - p["box"][0] == 192 for p in panels if p["kind"] != "colourbar")
+
+
+def test_row_outlines_masks_without_tinting_and_has_colour_bars():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    target, predicted = np.zeros((96, 96), bool), np.zeros((96, 96), bool)
+    target[20:60, 20:60] = True
+    predicted[30:70, 30:70] = True
+    attention = {"visual": np.linspace(0.2, 0.9, 64).reshape(8, 8), "linguistic": np.linspace(0.8, 0.1, 64).reshape(8, 8)}
+    row = render_row(image, "the red star", predicted, attention, iou=0.5, target=target, panel_size=96)
+    panels = {p["kind"] + str(i): p for i, p in enumerate(row.info["panels"])}
+    assert [p["kind"] for p in row.info["panels"]] == WITH_TRUTH
+    assert panels["prediction1"]["title"] == "prediction (IoU 0.50)"
+    shown, drawn = np.asarray(image), np.asarray(row)
+    for key, mask in (("ground truth0", target), ("prediction1", predicted)):
+        left, top, right, bottom = panels[key]["box"]
+        pixels = drawn[top:bottom, left:right]
+        assert (pixels[mask] == shown[mask]).all()  # the object keeps its own colour, to the last pixel
+        ring = (np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(3))) > 0) & ~mask
+        assert (pixels[ring] == FIGURE_OUTLINE).all()  # a one-pixel outline just outside (96 px panels)
+        outside = ~mask & ~ring
+        assert (pixels[outside] <= shown[outside]).all() and pixels[outside].mean() < 0.6 * shown[outside].mean()
+    for bar in (p for p in row.info["panels"] if p["kind"] == "colourbar"):
+        left, top, right, bottom = bar["box"]
+        assert (right - left, bottom - top) == (BAR_WIDTH, 96)
+        strip = drawn[top:bottom, left + BAR_WIDTH // 2]
+        assert strip[1, 0] > 200 > strip[1, 2] and strip[-2, 2] > 200 > strip[-2, 0]  # red (high) over blue (low)
+        assert (drawn[top:bottom, right:right + 30] < 100).all(-1).any()  # the end values are written beside it
+    sheet = stack_rows([row, row])
+    assert [p["row"] for p in sheet.info["panels"]] == [0] * 6 + [1] * 6
+    assert sheet.info["panels"][6]["box"][1] == row.height + panels["ground truth0"]["box"][1]
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The referring-image-segmentation pipeline and the README quick start, on a tiny METRIS saved to disk."""
+"""The referring-image-segmentation pipeline on a tiny METRIS saved to disk (README's quick start: test_docs.py)."""
 
 import os
 import re
@@ -24,14 +24,12 @@ from helpers import (
     save_tiny_checkpoint,
 )
 from metris_hf import MetrisForReferringSegmentation
-from metris_hf.data.synthetic import render_scene
 from metris_hf.image_processing_metris import MetrisImageProcessor
 from metris_hf.pipeline_metris import TASK, ReferringImageSegmentationPipeline, register_pipeline
 from metris_hf.processing_metris import MetrisProcessor
 from metris_hf.testing_utils import tiny_metris_config
 
 SIZE = CHECKPOINT_SIZE
-README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def tiny_processor() -> MetrisProcessor:
@@ -224,29 +222,6 @@ def test_dtype_and_device(checkpoint, photo):
         results = on_gpu([photo, photo], ["the star", "the red circle"], batch_size=2)
         for result in results:
             assert_result(result, 517, 333)
-
-
-def quickstart_code() -> str:
-    section = README.read_text(encoding="utf-8").split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
-def test_readme_quick_start_runs(tmp_path, monkeypatch):
-    """Runs the README's snippet as written (the embedded checkpoint), on a synthetic scene saved as scene.png."""
-    scene = render_scene(np.random.default_rng(7), 128, image_id=7)
-    (tmp_path / "scene.png").write_bytes(scene.image_png)
-    code = quickstart_code()
-    assert "metris_hf.embedded_checkpoint()" in code and '"scene.png"' in code
-    monkeypatch.chdir(tmp_path)  # "scene.png" and "mask.png" are relative to the working directory
-    namespace: dict = {}
-    exec(compile(code, str(README), "exec"), namespace)
-    assert_result(namespace["result"], 128, 128)
-    assert len(namespace["results"]) == 1
-    with Image.open(tmp_path / "mask.png") as saved:
-        assert saved.mode == "L" and saved.size == (128, 128)
-    # the hand-written path and the pipeline agree
-    by_hand = namespace["mask"].numpy()
-    assert (by_hand != (np.asarray(namespace["result"]["mask"]) > 0)).mean() <= 1e-4
 
 
 @settings(max_examples=25, deadline=None)

@@ -22,35 +22,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from . import embedded_checkpoint
 from .image_processing_metris import load_local_image
+from .visualization import outline_overlay
 
 EMBEDDED = "embedded: metris-tiny-synthetic"
 EXAMPLE_SEED = 2024  # the embedded checkpoint was trained and tested on seeds 0 and 1
 EXAMPLE_SIZE = 256
 MAX_EXPRESSIONS = 16
-OUTLINE_COLOUR = (255, 255, 0)
 
 
 def parse_expressions(text: str | None) -> list[str]:
     """One expression per non-blank line, surrounding spaces dropped."""
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
-
-
-def outline_overlay(image: Image.Image, mask: np.ndarray, dim: float = 0.45, width: int | None = None) -> Image.Image:
-    """The image with everything outside the mask dimmed and an outline drawn around it: the object itself keeps
-    its own colour (a tinted fill would hide the very colour an expression like "the red star" refers to)."""
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    mask = mask.astype(bool)
-    shown = np.where(mask[..., None], base, base * (1 - dim))
-    if mask.any():
-        width = width or max(1, round(max(image.size) / 128))
-        mask_image = Image.fromarray(mask.astype(np.uint8) * 255)
-        grown = np.asarray(mask_image.filter(ImageFilter.MaxFilter(2 * width + 1))) > 0
-        shown[grown & ~mask] = OUTLINE_COLOUR  # drawn just outside: not one pixel of the object is covered
-    return Image.fromarray(shown.astype(np.uint8))
 
 
 def example_scenes(folder: str | os.PathLike, count: int = 4) -> list[list[str]]:

@@ -1,35 +1,80 @@
 """Pictures of what METRIS sees (paper Fig. 7b / 15) with PIL only, so `make demo` needs no plotting library.
 
-One panel row per (image, expression): the image, the predicted mask over it, and the decoder's attention
-over the visual-expression tokens and over the linguistic-expression tokens, at stride 4.
+One row per (image, expression): the ground truth where it is known (else the image), the prediction, and the
+last decoder stage's attention over the visual-expression and over the linguistic-expression tokens, each map
+with its colour bar. Masks are outlined and the rest dimmed, never tinted: a tint would change the very colour
+an expression like "the red star" names. Each figure records where its panels are (`figure_panels`), so tests
+and readers can find them in the saved PNG.
 """
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont, PngImagePlugin
 
-MASK_COLOUR = np.array([255, 40, 40], dtype=np.float32)
+OUTLINE_COLOUR = (255, 255, 0)  # the app's
+FIGURE_OUTLINE = (255, 255, 255)  # no synthetic shape is white, so the outline never merges with one
+PANELS_KEY = "metris:panels"  # the PNG text chunk holding the panel layout
+ATTENTION_PANELS = (("visual", "attention on visual expr."), ("linguistic", "attention on linguistic expr."))
+GAP, BAR_WIDTH, BAR_GAP = 8, 12, 3
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow ≥ 10.1 with FreeType: a scalable font
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
+def colour_map(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] → uint8 RGB, blue (0) → white (0.5) → red (1)."""
+    values = np.clip(values.astype(np.float32), 0, 1)
+    rgb = np.stack([np.clip(2 * values, 0, 1), 1 - np.abs(2 * values - 1), np.clip(2 * (1 - values), 0, 1)], -1)
+    return (rgb * 255).astype(np.uint8)
 
 
 def heatmap(values: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    """A [0, 1]-normalised map as a blue→red RGB image of `size` (W, H)."""
+    """A map stretched to its own [min, max] (so faint structure shows; `colour_bar` gives the values) as a
+    blue→red RGB image of `size` (W, H)."""
     values = values.astype(np.float32)
     span = values.max() - values.min()
     values = (values - values.min()) / span if span > 0 else np.zeros_like(values)
-    red = np.clip(2 * values, 0, 1)
-    blue = np.clip(2 * (1 - values), 0, 1)
-    green = 1 - np.abs(2 * values - 1)
-    rgb = (np.stack([red, green, blue], axis=-1) * 255).astype(np.uint8)
-    return Image.fromarray(rgb).resize(size, Image.BILINEAR)
+    return Image.fromarray(colour_map(values)).resize(size, Image.BILINEAR)
 
 
-def overlay(image: Image.Image, mask: np.ndarray, alpha: float = 0.5) -> Image.Image:
+def outline_overlay(image: Image.Image, mask: np.ndarray, dim: float = 0.45, width: int | None = None,
+                    colour: tuple[int, int, int] = OUTLINE_COLOUR) -> Image.Image:
+    """The image with everything outside the mask dimmed and an outline drawn around it: the object itself keeps
+    its own colour (a tinted fill would hide the very colour an expression like "the red star" refers to)."""
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     mask = mask.astype(bool)
-    base[mask] = (1 - alpha) * base[mask] + alpha * MASK_COLOUR
-    return Image.fromarray(base.astype(np.uint8))
+    shown = np.where(mask[..., None], base, base * (1 - dim))
+    if mask.any():
+        width = width or max(1, round(max(image.size) / 128))
+        mask_image = Image.fromarray(mask.astype(np.uint8) * 255)
+        grown = np.asarray(mask_image.filter(ImageFilter.MaxFilter(2 * width + 1))) > 0
+        shown[grown & ~mask] = colour  # drawn just outside: not one pixel of the object is covered
+    return Image.fromarray(shown.astype(np.uint8))
+
+
+def colour_bar(height: int, low: float, high: float) -> tuple[Image.Image, int]:
+    """A vertical bar for `heatmap`'s colours (high at the top) with its two end values written beside it;
+    returns the picture and the bar's own width within it."""
+    font = _font(11)
+    strip = colour_map(np.linspace(1, 0, height)[:, None].repeat(BAR_WIDTH, 1))
+    labels = [f"{high:.2f}", f"{low:.2f}"]
+    label_width = max(round(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font)) for t in labels)
+    bar = Image.new("RGB", (BAR_WIDTH + 3 + label_width, height), "white")
+    bar.paste(Image.fromarray(strip), (0, 0))
+    draw = ImageDraw.Draw(bar)
+    draw.rectangle((0, 0, BAR_WIDTH - 1, height - 1), outline=(90, 90, 90))
+    draw.text((BAR_WIDTH + 3, 0), labels[0], fill="black", font=font)
+    draw.text((BAR_WIDTH + 3, height - 1), labels[1], fill="black", font=font, anchor="ls")
+    return bar, BAR_WIDTH
 
 
 def guidance_attention_maps(outputs, index: int = 0) -> dict[str, np.ndarray]:
@@ -46,41 +91,81 @@ def guidance_attention_maps(outputs, index: int = 0) -> dict[str, np.ndarray]:
     return {name: m.reshape(height, width).cpu().numpy() for name, m in maps.items()}
 
 
-def _label(panel: Image.Image, text: str) -> Image.Image:
-    canvas = Image.new("RGB", (panel.width, panel.height + 18), "white")
-    canvas.paste(panel, (0, 18))
-    ImageDraw.Draw(canvas).text((3, 3), text, fill="black", font=ImageFont.load_default())
-    return canvas
-
-
 def render_row(image: Image.Image, expression: str, mask: np.ndarray, attention: dict[str, np.ndarray],
-               iou: float | None = None, panel_size: int = 192) -> Image.Image:
-    """image | mask overlay | VE attention | LE attention, with the expression above."""
+               iou: float | None = None, panel_size: int = 192, target: np.ndarray | None = None) -> Image.Image:
+    """ground truth (or the image) | prediction | VE attention + bar | LE attention + bar, the expression above.
+
+    `target` is the ground-truth mask at the image's size, when known. The row's `info["panels"]` lists each
+    panel's kind ("image", "ground truth", "prediction", "attention", "colourbar"), title and box.
+    """
     scale = panel_size / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     shown = image.convert("RGB").resize(size, Image.BILINEAR)
-    mask_small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
-    title = "prediction" if iou is None else f"prediction (IoU {iou:.2f})"
-    panels = [_label(shown, "image"), _label(overlay(shown, mask_small), title)]
-    for name, label in (("visual", "visual expression attn"), ("linguistic", "linguistic expression attn")):
+
+    def at_panel_size(m: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
+
+    pictures: list[tuple[str, str, Image.Image, int]] = []  # kind, title, picture, width of the part described
+    if target is None:
+        pictures.append(("image", "image", shown, size[0]))
+    else:
+        pictures.append(("ground truth", "ground truth",
+                         outline_overlay(shown, at_panel_size(target), colour=FIGURE_OUTLINE), size[0]))
+    notes = ([] if mask.any() else ["empty"]) + ([] if iou is None else [f"IoU {iou:.2f}"])
+    title = "prediction" + (f" ({', '.join(notes)})" if notes else "")
+    pictures.append(("prediction", title, outline_overlay(shown, at_panel_size(mask), colour=FIGURE_OUTLINE), size[0]))
+    for name, label in ATTENTION_PANELS:
         if name in attention:
-            panels.append(_label(Image.blend(shown, heatmap(attention[name], size), 0.6), label))
-    row = Image.new("RGB", (sum(p.width for p in panels) + 4 * (len(panels) - 1), panels[0].height + 22), "white")
-    ImageDraw.Draw(row).text((3, 4), f'"{expression}"', fill="black", font=ImageFont.load_default())
-    x = 0
-    for panel in panels:
-        row.paste(panel, (x, 22))
-        x += panel.width + 4
+            values = attention[name]
+            pictures.append(("attention", label, Image.blend(shown, heatmap(values, size), 0.6), size[0]))
+            bar, bar_width = colour_bar(size[1], float(values.min()), float(values.max()))
+            pictures.append(("colourbar", f"{label}: share of attention", bar, bar_width))
+
+    title_font, label_font = _font(15), _font(12)
+    title_height, label_height = 24, 18
+    width = sum(p.width for _, _, p, _ in pictures) + sum(BAR_GAP if kind == "colourbar" else GAP
+                                                          for kind, _, _, _ in pictures[1:])
+    row = Image.new("RGB", (width, title_height + label_height + size[1] + 6), "white")
+    draw = ImageDraw.Draw(row)
+    draw.text((3, 4), f'"{expression}"', fill="black", font=title_font)
+    panels, x, top = [], 0, title_height + label_height
+    for i, (kind, text, picture, described) in enumerate(pictures):
+        if i:
+            x += BAR_GAP if kind == "colourbar" else GAP
+        if kind != "colourbar":
+            draw.text((x + 1, title_height + 1), text, fill="black", font=label_font)
+        row.paste(picture, (x, top))
+        panels.append({"kind": kind, "title": text, "box": [x, top, x + described, top + picture.height]})
+        x += picture.width
+    row.info["panels"] = panels
     return row
 
 
 def stack_rows(rows: list[Image.Image]) -> Image.Image:
+    """Rows one under the other; the sheet's `info["panels"]` gives every panel its row and its box in the sheet."""
     sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
-    y = 0
-    for row in rows:
+    panels, y = [], 0
+    for index, row in enumerate(rows):
         sheet.paste(row, (0, y))
+        for panel in row.info.get("panels", []):
+            left, top, right, bottom = panel["box"]
+            panels.append({**panel, "row": index, "box": [left, top + y, right, bottom + y]})
         y += row.height
+    sheet.info["panels"] = panels
     return sheet
+
+
+def save_figure(figure: Image.Image, path: str | os.PathLike) -> None:
+    """A PNG with the panel layout in a text chunk (`figure_panels` reads it back)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PANELS_KEY, json.dumps(figure.info.get("panels", [])))
+    figure.save(path, format="PNG", pnginfo=info)
+
+
+def figure_panels(path: str | os.PathLike) -> list[dict]:
+    """The panels a figure written by `save_figure` holds: kind, title, row and box (left, top, right, bottom)."""
+    with Image.open(path) as figure:
+        return json.loads(figure.text.get(PANELS_KEY, "[]"))
 
 
 @torch.no_grad()
