@@ -18,15 +18,18 @@ dev: $(PY)
 	$(PY) -m pip install -e ".[dev]"
 
 test: dev
-	$(VENV)/bin/ruff check src scripts tests
+	$(VENV)/bin/ruff check src scripts tests app.py
+	$(VENV)/bin/ruff format --check src scripts tests app.py
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: dev
-	$(VENV)/bin/ruff check src scripts tests
+	$(VENV)/bin/ruff check src scripts tests app.py
+	$(VENV)/bin/ruff format --check src scripts tests app.py
 	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow"
 
 lint: dev
-	$(VENV)/bin/ruff check src scripts tests
+	$(VENV)/bin/ruff check src scripts tests app.py
+	$(VENV)/bin/ruff format --check src scripts tests app.py
 
 demo: install
 	$(PY) scripts/demo.py

@@ -52,7 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--num_seeds", type=int, default=1)
     parser.add_argument("--config_name", default="small", help="train.py's --config_name: 'small', 'tiny' or a file")
-    parser.add_argument("--synthetic_size", type=int, nargs=3, default=[2000, 200, 200], metavar=("TRAIN", "VAL", "TEST"))
+    parser.add_argument(
+        "--synthetic_size", type=int, nargs=3, default=[2000, 200, 200], metavar=("TRAIN", "VAL", "TEST")
+    )
     parser.add_argument("--synthetic_seed", type=int, default=0)
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--max_train_steps", type=int, default=1000)
@@ -68,12 +70,31 @@ def train_row(args: argparse.Namespace, row: str, seed: int, run_dir: Path) -> N
         print(f"{row} seed {seed}: reusing {run_dir}")
         return
     command = [
-        sys.executable, str(Path(__file__).with_name("train.py")), "--dataset", "synthetic",
-        "--synthetic_size", *map(str, args.synthetic_size), "--synthetic_seed", str(args.synthetic_seed),
-        "--config_name", args.config_name, "--image_size", str(args.image_size),
-        "--max_train_steps", str(args.max_train_steps), "--per_device_train_batch_size",
-        str(args.per_device_train_batch_size), "--learning_rate", str(args.learning_rate), "--seed", str(seed),
-        "--eval_every", "0", "--output_dir", str(run_dir), *args.train_args.split(),
+        sys.executable,
+        str(Path(__file__).with_name("train.py")),
+        "--dataset",
+        "synthetic",
+        "--synthetic_size",
+        *map(str, args.synthetic_size),
+        "--synthetic_seed",
+        str(args.synthetic_seed),
+        "--config_name",
+        args.config_name,
+        "--image_size",
+        str(args.image_size),
+        "--max_train_steps",
+        str(args.max_train_steps),
+        "--per_device_train_batch_size",
+        str(args.per_device_train_batch_size),
+        "--learning_rate",
+        str(args.learning_rate),
+        "--seed",
+        str(seed),
+        "--eval_every",
+        "0",
+        "--output_dir",
+        str(run_dir),
+        *args.train_args.split(),
     ]
     if ROWS[row][1]:
         command += ["--config_overrides", ROWS[row][1]]
@@ -87,11 +108,13 @@ def pixel_histograms(model, processor, data, batch_size: int = 16) -> tuple[np.n
     positives, negatives = np.zeros(PR_BINS, np.int64), np.zeros(PR_BINS, np.int64)
     loader = DataLoader(data, batch_size=batch_size, collate_fn=EvalCollator(processor, keep_original=False))
     for batch in loader:
-        outputs = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"],
-                        attention_mask=batch["attention_mask"])
+        outputs = model(
+            pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        )
         labels = batch["labels"].bool()
-        logits = torch.nn.functional.interpolate(outputs.logits.float(), size=labels.shape[-2:], mode="bilinear",
-                                                 align_corners=True)[:, 0]
+        logits = torch.nn.functional.interpolate(
+            outputs.logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=True
+        )[:, 0]
         bins = (torch.sigmoid(logits) * PR_BINS).long().clamp_(max=PR_BINS - 1)
         positives += torch.bincount(bins[labels], minlength=PR_BINS).numpy()
         negatives += torch.bincount(bins[~labels], minlength=PR_BINS).numpy()
@@ -136,7 +159,9 @@ def format_table(results: dict[str, dict]) -> str:
             values = [100 * v for v in result["per_seed"][key]] if key != "AUC-PR" else result["per_seed"][key]
             cell = f"{statistics.mean(values):.2f}" if key != "AUC-PR" else f"{statistics.mean(values):.3f}"
             if len(values) > 1:
-                cell += f" ± {statistics.stdev(values):.2f}" if key != "AUC-PR" else f" ± {statistics.stdev(values):.3f}"
+                cell += (
+                    f" ± {statistics.stdev(values):.2f}" if key != "AUC-PR" else f" ± {statistics.stdev(values):.3f}"
+                )
             cells.append(cell)
         lines.append(f"| {ROWS[row][0]} | {result['parameters'] / 1e6:.2f} M | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -145,8 +170,9 @@ def format_table(results: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
-    datasets = load_dataset_by_name("synthetic", synthetic_size=tuple(args.synthetic_size),
-                                    synthetic_seed=args.synthetic_seed)
+    datasets = load_dataset_by_name(
+        "synthetic", synthetic_size=tuple(args.synthetic_size), synthetic_seed=args.synthetic_seed
+    )
     test = sentence_rows(datasets["test"])
     results: dict[str, dict] = {}
     curves = {}
@@ -170,9 +196,11 @@ def main(argv: list[str] | None = None) -> dict:
         results[row] = {"config_overrides": ROWS[row][1], "parameters": parameters, "per_seed": per_seed}
         curves[ROWS[row][0]] = pr_curve(positives, negatives)
     table = format_table(results)
-    budget = (f"{args.max_train_steps} steps × batch {args.per_device_train_batch_size} at {args.image_size}², "
-              f"{args.num_seeds} seed(s), synthetic train {args.synthetic_size[0]} objects, "
-              f"test {len(test)} expressions")
+    budget = (
+        f"{args.max_train_steps} steps × batch {args.per_device_train_batch_size} at {args.image_size}², "
+        f"{args.num_seeds} seed(s), synthetic train {args.synthetic_size[0]} objects, "
+        f"test {len(test)} expressions"
+    )
     print(f"\n{budget}\n\n{table}")
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "results.json").write_text(json.dumps({"budget": budget, "rows": results}, indent=2))

@@ -184,7 +184,9 @@ def train_worker(job: dict) -> dict:
 
     seconds = timed(step, job["repeats"], device)
     return {
-        "seconds_per_step": seconds, "samples_per_second": batch / seconds, "peak_memory_mb": peak_memory_mb(device),
+        "seconds_per_step": seconds,
+        "samples_per_second": batch / seconds,
+        "peak_memory_mb": peak_memory_mb(device),
         "gmacs_per_step": 3 * forward_gmacs * batch,  # backward = 2 × forward
     }
 
@@ -221,25 +223,38 @@ def bench_inference(args, device: str, peaks: dict[str, dict]) -> list[dict]:
             per_kind = {}
             for kind in ("metris", "backbone", "text"):
                 job = {
-                    "kind": kind, "tiny": args.tiny, "device": device, "dtype": dtype, "compile": compiled == "on",
-                    "batch_sizes": args.batch_sizes, "image_size": args.image_size, "max_length": args.max_length,
+                    "kind": kind,
+                    "tiny": args.tiny,
+                    "device": device,
+                    "dtype": dtype,
+                    "compile": compiled == "on",
+                    "batch_sizes": args.batch_sizes,
+                    "image_size": args.image_size,
+                    "max_length": args.max_length,
                     "repeats": args.repeats,
                 }
                 per_kind[kind] = run_in_fresh_process(inference_worker, job)
             for index, batch in enumerate(args.batch_sizes):
                 metris, backbone, text = (per_kind[k]["rows"][index] for k in ("metris", "backbone", "text"))
                 ratio = (metris["seconds"] / metris["gmacs"]) / (backbone["seconds"] / backbone["gmacs"])
-                results.append({
-                    "dtype": dtype, "compile": compiled, "batch_size": batch,
-                    "metris_s": metris["seconds"], "metris_gmacs": metris["gmacs"],
-                    "backbone_s": backbone["seconds"], "backbone_gmacs": backbone["gmacs"],
-                    "text_s": text["seconds"], "text_gmacs": text["gmacs"],
-                    "efficiency_ratio": ratio,
-                    "metris_peak_fraction": peak_fraction(metris["gmacs"], metris["seconds"], peaks[dtype]),
-                    "backbone_peak_fraction": peak_fraction(backbone["gmacs"], backbone["seconds"], peaks[dtype]),
-                    "metris_peak_mb": per_kind["metris"]["peak_memory_mb"],
-                    "backbone_peak_mb": per_kind["backbone"]["peak_memory_mb"],
-                })
+                results.append(
+                    {
+                        "dtype": dtype,
+                        "compile": compiled,
+                        "batch_size": batch,
+                        "metris_s": metris["seconds"],
+                        "metris_gmacs": metris["gmacs"],
+                        "backbone_s": backbone["seconds"],
+                        "backbone_gmacs": backbone["gmacs"],
+                        "text_s": text["seconds"],
+                        "text_gmacs": text["gmacs"],
+                        "efficiency_ratio": ratio,
+                        "metris_peak_fraction": peak_fraction(metris["gmacs"], metris["seconds"], peaks[dtype]),
+                        "backbone_peak_fraction": peak_fraction(backbone["gmacs"], backbone["seconds"], peaks[dtype]),
+                        "metris_peak_mb": per_kind["metris"]["peak_memory_mb"],
+                        "backbone_peak_mb": per_kind["backbone"]["peak_memory_mb"],
+                    }
+                )
     return results
 
 
@@ -254,16 +269,26 @@ def bench_train(args, device: str, peaks: dict[str, dict]) -> list[dict]:
     results = []
     for dtype, batch, checkpointing in settings:
         job = {
-            "tiny": args.tiny, "device": device, "dtype": dtype, "batch_size": batch,
-            "gradient_checkpointing": checkpointing, "image_size": args.image_size, "max_length": args.max_length,
+            "tiny": args.tiny,
+            "device": device,
+            "dtype": dtype,
+            "batch_size": batch,
+            "gradient_checkpointing": checkpointing,
+            "image_size": args.image_size,
+            "max_length": args.max_length,
             "repeats": args.repeats,
         }
         result = run_in_fresh_process(train_worker, job)
         fraction = peak_fraction(result["gmacs_per_step"], result["seconds_per_step"], peaks[dtype])
-        results.append({
-            "dtype": dtype, "batch_size": batch, "gradient_checkpointing": checkpointing, **result,
-            "peak_fraction": fraction,
-        })
+        results.append(
+            {
+                "dtype": dtype,
+                "batch_size": batch,
+                "gradient_checkpointing": checkpointing,
+                **result,
+                "peak_fraction": fraction,
+            }
+        )
     return results
 
 
@@ -275,13 +300,25 @@ def bench_onnxruntime(args) -> list[dict]:
         return []
     from metris_hf.onnx_backend import onnxruntime_benchmark_worker
 
-    job = {"tiny": args.tiny, "batch_sizes": [1], "image_size": args.image_size, "max_length": args.max_length,
-           "repeats": args.repeats}
+    job = {
+        "tiny": args.tiny,
+        "batch_sizes": [1],
+        "image_size": args.image_size,
+        "max_length": args.max_length,
+        "repeats": args.repeats,
+    }
     result = run_in_fresh_process(onnxruntime_benchmark_worker, job)
     return [
-        {"backend": "onnxruntime", "dtype": "float32", "batch_size": row["batch_size"], "metris_s": row["seconds"],
-         "peak_mb": result["peak_memory_mb"], "export_s": result["export_seconds"], "exporter": result["exporter"],
-         "onnx_mb": result["onnx_mb"]}
+        {
+            "backend": "onnxruntime",
+            "dtype": "float32",
+            "batch_size": row["batch_size"],
+            "metris_s": row["seconds"],
+            "peak_mb": result["peak_memory_mb"],
+            "export_s": result["export_seconds"],
+            "exporter": result["exporter"],
+            "onnx_mb": result["onnx_mb"],
+        }
         for row in result["rows"]
     ]
 
@@ -304,17 +341,38 @@ def write_refer_copy(root: Path, num_images: int, width: int = 640, height: int 
         noise = rng.normal(0, 25, (height, width, 3)).astype(np.float32)
         pixels = np.clip(smooth * rng.uniform(0.3, 1.0, 3) + noise, 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(image_dir / f"COCO_train2014_{image_id:012d}.jpg", quality=90)
-        images.append({"id": image_id, "file_name": f"COCO_train2014_{image_id:012d}.jpg", "width": width,
-                       "height": height})
+        images.append(
+            {"id": image_id, "file_name": f"COCO_train2014_{image_id:012d}.jpg", "width": width, "height": height}
+        )
         x, y = rng.uniform(50, width - 250), rng.uniform(50, height - 200)
         polygon = [x, y, x + 200, y + 20, x + 180, y + 150, x + 10, y + 140]
-        annotations.append({"id": image_id, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-                            "segmentation": [polygon], "area": 26000.0, "bbox": [x, y, 200.0, 150.0]})
-        refs.append({"ref_id": image_id, "ann_id": image_id, "image_id": image_id, "split": "train",
-                     "category_id": 1, "sent_ids": [3 * image_id + k for k in range(3)],
-                     "sentences": [{"raw": text, "sent": text, "tokens": text.split(), "sent_id": 3 * image_id + k}
-                                   for k, text in enumerate(["the man on the left in a red shirt",
-                                                             "left guy", "person holding the blue umbrella"])]})
+        annotations.append(
+            {
+                "id": image_id,
+                "image_id": image_id,
+                "category_id": 1,
+                "iscrowd": 0,
+                "segmentation": [polygon],
+                "area": 26000.0,
+                "bbox": [x, y, 200.0, 150.0],
+            }
+        )
+        refs.append(
+            {
+                "ref_id": image_id,
+                "ann_id": image_id,
+                "image_id": image_id,
+                "split": "train",
+                "category_id": 1,
+                "sent_ids": [3 * image_id + k for k in range(3)],
+                "sentences": [
+                    {"raw": text, "sent": text, "tokens": text.split(), "sent_id": 3 * image_id + k}
+                    for k, text in enumerate(
+                        ["the man on the left in a red shirt", "left guy", "person holding the blue umbrella"]
+                    )
+                ],
+            }
+        )
     instances = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "person"}]}
     (root / "refcoco" / "instances.json").write_text(json.dumps(instances))
     with open(root / "refcoco" / "refs(unc).p", "wb") as handle:
@@ -384,8 +442,12 @@ def bench_metrics(args) -> dict:
         result = metric.compute()
     one_mask = size * size  # bytes of one bool mask: what keeping the masks would cost per sample
     return {
-        "num_samples": added, "size": size, "heap_bytes": heap, "cache_bytes": disk,
-        "bytes_per_sample": (heap + disk) / added, "mask_bytes_per_sample": 2 * one_mask,
+        "num_samples": added,
+        "size": size,
+        "heap_bytes": heap,
+        "cache_bytes": disk,
+        "bytes_per_sample": (heap + disk) / added,
+        "mask_bytes_per_sample": 2 * one_mask,
         "oIoU_of_random_masks": float(result["oIoU"]),
     }
 
@@ -411,7 +473,9 @@ def machine() -> dict:
 def print_report(report: dict) -> None:
     m = report["machine"]
     print(f"\nmachine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}, torch {m['torch']}")
-    print(f"input {report['image_size']}², L = {report['max_length']}, {'tiny' if report['tiny'] else 'full-size'} model")
+    print(
+        f"input {report['image_size']}², L = {report['max_length']}, {'tiny' if report['tiny'] else 'full-size'} model"
+    )
     label = {"float32": "tf32" if m["gpu"] and report["device"] == "cuda" else "float32", "bfloat16": "bfloat16"}
     print("\nGEMM peak (the limit every fraction below is taken of)")
     for dtype, peak in report["peak"].items():
@@ -439,8 +503,10 @@ def print_report(report: dict) -> None:
         print("\ntraining step (forward + backward + AdamW)")
         for r in report["train"]:
             print(
-                f"  {label[r['dtype']]:<9} batch {r['batch_size']:>2}  checkpointing {'on ' if r['gradient_checkpointing'] else 'off'}"
-                f"  {r['samples_per_second']:.2f} samples/s  {r['seconds_per_step']:.2f} s/step  peak {r['peak_memory_mb']:.0f} MB"
+                f"  {label[r['dtype']]:<9} batch {r['batch_size']:>2}"
+                f"  checkpointing {'on ' if r['gradient_checkpointing'] else 'off'}"
+                f"  {r['samples_per_second']:.2f} samples/s  {r['seconds_per_step']:.2f} s/step"
+                f"  peak {r['peak_memory_mb']:.0f} MB"
                 f"  {100 * r['peak_fraction']:.1f} % of the GEMM peak"
             )
     if "data" in report:
@@ -458,8 +524,12 @@ def print_report(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", default=["inference", "onnx", "train", "data", "metrics"],
-                        choices=["inference", "onnx", "train", "data", "metrics"])
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["inference", "onnx", "train", "data", "metrics"],
+        choices=["inference", "onnx", "train", "data", "metrics"],
+    )
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--image_size", type=int, default=480)
     parser.add_argument("--max_length", type=int, default=20)
@@ -477,7 +547,10 @@ def main(argv: list[str] | None = None) -> dict:
         args.data_images, args.metric_samples, args.repeats = min(args.data_images, 24), 200, 1
 
     report: dict = {
-        "machine": machine(), "device": args.device, "image_size": args.image_size, "max_length": args.max_length,
+        "machine": machine(),
+        "device": args.device,
+        "image_size": args.image_size,
+        "max_length": args.max_length,
         "tiny": args.tiny,
     }
     report["peak"] = bench_peak(args, args.device)

@@ -115,13 +115,20 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:<10}{median[name]:>10.3f}{ratio:>10.2f}")
     print(f"speed-up of ours over theirs, each normalised by Swin-B: {speedup:.2f}×")
     bound = gmacs / gemm_gmacs_per_s
-    print(f"the limit: 4096³ float32 matmul at {gemm_gmacs_per_s:.1f} GMAC/s; {gmacs:.1f} GMACs take at least {bound:.2f} s")
+    print(
+        f"the limit: 4096³ float32 matmul at {gemm_gmacs_per_s:.1f} GMAC/s; "
+        f"{gmacs:.1f} GMACs take at least {bound:.2f} s"
+    )
     for name in ("theirs", "ours"):
         print(f"  {name} reach {bound / median[name]:.0%} of it")
     print(f"  largest possible speed-up over theirs on this machine: {median['theirs'] / bound:.2f}×")
     return {
-        "difference": difference, "seconds": median, "speedup": speedup, "gmacs": gmacs,
-        "gemm_gmacs_per_second": gemm_gmacs_per_s, "bound_seconds": bound,
+        "difference": difference,
+        "seconds": median,
+        "speedup": speedup,
+        "gmacs": gmacs,
+        "gemm_gmacs_per_second": gemm_gmacs_per_s,
+        "bound_seconds": bound,
     }
 
 

@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scores = []
-    for scene_index, (scene, objects) in enumerate(demo_scenes(args.num_scenes, args.expressions_per_scene,
-                                                               image_size, args.seed)):
+    for scene_index, (scene, objects) in enumerate(
+        demo_scenes(args.num_scenes, args.expressions_per_scene, image_size, args.seed)
+    ):
         image = Image.fromarray(scene.image)
         expressions = [row["sentences"][0] for row in objects]
         results = segmenter(image, expressions)

@@ -24,8 +24,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--model", default=None, help="checkpoint folder or Hub id (default: the embedded one)")
     parser.add_argument("--output", required=True, help="folder for model.onnx and the processor")
     parser.add_argument("--opset", type=int, default=18)
-    parser.add_argument("--torchscript", action="store_true",
-                        help="use the older TorchScript exporter instead of torch.export (dynamo=True)")
+    parser.add_argument(
+        "--torchscript",
+        action="store_true",
+        help="use the older TorchScript exporter instead of torch.export (dynamo=True)",
+    )
     parser.add_argument("--check", action="store_true", help="compare onnxruntime's logits with PyTorch's once")
     args = parser.parse_args(argv)
     model = args.model or str(embedded_checkpoint())

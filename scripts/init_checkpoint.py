@@ -61,8 +61,12 @@ def load_vision(model: MetrisForReferringSegmentation, args: argparse.Namespace)
 
         overlay = {"file": args.vision_file} if args.vision_file else None
         source = timm.create_model(
-            args.vision.removeprefix("timm:"), pretrained=True, features_only=True, out_indices=(0, 1, 2, 3),
-            img_size=args.image_size, pretrained_cfg_overlay=overlay,
+            args.vision.removeprefix("timm:"),
+            pretrained=True,
+            features_only=True,
+            out_indices=(0, 1, 2, 3),
+            img_size=args.image_size,
+            pretrained_cfg_overlay=overlay,
         )
         missing, unexpected = target._backbone.load_state_dict(source.state_dict(), strict=False)
     else:
@@ -89,12 +93,16 @@ def main(argv: list[str] | None = None) -> Path:
         backbone_config = TimmBackboneConfig(backbone=args.vision.removeprefix("timm:"), out_indices=(0, 1, 2, 3))
         backbone_kwargs = {"img_size": args.image_size}
     else:
-        backbone_config = AutoConfig.from_pretrained(args.vision, out_features=STAGES, drop_path_rate=args.drop_path_rate)
+        backbone_config = AutoConfig.from_pretrained(
+            args.vision, out_features=STAGES, drop_path_rate=args.drop_path_rate
+        )
         backbone_kwargs = None
     text_config, text_encoder = text_parts(args.text)
 
     config = MetrisConfig(
-        backbone_config=backbone_config, backbone_kwargs=backbone_kwargs, text_config=text_config,
+        backbone_config=backbone_config,
+        backbone_kwargs=backbone_kwargs,
+        text_config=text_config,
         **parse_config_overrides(args.config_overrides),
     )
     model = MetrisForReferringSegmentation(config)

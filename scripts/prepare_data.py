@@ -47,8 +47,11 @@ def found_datasets(data_root: Path) -> list[tuple[str, str | None]]:
     found = []
     for dataset in REFER_DATASETS:
         folder = data_root / dataset
-        schemes = [s for s in SPLIT_BYS[dataset]
-                   if (folder / (f"grefs({s}).json" if dataset == "grefcoco" else f"refs({s}).p")).is_file()]
+        schemes = [
+            s
+            for s in SPLIT_BYS[dataset]
+            if (folder / (f"grefs({s}).json" if dataset == "grefcoco" else f"refs({s}).p")).is_file()
+        ]
         found += [(dataset, s) for s in schemes]
         if not schemes and folder.is_dir() and any(folder.rglob("*.parquet")):
             found.append((dataset, None))
@@ -76,7 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip_missing_images", action="store_true", help="skip refs whose image is missing")
     parser.add_argument("--verify_images", action="store_true", help="decode every image once; name corrupt ones")
     parser.add_argument("--synthetic", action="store_true", help="build the synthetic set instead")
-    parser.add_argument("--synthetic_size", type=int, nargs=3, default=[2000, 200, 200], metavar=("TRAIN", "VAL", "TEST"))
+    parser.add_argument(
+        "--synthetic_size", type=int, nargs=3, default=[2000, 200, 200], metavar=("TRAIN", "VAL", "TEST")
+    )
     parser.add_argument("--synthetic_seed", type=int, default=0)
     parser.add_argument("--synthetic_image_size", type=int, default=128)
     parser.add_argument("--no_target_fraction", type=float, default=0.0)
@@ -95,8 +100,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[tuple[str, int, int, i
     results = {}
     if args.synthetic:
         start = time.perf_counter()
-        data = load_synthetic(args.synthetic_size, args.synthetic_seed, args.synthetic_image_size,
-                              no_target_fraction=args.no_target_fraction, cache_dir=args.cache_dir)
+        data = load_synthetic(
+            args.synthetic_size,
+            args.synthetic_seed,
+            args.synthetic_image_size,
+            no_target_fraction=args.no_target_fraction,
+            cache_dir=args.cache_dir,
+        )
         title = f"synthetic {args.synthetic_size} seed {args.synthetic_seed}"
         results[title] = split_counts(data)
         print_table(title, results[title], time.perf_counter() - start)
@@ -113,11 +123,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[tuple[str, int, int, i
             if args.verify_images and split_by is not None:
                 data = load_refer(root, dataset, split_by, args.image_root, verify_images=True, **options)
             elif args.verify_images:
-                data = load_refer_parquet(root / dataset, args.image_root or default_image_root(root),
-                                          verify_images=True, **options)
+                data = load_refer_parquet(
+                    root / dataset, args.image_root or default_image_root(root), verify_images=True, **options
+                )
             else:
-                data = load_dataset_by_name(dataset, data_root=root, split_by=split_by, image_root=args.image_root,
-                                            **options)
+                data = load_dataset_by_name(
+                    dataset, data_root=root, split_by=split_by, image_root=args.image_root, **options
+                )
         except (FileNotFoundError, ValueError) as error:
             raise SystemExit(f"{dataset}: {error}") from None
         title = f"{dataset} ({split_by or 'parquet'})"

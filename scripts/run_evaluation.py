@@ -47,7 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
     parser.add_argument("--max_eval_samples", type=int, default=None)
     parser.add_argument("--threshold", type=float, default=0.5)
-    parser.add_argument("--output_dir", default=None, help="where results.json / results.md go (default: the model folder)")
+    parser.add_argument(
+        "--output_dir", default=None, help="where results.json / results.md go (default: the model folder)"
+    )
     parser.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
     args = parser.parse_args(argv)
     if args.dataset != "synthetic" and (args.data_root is None or not Path(args.data_root).is_dir()):
@@ -67,8 +69,11 @@ def results_stem(args: argparse.Namespace) -> str:
     changes the numbers is in the name, so runs on other data or settings do not overwrite each other. The data id
     is a short hash of where the data came from (data_root, image_root; synthetic: its size and seed)."""
     split_by = args.split_by or (SPLIT_BYS[args.dataset][0] if args.dataset in SPLIT_BYS else None)
-    source = ([str(Path(args.data_root).resolve()), args.image_root and str(Path(args.image_root).resolve())]
-              if args.dataset != "synthetic" else [args.synthetic_size, args.synthetic_seed])
+    source = (
+        [str(Path(args.data_root).resolve()), args.image_root and str(Path(args.image_root).resolve())]
+        if args.dataset != "synthetic"
+        else [args.synthetic_size, args.synthetic_seed]
+    )
     data_id = hashlib.sha256(json.dumps(source).encode()).hexdigest()[:8]
     stem = f"results_{args.dataset}" + (f"-{split_by}" if split_by else "") + f"_{args.eval_resolution}"
     if args.threshold != 0.5:
@@ -90,8 +95,12 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     with accelerator.main_process_first():
         datasets = load_dataset_by_name(
-            args.dataset, data_root=args.data_root, split_by=args.split_by, image_root=args.image_root,
-            synthetic_size=args.synthetic_size, synthetic_seed=args.synthetic_seed,
+            args.dataset,
+            data_root=args.data_root,
+            split_by=args.split_by,
+            image_root=args.image_root,
+            synthetic_size=args.synthetic_size,
+            synthetic_seed=args.synthetic_seed,
         )
     splits = args.splits or [s for s in datasets if s != "train"]
     unknown = [s for s in splits if s not in datasets]
@@ -110,9 +119,16 @@ def main(argv: list[str] | None = None) -> dict:
         if args.max_eval_samples:
             data = data.select(range(min(args.max_eval_samples, len(data))))
         result = evaluate_referring(
-            model, processor, data, metric_name=metric, resolution=args.eval_resolution,
-            batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers,
-            threshold=args.threshold, accelerator=accelerator, experiment_id=f"eval-{split}",
+            model,
+            processor,
+            data,
+            metric_name=metric,
+            resolution=args.eval_resolution,
+            batch_size=args.per_device_eval_batch_size,
+            num_workers=args.dataloader_num_workers,
+            threshold=args.threshold,
+            accelerator=accelerator,
+            experiment_id=f"eval-{split}",
         )
         if result is not None:
             result["samples"] = len(data)
@@ -121,17 +137,28 @@ def main(argv: list[str] | None = None) -> dict:
     if not accelerator.is_main_process:
         return {}
     size = processor.image_processor.size
-    resolution = (f"{size['height']}×{size['width']} vs nearest-resized GT" if args.eval_resolution == "model"
-                  else "original image size")
+    resolution = (
+        f"{size['height']}×{size['width']} vs nearest-resized GT"
+        if args.eval_resolution == "model"
+        else "original image size"
+    )
     title = f"{args.model_name_or_path} on {args.dataset} ({resolution})"
     table = format_table(rows, columns, title)
     print(table)
     out_dir = Path(args.output_dir or args.model_name_or_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = results_stem(args)
-    payload = {"model": args.model_name_or_path, "dataset": args.dataset, "split_by": args.split_by,
-               "data_root": args.data_root, "image_root": args.image_root, "resolution": args.eval_resolution,
-               "threshold": args.threshold, "max_eval_samples": args.max_eval_samples, "splits": rows}
+    payload = {
+        "model": args.model_name_or_path,
+        "dataset": args.dataset,
+        "split_by": args.split_by,
+        "data_root": args.data_root,
+        "image_root": args.image_root,
+        "resolution": args.eval_resolution,
+        "threshold": args.threshold,
+        "max_eval_samples": args.max_eval_samples,
+        "splits": rows,
+    }
     if args.dataset == "synthetic":
         payload.update(synthetic_size=args.synthetic_size, synthetic_seed=args.synthetic_seed)
     (out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=2))

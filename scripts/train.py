@@ -52,8 +52,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--data_root", default=None, help="REFER layout root (not needed for synthetic)")
     data.add_argument("--split_by", default=None, help="unc / umd / google (None: the dataset's usual one)")
     data.add_argument("--image_root", default=None, help="COCO train2014 folder, if not under data_root")
-    data.add_argument("--synthetic_size", type=int, nargs=3, default=[2000, 200, 200], metavar=("TRAIN", "VAL", "TEST"),
-                      help="objects per split of the synthetic set")
+    data.add_argument(
+        "--synthetic_size",
+        type=int,
+        nargs=3,
+        default=[2000, 200, 200],
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="objects per split of the synthetic set",
+    )
     data.add_argument("--synthetic_seed", type=int, default=0, help="seed of the synthetic scenes")
     data.add_argument("--train_split", default="train", help="split to train on")
     data.add_argument("--validation_split", default="val", help="split to validate on (checkpoint selection)")
@@ -61,22 +67,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--max_eval_samples", type=int, default=None, help="validate on the first N expressions only")
     data.add_argument("--image_size", type=int, default=480, help="square input size of the processor")
     data.add_argument("--max_length", type=int, default=20, help="expression tokens (padded / truncated)")
-    data.add_argument("--dataloader_num_workers", type=int, default=0, help="data loading processes per GPU/CPU process")
+    data.add_argument(
+        "--dataloader_num_workers", type=int, default=0, help="data loading processes per GPU/CPU process"
+    )
 
     # ----------------------------------------------------------------------------------------------------------
     # Model: a checkpoint to start from, or a config for a fresh model
     # ----------------------------------------------------------------------------------------------------------
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", default=None, help="a checkpoint folder or Hub id to start from")
-    model.add_argument("--config_name", default=None,
-                       help="when no checkpoint is given: config.json / folder, or 'default' (full size), "
-                       "or a preset of metris_hf.presets: 'small' (the embedded checkpoint's shape) or 'tiny'")
+    model.add_argument(
+        "--config_name",
+        default=None,
+        help="when no checkpoint is given: config.json / folder, or 'default' (full size), "
+        "or a preset of metris_hf.presets: 'small' (the embedded checkpoint's shape) or 'tiny'",
+    )
     model.add_argument("--processor_name", default=None, help="processor folder / Hub id (None: the model's)")
-    model.add_argument("--config_overrides", default=None, help='config fields, e.g. "curation_ratio=0.1,guidance=enhanced_le"')
-    model.add_argument("--freeze_text_embeddings", action=argparse.BooleanOptionalAction, default=True,
-                       help="keep the text encoder's word embeddings fixed, as the authors do")
-    model.add_argument("--gradient_checkpointing", action="store_true",
-                       help="recompute the Swin, BERT and METRIS blocks in the backward pass (less memory, more time)")
+    model.add_argument(
+        "--config_overrides", default=None, help='config fields, e.g. "curation_ratio=0.1,guidance=enhanced_le"'
+    )
+    model.add_argument(
+        "--freeze_text_embeddings",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the text encoder's word embeddings fixed, as the authors do",
+    )
+    model.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="recompute the Swin, BERT and METRIS blocks in the backward pass (less memory, more time)",
+    )
 
     # ----------------------------------------------------------------------------------------------------------
     # Optimisation: the paper's recipe by default (AdamW 3e-5, polynomial decay, 16 images per step)
@@ -87,15 +107,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--per_device_train_batch_size", type=int, default=16, help="objects per step per process")
     optim.add_argument("--per_device_eval_batch_size", type=int, default=16, help="expressions per validation batch")
     optim.add_argument("--learning_rate", type=float, default=3e-5, help="peak learning rate of AdamW")
-    optim.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (none on norms, biases, position tables)")
+    optim.add_argument(
+        "--weight_decay", type=float, default=0.01, help="AdamW weight decay (none on norms, biases, position tables)"
+    )
     optim.add_argument("--lr_scheduler_type", default="polynomial", help="any transformers scheduler name")
     optim.add_argument("--lr_power", type=float, default=0.9, help="power of the polynomial decay")
     optim.add_argument("--num_warmup_steps", type=int, default=0, help="linear warm-up steps")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1, help="steps accumulated per update")
     optim.add_argument("--max_grad_norm", type=float, default=None, help="gradient clipping norm (None: no clipping)")
     optim.add_argument("--seed", type=int, default=42, help="seed of initialisation, data order and sentence draws")
-    optim.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"],
-                       help="None: what `accelerate config` says")
+    optim.add_argument(
+        "--mixed_precision", default=None, choices=["no", "fp16", "bf16"], help="None: what `accelerate config` says"
+    )
 
     # ----------------------------------------------------------------------------------------------------------
     # Run: where results go, checkpoints, validation, tracking, the Hub
@@ -105,8 +128,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--checkpointing_steps", default=None, help="save the training state every N steps, or 'epoch'")
     run.add_argument("--resume_from_checkpoint", default=None, help="a step_N/ or epoch_N/ folder, or 'latest'")
     run.add_argument("--eval_every", type=int, default=1, help="validate every N epochs (0: never)")
-    run.add_argument("--eval_resolution", default="model", choices=RESOLUTIONS,
-                     help="compare masks at the model's input size (the paper's protocol) or the image's own")
+    run.add_argument(
+        "--eval_resolution",
+        default="model",
+        choices=RESOLUTIONS,
+        help="compare masks at the model's input size (the paper's protocol) or the image's own",
+    )
     run.add_argument("--with_tracking", action="store_true", help="log loss, learning rate and validation figures")
     run.add_argument("--report_to", default="tensorboard", help="tracker for --with_tracking")
     run.add_argument("--push_to_hub", action="store_true", help="upload the final model and processor")
@@ -210,8 +237,12 @@ def main(argv: list[str] | None = None) -> None:
     build_config_checked(args)  # a wrong --image_size fails now, not after the data is built
     with accelerator.main_process_first():
         datasets = load_dataset_by_name(
-            args.dataset, data_root=args.data_root, split_by=args.split_by, image_root=args.image_root,
-            synthetic_size=args.synthetic_size, synthetic_seed=args.synthetic_seed,
+            args.dataset,
+            data_root=args.data_root,
+            split_by=args.split_by,
+            image_root=args.image_root,
+            synthetic_size=args.synthetic_size,
+            synthetic_seed=args.synthetic_seed,
         )
     for split in (args.train_split, args.validation_split):
         if (args.eval_every or split == args.train_split) and split not in datasets:
@@ -233,8 +264,12 @@ def main(argv: list[str] | None = None) -> None:
     # The loader draws its workers' base seed from `generator` rather than from the global RNG: a resumed run
     # creates its iterator at another moment than an uninterrupted one, and must not shift the dropout stream.
     train_loader = DataLoader(
-        train_data, batch_size=args.per_device_train_batch_size, shuffle=True,
-        num_workers=args.dataloader_num_workers, collate_fn=transform.collate, drop_last=True,
+        train_data,
+        batch_size=args.per_device_train_batch_size,
+        shuffle=True,
+        num_workers=args.dataloader_num_workers,
+        collate_fn=transform.collate,
+        drop_last=True,
         generator=torch.Generator().manual_seed(args.seed),
     )
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate)
@@ -244,20 +279,29 @@ def main(argv: list[str] | None = None) -> None:
         args.max_train_steps = args.num_train_epochs * steps_per_epoch
     args.num_train_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
     scheduler = get_scheduler(
-        args.lr_scheduler_type, optimizer=optimizer,
+        args.lr_scheduler_type,
+        optimizer=optimizer,
         num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
-        scheduler_specific_kwargs={"power": args.lr_power, "lr_end": 0.0} if args.lr_scheduler_type == "polynomial" else None,
+        scheduler_specific_kwargs={"power": args.lr_power, "lr_end": 0.0}
+        if args.lr_scheduler_type == "polynomial"
+        else None,
     )
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
 
     if args.with_tracking:
-        accelerator.init_trackers("metris", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers(
+            "metris", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        )
 
     completed_steps, start_epoch, resume_batches = 0, 0, 0
     if args.resume_from_checkpoint:
-        path = latest_checkpoint(args.output_dir) if args.resume_from_checkpoint == "latest" else args.resume_from_checkpoint
+        path = (
+            latest_checkpoint(args.output_dir)
+            if args.resume_from_checkpoint == "latest"
+            else args.resume_from_checkpoint
+        )
         if path is None:
             logger.info("no checkpoint in %s: starting from scratch", args.output_dir)
         else:
@@ -267,10 +311,18 @@ def main(argv: list[str] | None = None) -> None:
             start_epoch = completed_steps // steps_per_epoch
             resume_batches = (completed_steps % steps_per_epoch) * args.gradient_accumulation_steps
 
-    logger.info("%d samples, %d epochs, %d steps of %d × %d processes × %d accumulation", len(train_data),
-                args.num_train_epochs, args.max_train_steps, args.per_device_train_batch_size,
-                accelerator.num_processes, args.gradient_accumulation_steps)
-    progress = tqdm(range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process)
+    logger.info(
+        "%d samples, %d epochs, %d steps of %d × %d processes × %d accumulation",
+        len(train_data),
+        args.num_train_epochs,
+        args.max_train_steps,
+        args.per_device_train_batch_size,
+        accelerator.num_processes,
+        args.gradient_accumulation_steps,
+    )
+    progress = tqdm(
+        range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process
+    )
     best_oiou = -1.0
     best_path = Path(args.output_dir) / "best"
     if (best_path / "eval_results.json").exists():
@@ -300,7 +352,11 @@ def main(argv: list[str] | None = None) -> None:
             progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
             if args.with_tracking:
                 accelerator.log({"train/loss": loss.item(), "train/lr": lr, "epoch": epoch}, step=completed_steps)
-            if args.checkpointing_steps and args.checkpointing_steps.isdigit() and completed_steps % int(args.checkpointing_steps) == 0:
+            if (
+                args.checkpointing_steps
+                and args.checkpointing_steps.isdigit()
+                and completed_steps % int(args.checkpointing_steps) == 0
+            ):
                 save_checkpoint(accelerator, args.output_dir, f"step_{completed_steps}", completed_steps)
             if completed_steps >= args.max_train_steps:
                 break
@@ -309,9 +365,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.eval_every and ((epoch + 1) % args.eval_every == 0 or completed_steps >= args.max_train_steps):
             results = run_validation(args, accelerator, model, processor, datasets, epoch)
             if accelerator.is_main_process and results is not None:
-                accelerator.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if isinstance(v, float)))
+                accelerator.print(
+                    f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if isinstance(v, float))
+                )
                 if args.with_tracking:
-                    accelerator.log({f"eval/{k}": v for k, v in results.items() if isinstance(v, float)}, step=completed_steps)
+                    accelerator.log(
+                        {f"eval/{k}": v for k, v in results.items() if isinstance(v, float)}, step=completed_steps
+                    )
                 if results["oIoU"] > best_oiou:
                     best_oiou = results["oIoU"]
                     save_model(accelerator, model, processor, best_path, results)
@@ -332,8 +392,14 @@ def run_validation(args, accelerator, model, processor, datasets, epoch):
         data = data.select(range(min(args.max_eval_samples, len(data))))
     metric = "grefcoco_iou" if args.dataset == "grefcoco" else "referring_iou"
     results = evaluate_referring(
-        accelerator.unwrap_model(model), processor, data, metric_name=metric, resolution=args.eval_resolution,
-        batch_size=args.per_device_eval_batch_size, accelerator=accelerator, experiment_id=f"val-{epoch}",
+        accelerator.unwrap_model(model),
+        processor,
+        data,
+        metric_name=metric,
+        resolution=args.eval_resolution,
+        batch_size=args.per_device_eval_batch_size,
+        accelerator=accelerator,
+        experiment_id=f"val-{epoch}",
     )
     if results is not None and "oIoU" not in results:  # gRefCOCO keeps the best by cIoU, its overall IoU
         results["oIoU"] = results["cIoU"]

@@ -26,8 +26,9 @@ def parse_pairs(argv: list[str] | None) -> tuple[argparse.Namespace, list[tuple[
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="checkpoint folder or Hub id (default: the embedded one)")
     parser.add_argument("--image", action="append", required=True, help="an image path; repeat for several")
-    parser.add_argument("--text", action="append", nargs="+", required=True,
-                        help="the expressions for the --image before it")
+    parser.add_argument(
+        "--text", action="append", nargs="+", required=True, help="the expressions for the --image before it"
+    )
     parser.add_argument("--output", default="outputs/visualize.png")
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -51,8 +52,9 @@ def main(argv: list[str] | None = None) -> Path:
     rows = []
     for image_path, expressions in pairs:
         image = load_local_image(image_path).convert("RGB")
-        for expression, (mask, attention) in zip(expressions, explain(model, processor, image, expressions,
-                                                                      threshold=args.threshold)):
+        for expression, (mask, attention) in zip(
+            expressions, explain(model, processor, image, expressions, threshold=args.threshold)
+        ):
             rows.append(render_row(image, expression, mask, attention))
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -65,8 +65,10 @@ def save_tiny_checkpoint(folder: Path, tokenizer: Any = None, poison: bool = Fal
         with torch.no_grad():
             next(iter(model.parameters())).view(-1)[:3] = float("nan")
     model.save_pretrained(folder)
-    MetrisProcessor(image_processor=MetrisImageProcessor(size={"height": CHECKPOINT_SIZE, "width": CHECKPOINT_SIZE}),
-                    tokenizer=tokenizer or build_tiny_tokenizer()).save_pretrained(folder)
+    MetrisProcessor(
+        image_processor=MetrisImageProcessor(size={"height": CHECKPOINT_SIZE, "width": CHECKPOINT_SIZE}),
+        tokenizer=tokenizer or build_tiny_tokenizer(),
+    ).save_pretrained(folder)
     return folder
 
 
@@ -141,20 +143,62 @@ def crowd_mask() -> np.ndarray:
 
 ANNOTATIONS = [
     # two overlapping polygons of one object: the mask is their union
-    {"id": 11, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [5, 5, 50, 35],
-     "segmentation": [[5, 5, 35, 5, 35, 30, 5, 30], [20, 15, 55, 15, 55, 40, 20, 40]]},
-    {"id": 12, "image_id": 1, "category_id": 2, "iscrowd": 0, "bbox": [40, 2, 20, 10],
-     "segmentation": [[40, 2, 60, 2, 50, 12]]},
-    {"id": 21, "image_id": 2, "category_id": 1, "iscrowd": 1, "bbox": [10, 5, 40, 30],
-     "segmentation": rle_uncompressed(crowd_mask())},
-    {"id": 22, "image_id": 2, "category_id": 3, "iscrowd": 0, "bbox": [2, 2, 10, 10],
-     "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]]},
-    {"id": 31, "image_id": 3, "category_id": 1, "iscrowd": 0, "bbox": [10, 10, 20, 25],
-     "segmentation": [[10, 10, 30, 12, 25, 35, 12, 30]]},
-    {"id": 41, "image_id": 4, "category_id": 4, "iscrowd": 0, "bbox": [5, 20, 30, 30],
-     "segmentation": [[5, 20, 35, 20, 20, 50]]},
-    {"id": 51, "image_id": 5, "category_id": 2, "iscrowd": 0, "bbox": [30, 30, 20, 20],
-     "segmentation": [[30, 30, 50, 30, 50, 50, 30, 50]]},
+    {
+        "id": 11,
+        "image_id": 1,
+        "category_id": 1,
+        "iscrowd": 0,
+        "bbox": [5, 5, 50, 35],
+        "segmentation": [[5, 5, 35, 5, 35, 30, 5, 30], [20, 15, 55, 15, 55, 40, 20, 40]],
+    },
+    {
+        "id": 12,
+        "image_id": 1,
+        "category_id": 2,
+        "iscrowd": 0,
+        "bbox": [40, 2, 20, 10],
+        "segmentation": [[40, 2, 60, 2, 50, 12]],
+    },
+    {
+        "id": 21,
+        "image_id": 2,
+        "category_id": 1,
+        "iscrowd": 1,
+        "bbox": [10, 5, 40, 30],
+        "segmentation": rle_uncompressed(crowd_mask()),
+    },
+    {
+        "id": 22,
+        "image_id": 2,
+        "category_id": 3,
+        "iscrowd": 0,
+        "bbox": [2, 2, 10, 10],
+        "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]],
+    },
+    {
+        "id": 31,
+        "image_id": 3,
+        "category_id": 1,
+        "iscrowd": 0,
+        "bbox": [10, 10, 20, 25],
+        "segmentation": [[10, 10, 30, 12, 25, 35, 12, 30]],
+    },
+    {
+        "id": 41,
+        "image_id": 4,
+        "category_id": 4,
+        "iscrowd": 0,
+        "bbox": [5, 20, 30, 30],
+        "segmentation": [[5, 20, 35, 20, 20, 50]],
+    },
+    {
+        "id": 51,
+        "image_id": 5,
+        "category_id": 2,
+        "iscrowd": 0,
+        "bbox": [30, 30, 20, 20],
+        "segmentation": [[30, 30, 50, 30, 50, 50, 30, 50]],
+    },
 ]
 
 
@@ -164,10 +208,17 @@ def sentence(raw: str, sent: str | None = None, sent_id: int = 0) -> dict:
 
 
 def ref(ref_id, ann_id, image_id, split, raws, **extra) -> dict:
-    return {"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split,
-            "sentences": [sentence(r, sent_id=ref_id * 10 + i) if isinstance(r, str) else r for i, r in enumerate(raws)],
-            "sent_ids": [ref_id * 10 + i for i in range(len(raws))], "category_id": 1,
-            "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg", **extra}
+    return {
+        "ref_id": ref_id,
+        "ann_id": ann_id,
+        "image_id": image_id,
+        "split": split,
+        "sentences": [sentence(r, sent_id=ref_id * 10 + i) if isinstance(r, str) else r for i, r in enumerate(raws)],
+        "sent_ids": [ref_id * 10 + i for i in range(len(raws))],
+        "category_id": 1,
+        "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
+        **extra,
+    }
 
 
 REFCOCO_REFS = [
@@ -202,8 +253,10 @@ def write_jpeg(path: Path, width: int, height: int, seed: int) -> None:
 
 def instances() -> dict:
     """A fresh instances.json content (its annotations are the module's `ANNOTATIONS`, not copies)."""
-    images = [{"id": i, "file_name": f"COCO_train2014_{i:012d}.jpg", "width": w, "height": h}
-              for i, (w, h) in IMAGE_SIZES.items()]
+    images = [
+        {"id": i, "file_name": f"COCO_train2014_{i:012d}.jpg", "width": w, "height": h}
+        for i, (w, h) in IMAGE_SIZES.items()
+    ]
     categories = [{"id": c, "name": f"c{c}", "supercategory": "thing"} for c in (1, 2, 3, 4)]
     return {"images": images, "annotations": ANNOTATIONS, "categories": categories}
 
@@ -215,9 +268,15 @@ def write_refer_copy(root: Path) -> Path:
     for image_id, (width, height) in IMAGE_SIZES.items():
         write_jpeg(image_dir / f"COCO_train2014_{image_id:012d}.jpg", width, height, image_id)
     for dataset, files in {
-        "refcoco": {"refs(unc).p": REFCOCO_REFS, "refs(google).p": [dict(r, split="train" if r["split"] == "train" else "val") for r in REFCOCO_REFS]},
+        "refcoco": {
+            "refs(unc).p": REFCOCO_REFS,
+            "refs(google).p": [dict(r, split="train" if r["split"] == "train" else "val") for r in REFCOCO_REFS],
+        },
         "refcoco+": {"refs(unc).p": REFCOCO_REFS},
-        "refcocog": {"refs(umd).p": REFCOCOG_REFS, "refs(google).p": [dict(r, split="train" if r["split"] == "train" else "val") for r in REFCOCOG_REFS]},
+        "refcocog": {
+            "refs(umd).p": REFCOCOG_REFS,
+            "refs(google).p": [dict(r, split="train" if r["split"] == "train" else "val") for r in REFCOCOG_REFS],
+        },
         "grefcoco": {"grefs(unc).json": GREFS},
     }.items():
         folder = root / dataset
@@ -241,12 +300,22 @@ def write_jxu124_parquet(folder: Path, refs: list[dict], with_split_column: bool
     for r in refs:
         ann = by_id[r["ann_id"]]
         row = {
-            "sent_ids": r["sent_ids"], "file_name": r["file_name"], "ann_id": r["ann_id"], "ref_id": r["ref_id"],
-            "image_id": r["image_id"], "split": r["split"], "sentences": r["sentences"],
-            "category_id": ann["category_id"], "raw_anns": json.dumps(ann), "raw_image_info": json.dumps(infos[r["image_id"]]),
-            "raw_sentences": json.dumps(r["sentences"]), "image_path": f"coco/train2014/COCO_train2014_{r['image_id']:012d}.jpg",
-            "bbox": [float(v) for v in ann["bbox"]], "captions": [s["raw"] for s in r["sentences"]],
-            "global_image_id": f"coco.{r['image_id']}", "anns_id": str(r["ann_id"]),
+            "sent_ids": r["sent_ids"],
+            "file_name": r["file_name"],
+            "ann_id": r["ann_id"],
+            "ref_id": r["ref_id"],
+            "image_id": r["image_id"],
+            "split": r["split"],
+            "sentences": r["sentences"],
+            "category_id": ann["category_id"],
+            "raw_anns": json.dumps(ann),
+            "raw_image_info": json.dumps(infos[r["image_id"]]),
+            "raw_sentences": json.dumps(r["sentences"]),
+            "image_path": f"coco/train2014/COCO_train2014_{r['image_id']:012d}.jpg",
+            "bbox": [float(v) for v in ann["bbox"]],
+            "captions": [s["raw"] for s in r["sentences"]],
+            "global_image_id": f"coco.{r['image_id']}",
+            "anns_id": str(r["ann_id"]),
         }
         if not with_split_column:
             del row["split"]

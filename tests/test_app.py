@@ -51,11 +51,14 @@ def test_segment_gives_one_overlay_and_mask_per_expression_like_the_pipeline(exa
     assert sheet is not None and sheet.width > 256  # image, mask and the two attention panels side by side
 
 
-@pytest.mark.parametrize(("image", "text", "message"), [
-    (None, "the red star", "Upload an image"),
-    ("EXAMPLE", "  \n ", "Type at least one expression"),
-    ("BROKEN", "the red star", "Could not read the image"),
-])
+@pytest.mark.parametrize(
+    ("image", "text", "message"),
+    [
+        (None, "the red star", "Upload an image"),
+        ("EXAMPLE", "  \n ", "Type at least one expression"),
+        ("BROKEN", "the red star", "Could not read the image"),
+    ],
+)
 def test_bad_input_gives_a_message_not_an_exception(examples, tmp_path, image, text, message):
     if image == "EXAMPLE":
         image = examples[0][0]

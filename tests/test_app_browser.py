@@ -38,14 +38,17 @@ SCREENSHOT = Path("outputs/app/screenshot.png")
 
 def find_browser() -> tuple[str, str]:
     """Chromium and its driver from the system; never a downloaded build."""
-    browser = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
-                    if shutil.which(name)), None)
+    browser = next(
+        (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None
+    )
     driver = shutil.which("chromedriver") or next(
         (path for path in ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver") if os.path.isfile(path)), None
     )
     if browser is None or driver is None:
-        pytest.skip(f"no headless browser: chromium={browser}, chromedriver={driver} "
-                    "(apt-get install chromium chromium-driver); the browser test did not run")
+        pytest.skip(
+            f"no headless browser: chromium={browser}, chromedriver={driver} "
+            "(apt-get install chromium chromium-driver); the browser test did not run"
+        )
     return browser, driver
 
 
@@ -69,8 +72,14 @@ def served(tmp_path_factory):
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1300,1500", "--disable-extensions"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1300,1500",
+        "--disable-extensions",
+    ):
         options.add_argument(argument)
     os.environ.setdefault("SE_AVOID_STATS", "true")
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
@@ -102,8 +111,9 @@ def test_upload_type_submit_gives_the_pipelines_masks_and_an_empty_expression_a_
     assert status_text(driver).startswith("Done:"), status_text(driver)
     assert len(driver.find_elements(By.CSS_SELECTOR, "#overlays img")) >= len(expressions)
 
-    links = wait.until(lambda d: [a.get_attribute("href") for a in d.find_elements(By.CSS_SELECTOR, "#masks a[href]")]
-                       or None)
+    links = wait.until(
+        lambda d: [a.get_attribute("href") for a in d.find_elements(By.CSS_SELECTOR, "#masks a[href]")] or None
+    )
     links = sorted(set(links), key=lambda link: link.rsplit("mask_", 1)[-1])
     assert len(links) == len(expressions), links
     reference = pipeline("referring-image-segmentation", model=str(embedded_checkpoint()))(path, expressions)

@@ -51,7 +51,11 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 
 def test_folder_kinds(folders):
     assert {name: folder_kind(path) for name, path in folders.items()} == {
-        "model": "model", "state": "training_state", "other": "other", "missing": "missing"}
+        "model": "model",
+        "state": "training_state",
+        "other": "other",
+        "missing": "missing",
+    }
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
@@ -78,8 +82,12 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
 def test_cli_refuses_bad_arguments(image, folders, tmp_path, capsys, extra, message):
     if extra[:2] == ["--device", "cuda:0"] and torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    extra = [{"MISSING": str(folders["missing"]), "NO_CONFIG": str(folders["other"]),
-              "STATE": str(folders["state"])}.get(a, a) for a in extra]
+    extra = [
+        {"MISSING": str(folders["missing"]), "NO_CONFIG": str(folders["other"]), "STATE": str(folders["state"])}.get(
+            a, a
+        )
+        for a in extra
+    ]
     if "--output" in extra:
         extra[1] = str(tmp_path / extra[1])
         message = message.replace("mask.png", str(tmp_path / "mask.png"))
@@ -131,9 +139,11 @@ def evaluate_script():
 
 def test_resume_from_a_model_folder_is_named(train, folders, tmp_path, capsys):
     base = ["--dataset", "synthetic", "--config_name", "tiny", "--output_dir", str(tmp_path)]
-    for folder, message in [(folders["model"], "is a model checkpoint (config.json + weights"),
-                            (folders["other"], "is not an Accelerate training state"),
-                            (folders["missing"], "no such folder")]:
+    for folder, message in [
+        (folders["model"], "is a model checkpoint (config.json + weights"),
+        (folders["other"], "is not an Accelerate training state"),
+        (folders["missing"], "no such folder"),
+    ]:
         with pytest.raises(SystemExit) as exited:
             train.parse_args([*base, "--resume_from_checkpoint", str(folder)])
         assert exited.value.code == 2 and message in capsys.readouterr().err
@@ -142,19 +152,32 @@ def test_resume_from_a_model_folder_is_named(train, folders, tmp_path, capsys):
 
 def test_train_model_name_or_path_must_be_a_model(train, folders, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        train.parse_args(["--dataset", "synthetic", "--model_name_or_path", str(folders["state"]),
-                          "--output_dir", str(tmp_path)])
+        train.parse_args(
+            ["--dataset", "synthetic", "--model_name_or_path", str(folders["state"]), "--output_dir", str(tmp_path)]
+        )
     assert "is an Accelerate training state" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("config_name, size, ok", [("small", 64, False), ("small", 128, True), ("tiny", 48, True)])
 def test_train_checks_image_size_against_the_backbone(train, tmp_path, config_name, size, ok):
-    args = train.parse_args(["--dataset", "synthetic", "--config_name", config_name, "--image_size", str(size),
-                             "--output_dir", str(tmp_path)])
+    args = train.parse_args(
+        [
+            "--dataset",
+            "synthetic",
+            "--config_name",
+            config_name,
+            "--image_size",
+            str(size),
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     if ok:
         train.build_config_checked(args)
         return
-    with pytest.raises(SystemExit, match=r"--image_size 64: this backbone takes only 128×128 inputs .*absolute position"):
+    with pytest.raises(
+        SystemExit, match=r"--image_size 64: this backbone takes only 128×128 inputs .*absolute position"
+    ):
         train.build_config_checked(args)
 
 

@@ -99,7 +99,10 @@ def run_under_memory_limit(paths: list[Path], headroom: int = 256 << 20) -> dict
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
     done = subprocess.run(
         [sys.executable, "-c", _BOMB_RUNNER, str(headroom), *map(str, paths)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -142,7 +145,9 @@ def test_unreadable_pickle_names_the_file(tmp_path, content, match):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def refer_copy(root: Path, refs: list[dict] | None = None, edit_instances=None, instances_text: str | None = None) -> Path:
+def refer_copy(
+    root: Path, refs: list[dict] | None = None, edit_instances=None, instances_text: str | None = None
+) -> Path:
     """tests/helpers.py's tiny REFER copy, with refcoco's refs and/or instances.json replaced."""
     write_refer_copy(root)
     folder = root / "refcoco"
@@ -165,6 +170,7 @@ def set_annotation(ann_id: int, **fields):
                 for key, value in fields.items():
                     if value is DELETE:
                         del ann[key]
+
     return edit
 
 
@@ -176,6 +182,7 @@ def set_image(image_id: int, **fields):
                 for key, value in fields.items():
                     if value is DELETE:
                         del image[key]
+
     return edit
 
 
@@ -187,14 +194,19 @@ def test_non_finite_polygons_are_refused_within_bounded_memory(tmp_path):
     """A NaN / inf / far-away polygon point sent pycocotools into rasterising without end; now it is a ValueError
     naming the refs file, the ref and the annotation, in a process that may not grow by more than 256 MB."""
     roots = []
-    for name, polygon in {"nan": [5, 5, NAN, 5, 35, 30], "inf": [5, 5, 35, INF, 35, 30],
-                          "far": [5, 5, 1e18, 5, 35, 30]}.items():
+    for name, polygon in {
+        "nan": [5, 5, NAN, 5, 35, 30],
+        "inf": [5, 5, 35, INF, 35, 30],
+        "far": [5, 5, 1e18, 5, 35, 30],
+    }.items():
         roots.append(refer_copy(tmp_path / name, edit_instances=set_annotation(11, segmentation=[polygon])))
     # json writes NaN and Infinity, which Python's json reads back: the file is what a buggy exporter writes
     assert "NaN" in (roots[0] / "refcoco" / "instances.json").read_text()
     outcomes = run_under_memory_limit(roots)
     assert outcomes == {str(root): "ValueError naming the file" for root in roots}
-    with pytest.raises(ValueError, match=r"refs\(unc\)\.p: ref 100: annotation 11: polygon 0 holds a coordinate .*nan"):
+    with pytest.raises(
+        ValueError, match=r"refs\(unc\)\.p: ref 100: annotation 11: polygon 0 holds a coordinate .*nan"
+    ):
         load_refer(roots[0], "refcoco", cache_dir=tmp_path / "cache")
 
 
@@ -209,13 +221,22 @@ BAD_INSTANCES = {
     "nan_bbox": (set_annotation(11, bbox=[1, 2, NAN, 4]), r"ref 100: annotation 11: bbox must be 4 finite numbers"),
     "odd_polygon": (set_annotation(11, segmentation=[[1, 2, 3, 4, 5, 6, 7]]), r"annotation 11: polygon 0 has an odd"),
     "polygon_of_strings": (set_annotation(11, segmentation=[["1", 2, 3, 4, 5, 6]]), r"annotation 11: polygon 0 holds"),
-    "garbage_rle": (set_annotation(21, segmentation={"size": [40, 56], "counts": "\x01\x02garbage"}),
-                    r"ref 200: annotation 21: compressed RLE counts are garbled"),
-    "rle_runs_too_long": (set_annotation(21, segmentation={"size": [40, 56], "counts": [0, 5000]}),
-                          r"ref 200: annotation 21: RLE runs add up to 5000 pixels .*not 40×56"),
-    "rle_wrong_size": (set_annotation(21, segmentation={"size": [41, 56], "counts": [0, 2296]}),
-                       r"ref 200: annotation 21: RLE size \[41, 56\] differs"),
-    "ann_of_other_image": (set_annotation(11, image_id=2), r"ref 100: annotation 11 belongs to image 2, not to the ref's image 1"),
+    "garbage_rle": (
+        set_annotation(21, segmentation={"size": [40, 56], "counts": "\x01\x02garbage"}),
+        r"ref 200: annotation 21: compressed RLE counts are garbled",
+    ),
+    "rle_runs_too_long": (
+        set_annotation(21, segmentation={"size": [40, 56], "counts": [0, 5000]}),
+        r"ref 200: annotation 21: RLE runs add up to 5000 pixels .*not 40×56",
+    ),
+    "rle_wrong_size": (
+        set_annotation(21, segmentation={"size": [41, 56], "counts": [0, 2296]}),
+        r"ref 200: annotation 21: RLE size \[41, 56\] differs",
+    ),
+    "ann_of_other_image": (
+        set_annotation(11, image_id=2),
+        r"ref 100: annotation 11 belongs to image 2, not to the ref's image 1",
+    ),
 }
 
 
@@ -235,7 +256,10 @@ def test_bad_instances_name_the_ref_and_record(tmp_path, name):
         (json.dumps(instances())[:-40], r"instances\.json: not readable JSON"),
         ("", r"instances\.json: not readable JSON"),
         (json.dumps({"images": {}, "annotations": []}), r"instances\.json: 'images' must be a list, got dict"),
-        (json.dumps({"images": [{"id": "1"}], "annotations": []}), r"instances\.json: images\[0\] is not a dict with an integer 'id'"),
+        (
+            json.dumps({"images": [{"id": "1"}], "annotations": []}),
+            r"instances\.json: images\[0\] is not a dict with an integer 'id'",
+        ),
     ],
     ids=["list", "truncated", "empty", "images_dict", "string_id"],
 )
@@ -247,7 +271,10 @@ def test_malformed_instances_file_names_it(tmp_path, text, match):
 
 BAD_REFS = {
     "sentences_string": ({"sentences": "the big box"}, r"ref 100: `sentences` must be a list of sentences, got str"),
-    "sentences_numbers": ({"sentences": [1, 2]}, r"ref 100: sentence 0 must be a dict with `raw`/`sent` or a string, got int"),
+    "sentences_numbers": (
+        {"sentences": [1, 2]},
+        r"ref 100: sentence 0 must be a dict with `raw`/`sent` or a string, got int",
+    ),
     "sentences_none": ({"sentences": None}, r"ref 100: `sentences` must be a list of sentences, got NoneType"),
     "raw_not_text": ({"sentences": [{"raw": 5, "sent": "x"}]}, r"ref 100: sentence 0: `raw` must be text, got int"),
     "image_unlisted": ({"image_id": 99}, r"ref 100: names image 99, which .*instances\.json does not list"),
@@ -276,15 +303,19 @@ def test_empty_refs_list_says_no_refs(tmp_path):
 
 def test_declared_size_differs_from_the_file(tmp_path):
     root = refer_copy(tmp_path / "data", edit_instances=set_image(3, width=50))
-    with pytest.raises(ValueError, match=r"COCO_train2014_000000000003\.jpg is 48×48 .* image 3 \(ref 300\) declares it 50×48"):
+    with pytest.raises(
+        ValueError, match=r"COCO_train2014_000000000003\.jpg is 48×48 .* image 3 \(ref 300\) declares it 50×48"
+    ):
         load_refer(root, "refcoco", cache_dir=tmp_path / "cache")
 
 
 def test_degenerate_targets_are_counted_warned_and_kept_out_of_training(tmp_path, caplog):
     """Ref 100 (train) loses its polygons to < 3 points, ref 200 (val) to a polygon wholly outside its image."""
+
     def edit(data: dict) -> None:
         set_annotation(11, segmentation=[[5, 5, 35, 5], []])(data)
         set_annotation(21, segmentation=[[100, 100, 120, 100, 120, 120]])(data)  # image 2 is 56×40
+
     root = refer_copy(tmp_path / "data", edit_instances=edit)
     with caplog.at_level("WARNING"):
         data = load_refer(root, "refcoco", cache_dir=tmp_path / "cache")
@@ -317,15 +348,19 @@ def parquet_copy(tmp_path: Path, drop: tuple[str, ...] = (), **row_changes) -> t
 @pytest.mark.parametrize("drop", [("sentences",), ("ref_id", "image_id"), ("raw_anns",)])
 def test_parquet_missing_columns_are_named_up_front(tmp_path, drop):
     files, image_root = parquet_copy(tmp_path, drop=drop)
-    with pytest.raises(ValueError, match=r"-00000-of-00001\.parquet: missing column\(s\) " + re.escape(str(list(drop)))):
+    with pytest.raises(
+        ValueError, match=r"-00000-of-00001\.parquet: missing column\(s\) " + re.escape(str(list(drop)))
+    ):
         load_refer_parquet(files, image_root, cache_dir=tmp_path / "cache")
 
 
 @pytest.mark.parametrize(
     "change, match",
     [
-        ({"raw_anns": json.dumps({"id": 11, "segmentation": [[5, 5, NAN, 5, 35, 30]], "bbox": [5, 5, 50, 35]})},
-         r"ref 100: annotation 11: bad segmentation \(polygon 0 holds a coordinate"),
+        (
+            {"raw_anns": json.dumps({"id": 11, "segmentation": [[5, 5, NAN, 5, 35, 30]], "bbox": [5, 5, 50, 35]})},
+            r"ref 100: annotation 11: bad segmentation \(polygon 0 holds a coordinate",
+        ),
         ({"raw_anns": None}, r"ref 100: raw_anns is empty but ann_id is 11"),
         ({"raw_image_info": json.dumps({"id": 1, "height": -48, "width": 64})}, r"ref 100: image height must lie in"),
         ({"raw_anns": "[1, 2]"}, r"ref 100: raw_anns must hold COCO annotation dicts"),

@@ -55,8 +55,9 @@ def test_checkpoint_without_tokenizer_vocabulary_is_an_error(checkpoint, tmp_pat
 
 def test_tokenizer_with_only_special_tokens_is_refused(checkpoint):
     specials_only = BertTokenizer(vocab={t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])})
-    processor = MetrisProcessor(image_processor=MetrisImageProcessor(size={"height": SIZE, "width": SIZE}),
-                                tokenizer=specials_only)
+    processor = MetrisProcessor(
+        image_processor=MetrisImageProcessor(size={"height": SIZE, "width": SIZE}), tokenizer=specials_only
+    )
     model = MetrisForReferringSegmentation.from_pretrained(checkpoint)
     with pytest.raises(ValueError, match=r"knows only its special tokens .*every word would become \[UNK\]"):
         pipeline(TASK, model=model, processor=processor)
@@ -82,8 +83,9 @@ def test_non_finite_weights_are_reported_by_the_pipeline(tmp_path):
 
 
 def test_non_finite_logits_are_an_error_not_an_empty_mask():
-    processor = MetrisProcessor(image_processor=MetrisImageProcessor(size={"height": SIZE, "width": SIZE}),
-                                tokenizer=build_tiny_tokenizer())
+    processor = MetrisProcessor(
+        image_processor=MetrisImageProcessor(size={"height": SIZE, "width": SIZE}), tokenizer=build_tiny_tokenizer()
+    )
     logits = torch.zeros(3, 1, 16, 16)
     logits[1, 0, 2, 3] = float("nan")
     logits[2, 0, 0, 0] = float("inf")
@@ -154,8 +156,14 @@ def test_unknown_config_keys_warn_naming_them(tmp_path):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("use_curation", "no"), ("curation_ratio", "0.3"), ("hidden_size", 32.5), ("guidance", 3),
-     ("article_token_ids", ["a"]), ("no_target_head", 1)],
+    [
+        ("use_curation", "no"),
+        ("curation_ratio", "0.3"),
+        ("hidden_size", 32.5),
+        ("guidance", 3),
+        ("article_token_ids", ["a"]),
+        ("no_target_head", 1),
+    ],
 )
 def test_wrong_config_types_raise_naming_the_field(field, value):
     with pytest.raises(StrictDataclassFieldValidationError, match=rf"field '{field}'"):
@@ -169,10 +177,14 @@ def test_wrong_config_types_raise_naming_the_field(field, value):
 
 @pytest.mark.parametrize(
     "field, value, match",
-    [("guidance", "bogus", r"`guidance` must be one of"), ("curation_ratio", 1.5, r"`curation_ratio` must be in \(0, 1\]"),
-     ("curation_ratio", math.nan, r"`curation_ratio` must be a finite number"),
-     ("dropout", -0.1, r"`dropout` must be in \[0, inf\]"), ("enhancer_rounds", -1, r"`enhancer_rounds` must be an integer >= 0"),
-     ("mask_loss", "dice", r"`mask_loss` must be one of")],
+    [
+        ("guidance", "bogus", r"`guidance` must be one of"),
+        ("curation_ratio", 1.5, r"`curation_ratio` must be in \(0, 1\]"),
+        ("curation_ratio", math.nan, r"`curation_ratio` must be a finite number"),
+        ("dropout", -0.1, r"`dropout` must be in \[0, inf\]"),
+        ("enhancer_rounds", -1, r"`enhancer_rounds` must be an integer >= 0"),
+        ("mask_loss", "dice", r"`mask_loss` must be one of"),
+    ],
 )
 def test_bad_config_values_raise_at_construction_and_on_assignment(field, value, match):
     with pytest.raises(ValueError, match=match):

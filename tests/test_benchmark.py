@@ -18,9 +18,28 @@ def test_benchmark_produces_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--tiny", "--compile", "off", "--parts", "inference", "train", "data", "metrics", "--dtypes", "float32",
-         "bfloat16", "--json", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "benchmark.py"),
+            "--tiny",
+            "--compile",
+            "off",
+            "--parts",
+            "inference",
+            "train",
+            "data",
+            "metrics",
+            "--dtypes",
+            "float32",
+            "bfloat16",
+            "--json",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(out.read_text())
@@ -29,16 +48,32 @@ def test_benchmark_produces_every_figure(tmp_path):
     assert all(peak["gmacs_per_second"] > 0 and peak["size"] == 512 for peak in report["peak"].values())
 
     inference = report["inference"]
-    assert {(r["dtype"], r["batch_size"]) for r in inference} == {(d, b) for d in ("float32", "bfloat16") for b in (1, 8)}
+    assert {(r["dtype"], r["batch_size"]) for r in inference} == {
+        (d, b) for d in ("float32", "bfloat16") for b in (1, 8)
+    }
     for row in inference:
-        for key in ("metris_s", "metris_gmacs", "backbone_s", "backbone_gmacs", "text_s", "text_gmacs",
-                    "efficiency_ratio", "metris_peak_mb", "metris_peak_fraction", "backbone_peak_fraction"):
+        for key in (
+            "metris_s",
+            "metris_gmacs",
+            "backbone_s",
+            "backbone_gmacs",
+            "text_s",
+            "text_gmacs",
+            "efficiency_ratio",
+            "metris_peak_mb",
+            "metris_peak_fraction",
+            "backbone_peak_fraction",
+        ):
             assert math.isfinite(row[key]) and row[key] > 0, (key, row)
         assert row["metris_gmacs"] > row["backbone_gmacs"] > 0
     assert {(r["dtype"], r["gradient_checkpointing"]) for r in report["train"]} == {
-        ("float32", False), ("bfloat16", False), ("float32", True)
+        ("float32", False),
+        ("bfloat16", False),
+        ("float32", True),
     }
-    assert all(r["samples_per_second"] > 0 and r["peak_memory_mb"] > 0 and r["peak_fraction"] > 0 for r in report["train"])
+    assert all(
+        r["samples_per_second"] > 0 and r["peak_memory_mb"] > 0 and r["peak_fraction"] > 0 for r in report["train"]
+    )
     assert [r["num_workers"] for r in report["data"]] == [0, 1, 2]
     assert all(r["samples_per_second"] > 0 and r["samples"] > 0 for r in report["data"])
     metrics = report["metrics"]

@@ -72,8 +72,12 @@ def test_cli_dtype_switch(demo_examples, tmp_path, capsys):
     masks = {}
     for dtype in ("float32", "bf16"):
         output = tmp_path / f"mask_{dtype}.png"
-        assert segment_main(["--image", str(tmp_path / "scene.png"), "--text", text, "--dtype", dtype,
-                             "--output", str(output)]) == 0
+        assert (
+            segment_main(
+                ["--image", str(tmp_path / "scene.png"), "--text", text, "--dtype", dtype, "--output", str(output)]
+            )
+            == 0
+        )
         masks[dtype] = np.asarray(Image.open(output)) > 0
     assert masks["float32"].any()
     union = (masks["float32"] | masks["bf16"]).sum()

@@ -1,4 +1,5 @@
-"""The authors' checkpoints convert to ours: every key has a home, and (where their code is at hand) the outputs agree."""
+"""The authors' checkpoints convert to ours: every key has a home, and (where their code is at hand) the outputs
+agree."""
 
 import json
 import os
@@ -24,9 +25,15 @@ def test_every_authors_key_lands_on_exactly_our_state_dict():
     converted = convert_authors_state_dict(theirs)
     with torch.device("meta"):
         ours = MetrisForReferringSegmentation(authors_config()).state_dict()
-    assert set(converted) == set(ours), (sorted(set(ours) - set(converted))[:5], sorted(set(converted) - set(ours))[:5])
-    wrong_shapes = {key: (tuple(value.shape), tuple(ours[key].shape)) for key, value in converted.items()
-                    if value.shape != ours[key].shape}
+    assert set(converted) == set(ours), (
+        sorted(set(ours) - set(converted))[:5],
+        sorted(set(converted) - set(ours))[:5],
+    )
+    wrong_shapes = {
+        key: (tuple(value.shape), tuple(ours[key].shape))
+        for key, value in converted.items()
+        if value.shape != ours[key].shape
+    }
     assert not wrong_shapes
     assert len(theirs) == 905  # of which 24 Swin relative-position indices our Swin rebuilds itself
 
@@ -125,8 +132,9 @@ def test_a_metris_hf_01_checkpoint_warm_starts_todays_model():
     model = MetrisForReferringSegmentation(small_metris_config())
     fresh = warm_start_from_legacy(model, legacy)
     # Only what today's layout added starts from init: Mix-FFN convolutions and the self-attention context norms.
-    assert fresh and all(key.endswith(("mlp.dwconv.weight", "mlp.dwconv.bias", "norm_kv.weight", "norm_kv.bias"))
-                         for key in fresh), fresh
+    assert fresh and all(
+        key.endswith(("mlp.dwconv.weight", "mlp.dwconv.bias", "norm_kv.weight", "norm_kv.bias")) for key in fresh
+    ), fresh
     state = model.state_dict()
     torch.testing.assert_close(state["classifier.weight"], legacy["decoder.classifier.weight"])
     torch.testing.assert_close(
@@ -135,6 +143,6 @@ def test_a_metris_hf_01_checkpoint_warm_starts_todays_model():
     )
     old_fc1 = legacy["decoder.blocks.3.mlp.fc1.weight"]  # the decoder's MLP grew from 2× to 4×
     torch.testing.assert_close(state["metris.decoder.blocks.3.mlp.fc1.weight"][: old_fc1.shape[0]], old_fc1)
-    assert state["metris.decoder.blocks.3.mlp.fc2.weight"][:, old_fc1.shape[0]:].abs().sum() == 0
+    assert state["metris.decoder.blocks.3.mlp.fc2.weight"][:, old_fc1.shape[0] :].abs().sum() == 0
     dwconv = state["metris.decoder.blocks.3.mlp.dwconv.weight"]
     assert dwconv[:, 0, 1, 1].eq(1).all() and dwconv.abs().sum() == dwconv.shape[0]  # starts as the identity

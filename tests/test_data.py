@@ -175,7 +175,9 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path, payload):
     refs = [dict(REFCOCO_REFS[0], sentences=[evil])]
     with open(root / "refcoco" / "refs(unc).p", "wb") as handle:
         pickle.dump(refs, handle, protocol=2)
-    with pytest.raises(UnsafePickleError, match=r"refused to unpickle .*(system|open).*nothing from this file was executed"):
+    with pytest.raises(
+        UnsafePickleError, match=r"refused to unpickle .*(system|open).*nothing from this file was executed"
+    ):
         load_refer(root, "refcoco", cache_dir=tmp_path / "cache")
     assert not marker.exists()
     assert isinstance(UnsafePickleError("x"), pickle.UnpicklingError)
@@ -200,12 +202,16 @@ def test_error_messages(tmp_path, refer_root, cache):
     with pytest.raises(FileNotFoundError, match=r"refs file not found: looked for .*empty/refcoco/refs\(unc\)\.p"):
         load_refer(empty, "refcoco")
     (empty / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(REFCOCO_REFS, protocol=2))
-    with pytest.raises(FileNotFoundError, match=r"instances file not found: looked for .*empty/refcoco/instances\.json"):
+    with pytest.raises(
+        FileNotFoundError, match=r"instances file not found: looked for .*empty/refcoco/instances\.json"
+    ):
         load_refer(empty, "refcoco")
     (empty / "refcoco" / "instances.json").write_text(json.dumps(instances()))
     with pytest.raises(FileNotFoundError, match=r"image folder not found: .*train2014"):
         load_refer(empty, "refcoco")
-    with pytest.raises(FileNotFoundError, match=r"refs file not found: looked for .*empty/grefcoco/grefs\(unc\)\.json"):
+    with pytest.raises(
+        FileNotFoundError, match=r"refs file not found: looked for .*empty/grefcoco/grefs\(unc\)\.json"
+    ):
         load_refer(empty, "grefcoco")
 
 
@@ -213,7 +219,9 @@ def test_missing_and_corrupt_images(tmp_path, caplog):
     root = write_refer_copy(tmp_path / "data")
     image_dir = root / "images" / "mscoco" / "images" / "train2014"
     (image_dir / "COCO_train2014_000000000003.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match=r"1 referenced image\(s\) missing, e\.g\. .*COCO_train2014_000000000003\.jpg"):
+    with pytest.raises(
+        FileNotFoundError, match=r"1 referenced image\(s\) missing, e\.g\. .*COCO_train2014_000000000003\.jpg"
+    ):
         load_refer(root, "refcoco", cache_dir=tmp_path / "cache")
     with caplog.at_level("WARNING"):
         skipped = load_refer(root, "refcoco", cache_dir=tmp_path / "cache", skip_missing_images=True)
@@ -282,8 +290,11 @@ def test_parquet_layout_matches_refer(tmp_path, refer_root, refcoco, with_split_
 def test_parquet_refcocog_and_data_files_dict(tmp_path, refer_root):
     files = write_jxu124_parquet(tmp_path / "jxu124_refcocog", REFCOCOG_REFS, with_split_column=False)
     image_root = refer_root / "images" / "mscoco" / "images" / "train2014"
-    data = load_refer_parquet({s: str(files / f"{s}-00000-of-00001.parquet") for s in ("train", "validation", "test")},
-                              image_root, cache_dir=tmp_path / "cache")
+    data = load_refer_parquet(
+        {s: str(files / f"{s}-00000-of-00001.parquet") for s in ("train", "validation", "test")},
+        image_root,
+        cache_dir=tmp_path / "cache",
+    )
     assert {split: len(d) for split, d in data.items()} == {"train": 1, "val": 1, "test": 2}  # no testB: test stays
     with pytest.raises(FileNotFoundError, match=r"missing, e\.g\. .*COCO_train2014_000000000001\.jpg"):
         load_refer_parquet(files, tmp_path, cache_dir=tmp_path / "cache")
@@ -304,8 +315,12 @@ def test_load_dataset_by_name(tmp_path, refer_root, cache):
 
     parquet_root = tmp_path / "pq"
     write_jxu124_parquet(parquet_root / "refcoco", REFCOCO_REFS)
-    via_parquet = load_dataset_by_name("refcoco", data_root=parquet_root, cache_dir=cache,
-                                       image_root=refer_root / "images" / "mscoco" / "images" / "train2014")
+    via_parquet = load_dataset_by_name(
+        "refcoco",
+        data_root=parquet_root,
+        cache_dir=cache,
+        image_root=refer_root / "images" / "mscoco" / "images" / "train2014",
+    )
     assert {s: len(d) for s, d in via_parquet.items()} == {s: len(d) for s, d in data.items()}
 
     synthetic = load_dataset_by_name("synthetic", synthetic_size=(6, 0, 3), synthetic_seed=1, cache_dir=cache)
@@ -322,8 +337,14 @@ def test_prepare_data_script(refer_root, tmp_path, capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     results = module.main(["--data_root", str(refer_root), "--cache_dir", str(tmp_path), "--verify_images"])
-    assert set(results) == {"refcoco (unc)", "refcoco (google)", "refcoco+ (unc)", "refcocog (umd)",
-                            "refcocog (google)", "grefcoco (unc)"}
+    assert set(results) == {
+        "refcoco (unc)",
+        "refcoco (google)",
+        "refcoco+ (unc)",
+        "refcocog (umd)",
+        "refcocog (google)",
+        "grefcoco (unc)",
+    }
     assert results["refcoco (unc)"] == [("train", 2, 5, 1), ("val", 2, 5, 1), ("testA", 1, 2, 1), ("testB", 1, 2, 1)]
     assert "| testB    |        1 |         2 |       1 |" in capsys.readouterr().out
     synthetic = module.main(["--synthetic", "--synthetic_size", "4", "2", "2", "--cache_dir", str(tmp_path)])
@@ -346,7 +367,11 @@ def test_synthetic_is_deterministic_and_splits_differ(tmp_path):
         assert a[split].data.to_pylist() == b[split].data.to_pylist()  # the same bytes
     assert a["train"].data.column("image").to_pylist() != c["train"].data.column("image").to_pylist()
     images = {split: {row["bytes"] for row in a[split].data.column("image").to_pylist()} for split in a}
-    assert not images["train"] & images["val"] and not images["train"] & images["test"] and not images["val"] & images["test"]
+    assert (
+        not images["train"] & images["val"]
+        and not images["train"] & images["test"]
+        and not images["val"] & images["test"]
+    )
     ids = {split: set(a[split]["image_id"]) for split in a}
     assert not ids["train"] & ids["val"] and not ids["val"] & ids["test"]
     assert len({r for split in a.values() for r in split["ref_id"]}) == 24
@@ -367,9 +392,15 @@ def test_synthetic_expressions_are_unique_by_construction():
             assert matched == row["ann_ids"], (sentence, scene.objects)
             checked += 1
             words = sentence.split()
-            kinds.add("relation" if {"of", "above", "below"} & set(words) else
-                      "superlative" if {"leftmost", "rightmost", "highest", "lowest"} & set(words) else
-                      "region" if {"on", "at"} & set(words) else "attributes")
+            kinds.add(
+                "relation"
+                if {"of", "above", "below"} & set(words)
+                else "superlative"
+                if {"leftmost", "rightmost", "highest", "lowest"} & set(words)
+                else "region"
+                if {"on", "at"} & set(words)
+                else "attributes"
+            )
         mask = np.asarray(PIL.Image.open(__import__("io").BytesIO(row["mask"]["bytes"])))
         if row["no_target"]:
             assert row["ann_ids"] == [] and not mask.any()
@@ -404,8 +435,12 @@ def test_synthetic_tokenizer_covers_every_word():
     tokenizer = build_synthetic_tokenizer()
     vocab = synthetic_vocabulary()
     assert len(vocab) < 256 and len(tokenizer) == len(vocab)
-    assert tokenizer.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "an"]) == list(range(8))
-    sentences = [s for _, row in iter_synthetic(200, image_size=64, seed=9, no_target_fraction=0.2) for s in row["sentences"]]
+    assert tokenizer.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "an"]) == list(
+        range(8)
+    )
+    sentences = [
+        s for _, row in iter_synthetic(200, image_size=64, seed=9, no_target_fraction=0.2) for s in row["sentences"]
+    ]
     for sentence in sentences:
         ids = tokenizer(sentence)["input_ids"]
         assert tokenizer.unk_token_id not in ids, sentence

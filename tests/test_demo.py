@@ -30,7 +30,9 @@ def run(args, expect=0):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if expect is not None:
-        assert result.returncode == expect, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        assert result.returncode == expect, (
+            f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
     return result
 
 
@@ -104,7 +106,9 @@ def test_console_script_writes_a_mask_of_the_image_size(tmp_path):
     image = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 100, 3), dtype=np.uint8)).save(image)
     console = Path(sys.executable).with_name("metris-segment")
-    result = run([str(console), "--image", str(image), "--text", "the red circle", "--output", str(tmp_path / "m.png")])
+    result = run(
+        [str(console), "--image", str(image), "--text", "the red circle", "--output", str(tmp_path / "m.png")]
+    )
     mask = Image.open(tmp_path / "m.png")
     assert mask.size == (100, 70) and mask.mode == "L" and "score" in result.stdout
 
@@ -126,8 +130,23 @@ def test_visualize_draws_a_row_per_expression(tmp_path):
     from metris_hf.data import make_synthetic
 
     make_synthetic(0, 0, 1, image_size=128, seed=3)["test"][0]["image"].save(image)
-    run([sys.executable, str(SCRIPTS / "visualize.py"), "--image", str(image), "--text", "the red star",
-         "the big circle", "--image", str(image), "--text", "the square", "--output", str(tmp_path / "fig.png")])
+    run(
+        [
+            sys.executable,
+            str(SCRIPTS / "visualize.py"),
+            "--image",
+            str(image),
+            "--text",
+            "the red star",
+            "the big circle",
+            "--image",
+            str(image),
+            "--text",
+            "the square",
+            "--output",
+            str(tmp_path / "fig.png"),
+        ]
+    )
     figure = Image.open(tmp_path / "fig.png")
     assert figure.height >= 3 * 192
     panels = figure_panels(tmp_path / "fig.png")  # no ground truth: the image instead
@@ -140,7 +159,10 @@ def test_row_outlines_masks_without_tinting_and_has_colour_bars():
     target, predicted = np.zeros((96, 96), bool), np.zeros((96, 96), bool)
     target[20:60, 20:60] = True
     predicted[30:70, 30:70] = True
-    attention = {"visual": np.linspace(0.2, 0.9, 64).reshape(8, 8), "linguistic": np.linspace(0.8, 0.1, 64).reshape(8, 8)}
+    attention = {
+        "visual": np.linspace(0.2, 0.9, 64).reshape(8, 8),
+        "linguistic": np.linspace(0.8, 0.1, 64).reshape(8, 8),
+    }
     row = render_row(image, "the red star", predicted, attention, iou=0.5, target=target, panel_size=96)
     panels = {p["kind"] + str(i): p for i, p in enumerate(row.info["panels"])}
     assert [p["kind"] for p in row.info["panels"]] == WITH_TRUTH
@@ -159,7 +181,7 @@ def test_row_outlines_masks_without_tinting_and_has_colour_bars():
         assert (right - left, bottom - top) == (BAR_WIDTH, 96)
         strip = drawn[top:bottom, left + BAR_WIDTH // 2]
         assert strip[1, 0] > 200 > strip[1, 2] and strip[-2, 2] > 200 > strip[-2, 0]  # red (high) over blue (low)
-        assert (drawn[top:bottom, right:right + 30] < 100).all(-1).any()  # the end values are written beside it
+        assert (drawn[top:bottom, right : right + 30] < 100).all(-1).any()  # the end values are written beside it
     sheet = stack_rows([row, row])
     assert [p["row"] for p in sheet.info["panels"]] == [0] * 6 + [1] * 6
     assert sheet.info["panels"][6]["box"][1] == row.height + panels["ground truth0"]["box"][1]
@@ -168,9 +190,29 @@ def test_row_outlines_masks_without_tinting_and_has_colour_bars():
 @pytest.mark.slow
 def test_ablate_runs_rows_and_draws_the_curves(tmp_path):
     out = tmp_path / "ablate"
-    run([sys.executable, str(SCRIPTS / "ablate.py"), "--rows", "full", "ve_only", "--config_name", "tiny",
-         "--synthetic_size", "16", "4", "8", "--image_size", "64", "--max_train_steps", "2",
-         "--per_device_train_batch_size", "4", "--output_dir", str(out)])
+    run(
+        [
+            sys.executable,
+            str(SCRIPTS / "ablate.py"),
+            "--rows",
+            "full",
+            "ve_only",
+            "--config_name",
+            "tiny",
+            "--synthetic_size",
+            "16",
+            "4",
+            "8",
+            "--image_size",
+            "64",
+            "--max_train_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "4",
+            "--output_dir",
+            str(out),
+        ]
+    )
     results = json.loads((out / "results.json").read_text())
     assert set(results["rows"]) == {"full", "ve_only"}
     for row in results["rows"].values():

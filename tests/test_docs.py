@@ -106,80 +106,157 @@ def check_parquet(namespace: dict) -> None:
 
 
 NOT_OFFLINE_INIT = "downloads Swin-B (ImageNet-22K) and BERT-base from the Hub"
-NOT_OFFLINE_TRAIN = ("40 epochs of Swin-B + BERT-base on RefCOCO on two GPUs, from the checkpoint the line "
-                     "before downloads; tests/test_scripts.py trains with accelerate on CPU")
+NOT_OFFLINE_TRAIN = (
+    "40 epochs of Swin-B + BERT-base on RefCOCO on two GPUs, from the checkpoint the line "
+    "before downloads; tests/test_scripts.py trains with accelerate on CPU"
+)
 
 RULES = [
     # README.md
-    Rule("README.md", "make demo", "dry run: the target pip-installs into .venv; test_demo.py runs scripts/demo.py",
-         replace=(("make demo", "make --dry-run demo"),)),
-    Rule("README.md", "make test", "dry run: the target runs the whole suite, this test included",
-         replace=(("make test", "make --dry-run test"),)),
-    Rule("README.md", "make app", "dry run: the target pip-installs the [app] extra and serves until stopped; "
-         "test_app.py and test_app_browser.py cover the page", replace=(("make app", "make --dry-run app"),)),
+    Rule(
+        "README.md",
+        "make demo",
+        "dry run: the target pip-installs into .venv; test_demo.py runs scripts/demo.py",
+        replace=(("make demo", "make --dry-run demo"),),
+    ),
+    Rule(
+        "README.md",
+        "make test",
+        "dry run: the target runs the whole suite, this test included",
+        replace=(("make test", "make --dry-run test"),),
+    ),
+    Rule(
+        "README.md",
+        "make app",
+        "dry run: the target pip-installs the [app] extra and serves until stopped; "
+        "test_app.py and test_app_browser.py cover the page",
+        replace=(("make app", "make --dry-run app"),),
+    ),
     Rule("README.md", "segmenter = pipeline(", check=check_quick_start),
-    Rule("README.md", "metris-segment --image scene.png --text \"the red star\" --output", expect=("mask.png",)),
+    Rule("README.md", 'metris-segment --image scene.png --text "the red star" --output', expect=("mask.png",)),
     Rule("README.md", "--dtype bf16", expect=("mask.png",)),
     Rule("README.md", "scripts/visualize.py", expect=("outputs/visualize.png",)),
-    Rule("README.md", "scripts/export_onnx.py", "the export takes about two minutes on 2 cores", slow=True,
-         expect=("exported/model.onnx",)),
+    Rule(
+        "README.md",
+        "scripts/export_onnx.py",
+        "the export takes about two minutes on 2 cores",
+        slow=True,
+        expect=("exported/model.onnx",),
+    ),
     Rule("README.md", "scripts/init_checkpoint.py --vision microsoft/", NOT_OFFLINE_INIT, skip=True),
     Rule("README.md", "scripts/train.py --dataset refcoco", NOT_OFFLINE_TRAIN, skip=True),
     Rule("README.md", "scripts/run_evaluation.py --model_name_or_path runs/refcoco/best", same_as="docs/training.md"),
     # docs/ablations.md
-    Rule("docs/ablations.md", "scripts/ablate.py", "ten rows of 1,000 steps take 50 min: one row of 2 steps, tiny model",
-         slow=True, append="--rows full --config_name tiny --synthetic_size 16 4 8 --image_size 64 "
-         "--max_train_steps 2 --per_device_train_batch_size 4", expect=("runs/ablate/results.md",)),
+    Rule(
+        "docs/ablations.md",
+        "scripts/ablate.py",
+        "ten rows of 1,000 steps take 50 min: one row of 2 steps, tiny model",
+        slow=True,
+        append="--rows full --config_name tiny --synthetic_size 16 4 8 --image_size 64 "
+        "--max_train_steps 2 --per_device_train_batch_size 4",
+        expect=("runs/ablate/results.md",),
+    ),
     # docs/app.md
     Rule("docs/app.md", "scripts/export_onnx.py", same_as="README.md"),
     Rule("docs/app.md", "metris-segment --backend onnx", same_as="README.md"),
     # docs/data.md
-    Rule("docs/data.md", "--image_root /coco/train2014", "the tiny copy's images are under data/; slow: two "
-         "processes, 20 s (test_data.py runs prepare_data.py in-process)",
-         replace=(("/coco/train2014", "data/images/mscoco/images/train2014"),), slow=True),
-    Rule("docs/data.md", "load_refer_parquet(", "a Hub id needs the network; the local copy runs",
-         replace=(('data = load_refer_parquet("jxu124/refcoco"', '# data = load_refer_parquet("jxu124/refcoco"'),),
-         check=check_parquet),
+    Rule(
+        "docs/data.md",
+        "--image_root /coco/train2014",
+        "the tiny copy's images are under data/; slow: two "
+        "processes, 20 s (test_data.py runs prepare_data.py in-process)",
+        replace=(("/coco/train2014", "data/images/mscoco/images/train2014"),),
+        slow=True,
+    ),
+    Rule(
+        "docs/data.md",
+        "load_refer_parquet(",
+        "a Hub id needs the network; the local copy runs",
+        replace=(('data = load_refer_parquet("jxu124/refcoco"', '# data = load_refer_parquet("jxu124/refcoco"'),),
+        check=check_parquet,
+    ),
     # docs/evaluation.md
-    Rule("docs/evaluation.md", "--dataset grefcoco", "three evaluation processes, 35 s", slow=True,
-         expect=("runs/grefcoco/best/results_grefcoco-*.json",)),
-    Rule("docs/evaluation.md", "metric.add_batch(", "the names the prose leaves to the reader", setup="""
+    Rule(
+        "docs/evaluation.md",
+        "--dataset grefcoco",
+        "three evaluation processes, 35 s",
+        slow=True,
+        expect=("runs/grefcoco/best/results_grefcoco-*.json",),
+    ),
+    Rule(
+        "docs/evaluation.md",
+        "metric.add_batch(",
+        "the names the prose leaves to the reader",
+        setup="""
 import numpy as np
 masks = [np.eye(8, dtype=bool), np.tri(8, dtype=bool)]
 loader = [{"masks": masks}]
 predicted_masks = [np.eye(8, dtype=bool), np.ones((8, 8), dtype=bool)]
 probabilities = [np.where(m, 0.9, 0.1) for m in masks]
-"""),
+""",
+    ),
     # docs/model.md
-    Rule("docs/model.md", "config = MetrisConfig()", "the full-size model (365 M parameters) at 480², with the "
-         "inputs the prose leaves to the reader", slow=True, check=check_paper_model, setup="""
+    Rule(
+        "docs/model.md",
+        "config = MetrisConfig()",
+        "the full-size model (365 M parameters) at 480², with the inputs the prose leaves to the reader",
+        slow=True,
+        check=check_paper_model,
+        setup="""
 import torch
 pixel_values = torch.randn(1, 3, 480, 480)
 input_ids = torch.randint(1000, 2000, (1, 20))
 attention_mask = torch.ones(1, 20, dtype=torch.long)
 masks = torch.zeros(1, 480, 480, dtype=torch.long)
 masks[:, 100:300, 150:350] = 1
-"""),
-    Rule("docs/model.md", "TimmBackboneConfig(", "imported by the page's first block",
-         setup="from metris_hf import MetrisConfig"),
+""",
+    ),
+    Rule(
+        "docs/model.md",
+        "TimmBackboneConfig(",
+        "imported by the page's first block",
+        setup="from metris_hf import MetrisConfig",
+    ),
     # docs/performance.md
-    Rule("docs/performance.md", "scripts/benchmark.py", "the full run takes an hour: tiny sizes, eager float32, "
-         "no ONNX export (test_onnx.py exports)", slow=True,
-         append="--tiny --compile off --dtypes float32 --parts inference train data metrics", expect=("benchmark.json",)),
-    Rule("docs/performance.md", "scripts/compare_with_authors.py", "needs a CPU-runnable copy of the authors' "
-         "code, which is not distributed", skip=True),
+    Rule(
+        "docs/performance.md",
+        "scripts/benchmark.py",
+        "the full run takes an hour: tiny sizes, eager float32, no ONNX export (test_onnx.py exports)",
+        slow=True,
+        append="--tiny --compile off --dtypes float32 --parts inference train data metrics",
+        expect=("benchmark.json",),
+    ),
+    Rule(
+        "docs/performance.md",
+        "scripts/compare_with_authors.py",
+        "needs a CPU-runnable copy of the authors' code, which is not distributed",
+        skip=True,
+    ),
     # docs/training.md
     Rule("docs/training.md", "scripts/init_checkpoint.py --vision microsoft/", NOT_OFFLINE_INIT, skip=True),
     Rule("docs/training.md", "scripts/train.py --dataset refcoco", NOT_OFFLINE_TRAIN, skip=True),
-    Rule("docs/training.md", "scripts/run_evaluation.py --model_name_or_path runs/refcoco/best",
-         "two processes on CPU, on the tiny copy, with the embedded checkpoint as runs/refcoco/best", slow=True,
-         expect=("runs/refcoco/best/results_refcoco-*.json",)),
-    Rule("docs/training.md", "scripts/train.py --dataset synthetic", "10,000 steps take 42 min: 2 steps on 24 objects",
-         slow=True,
-         append="--synthetic_size 24 6 6 --max_train_steps 2 --per_device_train_batch_size 4 --max_eval_samples 8",
-         expect=("runs/small-synthetic/best/model.safetensors",)),
-    Rule("docs/training.md", "--model_name_or_path runs/small-synthetic/best", "the data of the shortened run",
-         slow=True, append="--synthetic_size 24 6 6"),
+    Rule(
+        "docs/training.md",
+        "scripts/run_evaluation.py --model_name_or_path runs/refcoco/best",
+        "two processes on CPU, on the tiny copy, with the embedded checkpoint as runs/refcoco/best",
+        slow=True,
+        expect=("runs/refcoco/best/results_refcoco-*.json",),
+    ),
+    Rule(
+        "docs/training.md",
+        "scripts/train.py --dataset synthetic",
+        "10,000 steps take 42 min: 2 steps on 24 objects",
+        slow=True,
+        append="--synthetic_size 24 6 6 --max_train_steps 2 --per_device_train_batch_size 4 --max_eval_samples 8",
+        expect=("runs/small-synthetic/best/model.safetensors",),
+    ),
+    Rule(
+        "docs/training.md",
+        "--model_name_or_path runs/small-synthetic/best",
+        "the data of the shortened run",
+        slow=True,
+        append="--synthetic_size 24 6 6",
+    ),
 ]
 
 BLOCKS = doc_blocks()
@@ -242,12 +319,21 @@ def workdir(template, tmp_path, monkeypatch) -> Path:
 
 
 def run_bash(commands: list[str], cwd: Path, slow: bool) -> None:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "MPLBACKEND": "Agg",
+    }
     script = "\n".join(["set -euo pipefail", *commands])
-    result = subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=1800 if slow else 300)
-    assert result.returncode == 0, f"exit {result.returncode}\n{script}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    result = subprocess.run(
+        ["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=1800 if slow else 300
+    )
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\n{script}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -285,7 +371,9 @@ def test_every_fence_is_found() -> None:
 def test_every_rule_matches_the_docs() -> None:
     """A rule whose snippet no longer matches exactly one command or block fails here: edit RULES with the docs."""
     units = {name: [(b, u) for b in BLOCKS if b.file == name for u in b.units()] for name in DOC_FILES}
-    run_anywhere = {without_comment(u) for b in BLOCKS for u, rule in plan(b) if not (rule and (rule.skip or rule.same_as))}
+    run_anywhere = {
+        without_comment(u) for b in BLOCKS for u, rule in plan(b) if not (rule and (rule.skip or rule.same_as))
+    }
     for rule in RULES:
         matches = [(b, u) for b, u in units.get(rule.file, []) if rule.snippet in u]
         assert len(matches) == 1, f"{rule.file}: {rule.snippet!r} matches {len(matches)} commands/blocks"

@@ -35,8 +35,9 @@ from metris_hf.pipeline_metris import TASK
 from metris_hf.testing_utils import tiny_metris_config
 
 TALLY: dict[str, Counter] = {}
-FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-                derandomize=True)
+FUZZ = settings(
+    deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], derandomize=True
+)
 
 
 def outcome(entry: str, run, documented: tuple[type[BaseException], ...] = (ValueError,), names: str = ""):
@@ -70,8 +71,9 @@ def report_tally():
 VALID_REFS = pickle.dumps(REFCOCO_REFS[:3], protocol=2)
 PLAIN = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.binary(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
-    | st.tuples(inner, inner),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4) | st.tuples(inner, inner)
+    ),
     max_leaves=20,
 )
 
@@ -85,7 +87,7 @@ def mutated_pickles(draw) -> bytes:
         if kind == "flip" and data:
             data[at] = draw(st.integers(0, 255))
         elif kind == "cut":
-            del data[at:at + draw(st.integers(1, 16))]
+            del data[at : at + draw(st.integers(1, 16))]
         else:
             data[at:at] = draw(st.binary(min_size=1, max_size=6))
     return bytes(data)
@@ -109,22 +111,36 @@ def test_fuzz_refer_pickles(tmp_path_factory, data):
 
 
 NUMBER = st.integers(-10, 200) | st.floats(allow_nan=True, allow_infinity=True, width=32) | st.just(1e18)
-VALID_POLYGONS = st.lists(st.lists(st.integers(0, 60), min_size=6, max_size=12).filter(lambda p: len(p) % 2 == 0),
-                          min_size=1, max_size=2)
+VALID_POLYGONS = st.lists(
+    st.lists(st.integers(0, 60), min_size=6, max_size=12).filter(lambda p: len(p) % 2 == 0), min_size=1, max_size=2
+)
 SEGMENTATION = st.one_of(
-    VALID_POLYGONS, VALID_POLYGONS,  # valid ones as often as broken ones
+    VALID_POLYGONS,
+    VALID_POLYGONS,  # valid ones as often as broken ones
     st.lists(st.lists(NUMBER, max_size=10), max_size=3),
-    st.fixed_dictionaries({"size": st.lists(st.integers(-2, 70), min_size=2, max_size=2),
-                           "counts": st.lists(st.integers(-5, 3000), max_size=6)
-                           | st.text(alphabet=st.characters(min_codepoint=40, max_codepoint=120), max_size=12)}),
-    st.none(), st.text(max_size=5), st.integers(),
+    st.fixed_dictionaries(
+        {
+            "size": st.lists(st.integers(-2, 70), min_size=2, max_size=2),
+            "counts": st.lists(st.integers(-5, 3000), max_size=6)
+            | st.text(alphabet=st.characters(min_codepoint=40, max_codepoint=120), max_size=12),
+        }
+    ),
+    st.none(),
+    st.text(max_size=5),
+    st.integers(),
 )
 SENTENCES = st.one_of(
     st.lists(st.sampled_from(["the big box", "left thing", "  "]), min_size=1, max_size=3),
     st.lists(st.fixed_dictionaries({"raw": st.sampled_from(["the man", ""]), "sent": st.just("the man")}), min_size=1),
-    st.lists(st.fixed_dictionaries({"raw": st.none() | st.text(max_size=12) | st.integers(),
-                                    "sent": st.none() | st.text(max_size=12)}), max_size=3),
-    st.lists(st.text(max_size=12) | st.integers() | st.none(), max_size=3), st.text(max_size=10), st.none(),
+    st.lists(
+        st.fixed_dictionaries(
+            {"raw": st.none() | st.text(max_size=12) | st.integers(), "sent": st.none() | st.text(max_size=12)}
+        ),
+        max_size=3,
+    ),
+    st.lists(st.text(max_size=12) | st.integers() | st.none(), max_size=3),
+    st.text(max_size=10),
+    st.none(),
 )
 
 
@@ -140,8 +156,12 @@ def refer_inputs(draw) -> tuple[list[dict], dict]:
     image = next(i for i in data["images"] if i["id"] == target["image_id"])
     if draw(corrupt):
         image[draw(st.sampled_from(["height", "width"]))] = draw(NUMBER | st.none() | st.text(max_size=3))
-    ref = dict(draw(st.sampled_from(REFCOCO_REFS)), ann_id=target["id"], image_id=target["image_id"],
-               sentences=draw(SENTENCES))
+    ref = dict(
+        draw(st.sampled_from(REFCOCO_REFS)),
+        ann_id=target["id"],
+        image_id=target["image_id"],
+        sentences=draw(SENTENCES),
+    )
     if draw(corrupt):
         ref[draw(st.sampled_from(["ann_id", "image_id", "ref_id"]))] = draw(st.integers(-2, 500) | st.text(max_size=3))
     return [ref], data
@@ -155,8 +175,11 @@ def test_fuzz_refer_refs_and_instances(tmp_path_factory, case):
     path.write_bytes(pickle.dumps(refs, protocol=2))
     tracemalloc.start()
     try:
-        built = outcome("REFER refs + instances.json",
-                        lambda: build_tasks(load_refs(path), data, Path("/images"), str(path)), names=str(path))
+        built = outcome(
+            "REFER refs + instances.json",
+            lambda: build_tasks(load_refs(path), data, Path("/images"), str(path)),
+            names=str(path),
+        )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -208,8 +231,11 @@ def test_fuzz_parquet_rows(row_image, row):
     row["_image_path"] = row_image  # present, as `check_images` guarantees before rows are converted
     tracemalloc.start()
     try:
-        out = outcome("Parquet rows", lambda: _convert_batch({k: [v] for k, v in row.items()}, source="fuzz.parquet"),
-                      names="fuzz.parquet: ref")
+        out = outcome(
+            "Parquet rows",
+            lambda: _convert_batch({k: [v] for k, v in row.items()}, source="fuzz.parquet"),
+            names="fuzz.parquet: ref",
+        )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -223,14 +249,16 @@ def test_fuzz_parquet_rows(row_image, row):
 # Metric inputs
 # --------------------------------------------------------------------------------------------------------------
 
+
 @st.composite
 def metric_inputs(draw):
     shape = draw(array_shapes(min_dims=2, max_dims=2, max_side=5))
     dtype = draw(st.sampled_from([np.bool_, np.uint8, np.float32, np.float64]))
     floats = st.floats(allow_nan=True, allow_infinity=True, width=32) | st.sampled_from([0.0, 1.0, 0.5])
     elements = floats if dtype in (np.float32, np.float64) else None
-    prediction = draw(arrays(dtype, shape if draw(st.booleans()) else draw(array_shapes(max_dims=3, max_side=5)),
-                             elements=elements))
+    prediction = draw(
+        arrays(dtype, shape if draw(st.booleans()) else draw(array_shapes(max_dims=3, max_side=5)), elements=elements)
+    )
     reference = draw(arrays(np.uint8, shape, elements=st.integers(0, 1) | st.just(2)))
     threshold = draw(st.none() | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.5, "0.5", True]))
     return prediction, reference, threshold
@@ -248,8 +276,9 @@ def test_fuzz_metric_inputs(loaded_metrics, case, name, as_tensor):
     if as_tensor:
         prediction = torch.from_numpy(np.ascontiguousarray(prediction))
     metric = loaded_metrics[name]
-    result = outcome("metric inputs", lambda: metric.compute(predictions=[prediction], references=[reference],
-                                                            threshold=threshold))
+    result = outcome(
+        "metric inputs", lambda: metric.compute(predictions=[prediction], references=[reference], threshold=threshold)
+    )
     if result is not None:
         for key, value in result.items():
             # gRefCOCO's figures are NaN when nothing was measured (its card says so), never outside [0, 1]
@@ -260,12 +289,32 @@ def test_fuzz_metric_inputs(loaded_metrics, case, name, as_tensor):
 # Config values
 # --------------------------------------------------------------------------------------------------------------
 
-CONFIG_FIELDS = ["guidance", "linguistic_cues", "mask_loss", "curation_ratio", "use_curation", "hidden_size",
-                 "enhancer_rounds", "dropout", "temperature_init", "article_token_ids", "ce_class_weights",
-                 "mlp_ratio", "no_target_head", "guidence", "joint_dim"]
-VALUES = (st.none() | st.booleans() | st.integers(-3, 64) | st.floats(allow_nan=True, allow_infinity=True)
-          | st.text(max_size=8) | st.sampled_from(["full", "local", "bce", "0.3"])
-          | st.lists(st.integers(0, 9) | st.floats(0, 2) | st.text(max_size=2), max_size=3))
+CONFIG_FIELDS = [
+    "guidance",
+    "linguistic_cues",
+    "mask_loss",
+    "curation_ratio",
+    "use_curation",
+    "hidden_size",
+    "enhancer_rounds",
+    "dropout",
+    "temperature_init",
+    "article_token_ids",
+    "ce_class_weights",
+    "mlp_ratio",
+    "no_target_head",
+    "guidence",
+    "joint_dim",
+]
+VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 64)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8)
+    | st.sampled_from(["full", "local", "bce", "0.3"])
+    | st.lists(st.integers(0, 9) | st.floats(0, 2) | st.text(max_size=2), max_size=3)
+)
 
 
 @settings(FUZZ, max_examples=150)
@@ -303,20 +352,36 @@ IMAGES = st.one_of(
     arrays(np.uint8, st.tuples(st.integers(1, 12), st.integers(1, 12), st.just(3))),  # valid, as often as not
     arrays(np.uint8, st.tuples(st.integers(1, 12), st.integers(1, 12))),
     st.builds(lambda w, h: Image.new("RGB", (w, h), "red"), st.integers(1, 12), st.integers(1, 12)),
-    arrays(st.sampled_from([np.uint8, np.float32, np.float64, np.int32, np.bool_]),
-           array_shapes(min_dims=2, max_dims=3, min_side=0, max_side=12),
-           elements=None),
-    st.builds(lambda w, h, mode: Image.new(mode, (w, h)), st.integers(1, 12), st.integers(1, 12),
-              st.sampled_from(["RGB", "L", "RGBA", "1", "P", "I;16", "F", "CMYK"])),
-    st.text(max_size=10), st.none(), st.integers(),
+    arrays(
+        st.sampled_from([np.uint8, np.float32, np.float64, np.int32, np.bool_]),
+        array_shapes(min_dims=2, max_dims=3, min_side=0, max_side=12),
+        elements=None,
+    ),
+    st.builds(
+        lambda w, h, mode: Image.new(mode, (w, h)),
+        st.integers(1, 12),
+        st.integers(1, 12),
+        st.sampled_from(["RGB", "L", "RGBA", "1", "P", "I;16", "F", "CMYK"]),
+    ),
+    st.text(max_size=10),
+    st.none(),
+    st.integers(),
 )
 TEXTS = st.one_of(
-    st.sampled_from(["the red box", "a small circle on the left", "x"]), st.sampled_from(["the star", "dog"]),
+    st.sampled_from(["the red box", "a small circle on the left", "x"]),
+    st.sampled_from(["the star", "dog"]),
     st.lists(st.sampled_from(["the red box", "the star"]), min_size=1, max_size=3),
-    st.text(max_size=30), st.lists(st.text(max_size=8), max_size=3), st.none(), st.integers(),
+    st.text(max_size=30),
+    st.lists(st.text(max_size=8), max_size=3),
+    st.none(),
+    st.integers(),
 )
-THRESHOLDS = st.none() | st.floats(0, 1) | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
-    ["0.5", 0.5, 0, 1, True])
+THRESHOLDS = (
+    st.none()
+    | st.floats(0, 1)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from(["0.5", 0.5, 0, 1, True])
+)
 
 
 @settings(FUZZ, max_examples=80)

@@ -24,8 +24,11 @@ def imported_modules(path: Path) -> set[str]:
 def test_production_code_does_not_import_testing_utils():
     files = [*(ROOT / "src").rglob("*.py"), *(ROOT / "scripts").glob("*.py"), ROOT / "app.py"]
     offenders = {
-        str(path.relative_to(ROOT)): sorted(name for name in imported_modules(path) if name.endswith("testing_utils")
-                                            and not name.startswith("transformers"))
+        str(path.relative_to(ROOT)): sorted(
+            name
+            for name in imported_modules(path)
+            if name.endswith("testing_utils") and not name.startswith("transformers")
+        )
         for path in files
     }
     assert not {path: names for path, names in offenders.items() if names}

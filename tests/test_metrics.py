@@ -130,9 +130,7 @@ def test_single_sample_cases(case, referring, grefcoco):
 
 def test_referring_iou_over_several_samples(referring):
     names = ["identical", "disjoint", "nested", "half-overlap", "empty/empty", "empty/non-empty"]
-    result = referring.compute(
-        predictions=[CASES[n][0] for n in names], references=[CASES[n][1] for n in names]
-    )
+    result = referring.compute(predictions=[CASES[n][0] for n in names], references=[CASES[n][1] for n in names])
     # I = 8+0+4+4+0+0, U = 8+16+8+12+0+8; IoUs 1, 0, 1/2, 1/3, 0, 0
     assert_results(
         result,
@@ -233,9 +231,7 @@ def test_referring_iou_is_one_for_perfect_predictions(referring, pairs):
 @given(pairs=mask_pairs())
 def test_grefcoco_iou_matches_numpy(grefcoco, pairs):
     # empty masks are rare among random ones: empty some references and predictions on purpose
-    pairs = [
-        (p if k % 3 else np.zeros_like(p), r if k % 2 else np.zeros_like(r)) for k, (p, r) in enumerate(pairs)
-    ]
+    pairs = [(p if k % 3 else np.zeros_like(p), r if k % 2 else np.zeros_like(r)) for k, (p, r) in enumerate(pairs)]
     result = grefcoco.compute(predictions=[p for p, _ in pairs], references=[r for _, r in pairs])
     assert all(math.isnan(result[key]) or 0.0 <= result[key] <= 1.0 for key in GREFCOCO_KEYS)
     assert_results(result, numpy_grefcoco(pairs))
@@ -280,9 +276,7 @@ def test_stacked_batches_and_probabilities_with_threshold(referring):
     expected = referring.compute(predictions=list(predictions), references=[LEFT, TOP])
     assert_results(referring.compute(predictions=predictions, references=np.stack([LEFT, TOP])), expected)
     probabilities = torch.from_numpy(predictions).float() * 0.8 + 0.1  # 0.9 inside, 0.1 outside
-    assert_results(
-        referring.compute(predictions=probabilities, references=[LEFT, TOP], threshold=0.5), expected
-    )
+    assert_results(referring.compute(predictions=probabilities, references=[LEFT, TOP], threshold=0.5), expected)
     thresholded = metrics.load("referring_iou", keep_in_memory=True, threshold=0.5)
     assert_results(thresholded.compute(predictions=probabilities.numpy(), references=[LEFT, TOP]), expected)
 
@@ -377,9 +371,7 @@ def test_two_processes_give_the_same_numbers_as_one(both, name, split, tmp_path)
             experiment_id,
             str(tmp_path / f"result{process_id}.json"),
         ]
-        workers.append(
-            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        )
+        workers.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for worker in workers:
         output, _ = worker.communicate(timeout=180)
         assert worker.returncode == 0, output
@@ -396,9 +388,7 @@ def test_two_processes_give_the_same_numbers_as_one(both, name, split, tmp_path)
 
 @pytest.mark.parametrize("name", metrics.METRIC_NAMES)
 def test_shape_mismatch_names_the_sample(both, name):
-    with pytest.raises(
-        ValueError, match=r"sample 1: prediction shape \(4, 4\) differs from reference shape \(4, 5\)"
-    ):
+    with pytest.raises(ValueError, match=r"sample 1: prediction shape \(4, 4\) differs from reference shape \(4, 5\)"):
         both[name].compute(predictions=[TOP, TOP], references=[TOP, np.zeros((4, 5), dtype=bool)])
 
 
@@ -407,9 +397,7 @@ def test_non_binary_masks_are_refused(both, name):
     metric = both[name]
     with pytest.raises(ValueError, match=r"reference of sample 2 is not binary \(found value 255\)"):
         metric.compute(predictions=[TOP] * 3, references=[TOP, TOP, TOP.astype(np.uint8) * 255])
-    with pytest.raises(
-        ValueError, match=r"prediction of sample 0 is not binary \(found value 0\.5\).*threshold"
-    ):
+    with pytest.raises(ValueError, match=r"prediction of sample 0 is not binary \(found value 0\.5\).*threshold"):
         metric.compute(predictions=[TOP * 0.5], references=[TOP])
     with pytest.raises(ValueError, match=r"prediction of sample 1 is not binary"):
         metric.compute(predictions=[TOP, torch.full((4, 4), 2)], references=[TOP, TOP])
@@ -476,9 +464,7 @@ def test_unknown_metric_name_lists_the_known_ones():
         metrics.load("miou")
 
 
-@pytest.mark.parametrize(
-    ("name", "keys"), [("referring_iou", REFERRING_KEYS), ("grefcoco_iou", GREFCOCO_KEYS)]
-)
+@pytest.mark.parametrize(("name", "keys"), [("referring_iou", REFERRING_KEYS), ("grefcoco_iou", GREFCOCO_KEYS)])
 def test_metric_card_defines_every_key(name, keys):
     card = (metrics.METRICS_DIR / name / "README.md").read_text()
     front_matter = card.split("---")[1]

@@ -100,7 +100,9 @@ def test_dynamic_mask_is_eq3():
 def test_padding_does_not_change_the_output():
     model = build()
     batch = make_batch(2, length=8)
-    short = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    short = model(
+        pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    )
     pad = torch.zeros(2, 6, dtype=torch.long)
     padded_ids = torch.cat([batch["input_ids"], pad], dim=1)
     padded_ids[:, 8:] = 17  # whatever sits under the padding must not matter
@@ -176,8 +178,13 @@ def full_size_parameters(**overrides) -> int:
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"use_curation": False}, {"use_refinement": False}, {"use_relation": False},
-     {"linguistic_cues": "global"}, {"linguistic_cues": "local"}],
+    [
+        {"use_curation": False},
+        {"use_refinement": False},
+        {"use_relation": False},
+        {"linguistic_cues": "global"},
+        {"linguistic_cues": "local"},
+    ],
 )
 def test_table6_ablations_keep_the_full_models_size(overrides):
     """§4.4: the Table 6 ablations got extra attention layers to keep the parameter count of the full model."""
@@ -202,8 +209,14 @@ def test_weighted_ce_and_no_target_head():
 
 
 def test_clip_text_encoder():
-    text = CLIPTextConfig(vocab_size=256, hidden_size=24, intermediate_size=48, num_hidden_layers=1,
-                          num_attention_heads=2, max_position_embeddings=32)
+    text = CLIPTextConfig(
+        vocab_size=256,
+        hidden_size=24,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+    )
     model = build(text_config=text)
     out = model(**make_batch(2))
     assert out.logits.shape == (2, 1, 16, 16) and torch.isfinite(out.loss)
@@ -286,7 +299,9 @@ def test_sub_configs_survive_dict_round_trip():
     again = MetrisConfig.from_dict(config.to_dict())
     assert again.backbone_config.to_dict() == config.backbone_config.to_dict()
     assert again.text_config.hidden_size == 32
-    from_dicts = MetrisConfig(backbone_config=config.backbone_config.to_dict(), text_config=config.text_config.to_dict())
+    from_dicts = MetrisConfig(
+        backbone_config=config.backbone_config.to_dict(), text_config=config.text_config.to_dict()
+    )
     assert type(from_dicts.backbone_config).__name__ == "SwinConfig"
 
 

@@ -79,8 +79,11 @@ def test_onnxruntime_logits_match_pytorch(exported, scenes, batch, max_length):
     assert got.shape == expected.shape == (batch, 1, 32, 32)
     difference = np.abs(got - expected)
     near_boundary = np.abs(expected) < 10
-    print(f"batch {batch}, L {max_length}: max |diff| {difference.max():.2e} (|logit| up to {np.abs(expected).max():.0f}), "
-          f"{difference[near_boundary].max():.2e} where |logit| < 10")
+    print(
+        f"batch {batch}, L {max_length}: max |diff| {difference.max():.2e} "
+        f"(|logit| up to {np.abs(expected).max():.0f}), "
+        f"{difference[near_boundary].max():.2e} where |logit| < 10"
+    )
     assert near_boundary.any()
     assert difference[near_boundary].max() <= 5e-4, difference[near_boundary].max()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=5e-4)
@@ -106,10 +109,27 @@ def test_onnx_segmenter_gives_the_pipelines_masks_and_scores(exported, scenes):
 def test_cli_onnx_backend_writes_the_same_mask(exported, scenes, tmp_path, capsys):
     images, texts = scenes
     images[1].save(tmp_path / "scene.png")
-    assert cli_main(["--image", str(tmp_path / "scene.png"), "--text", texts[1], "--backend", "onnx",
-                     "--model", str(exported), "--output", str(tmp_path / "onnx.png")]) == 0
-    assert cli_main(["--image", str(tmp_path / "scene.png"), "--text", texts[1],
-                     "--output", str(tmp_path / "torch.png")]) == 0
+    assert (
+        cli_main(
+            [
+                "--image",
+                str(tmp_path / "scene.png"),
+                "--text",
+                texts[1],
+                "--backend",
+                "onnx",
+                "--model",
+                str(exported),
+                "--output",
+                str(tmp_path / "onnx.png"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli_main(["--image", str(tmp_path / "scene.png"), "--text", texts[1], "--output", str(tmp_path / "torch.png")])
+        == 0
+    )
     onnx_mask, torch_mask = (np.asarray(Image.open(tmp_path / name)) for name in ("onnx.png", "torch.png"))
     assert onnx_mask.any() and np.array_equal(onnx_mask, torch_mask)
     assert "score" in capsys.readouterr().out

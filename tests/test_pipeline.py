@@ -162,7 +162,11 @@ def test_a_huge_image(segmenter):
         (("IMAGE",), {}, "a referring expression is needed"),
         (("IMAGE", 7), {}, "must be a string or a non-empty list"),
         ((["IMAGE", "IMAGE"], ["a", "b", "c"]), {}, "2 images and 3 expressions"),
-        (([{"image": "IMAGE", "text": "a"}, {"image": "IMAGE", "text": "\n"}],), {}, "example 1: the expression is empty"),
+        (
+            ([{"image": "IMAGE", "text": "a"}, {"image": "IMAGE", "text": "\n"}],),
+            {},
+            "example 1: the expression is empty",
+        ),
         (([{"image": "IMAGE"}],), {}, "example 0: a dict input needs the keys 'image' and 'text'"),
         (("https://example.com/dog.jpg", "the dog"), {}, "URL"),
         (("http://example.com/dog.jpg", "the dog"), {}, "URL"),

@@ -71,15 +71,23 @@ UNIFORM_CASES = [
     ("F", lambda: Image.fromarray(np.full((5, 7), 0.5, np.float32)), (128, 128, 128), 0),
     ("np HxW uint8", lambda: np.full((5, 7), 100, np.uint8), (100, 100, 100), 0),
     ("np HxWx1", lambda: np.full((5, 7, 1), 100, np.uint8), (100, 100, 100), 0),
-    ("np HxWx2 transparent", lambda: np.stack([np.full((5, 7), 9, np.uint8), np.zeros((5, 7), np.uint8)], -1),
-     (255, 255, 255), 0),
+    (
+        "np HxWx2 transparent",
+        lambda: np.stack([np.full((5, 7), 9, np.uint8), np.zeros((5, 7), np.uint8)], -1),
+        (255, 255, 255),
+        0,
+    ),
     ("np HxWx3 float [0,1]", lambda: np.broadcast_to(np.float32([0.0, 0.5, 1.0]), (5, 7, 3)), (0, 128, 255), 0),
     ("np HxWx3 float [0,255]", lambda: np.broadcast_to(np.float64([3.0, 128.0, 255.0]), (5, 7, 3)), (3, 128, 255), 0),
     ("np HxWx4 opaque", lambda: np.broadcast_to(np.uint8([10, 20, 30, 255]), (5, 7, 4)), (10, 20, 30), 0),
     ("np uint16", lambda: np.full((5, 7), 65535, np.uint16), (255, 255, 255), 0),
     ("np bool", lambda: np.ones((5, 7), bool), (255, 255, 255), 0),
-    ("tensor CHW uint8", lambda: torch.tensor([10, 20, 30], dtype=torch.uint8).view(3, 1, 1).expand(3, 5, 7),
-     (10, 20, 30), 0),
+    (
+        "tensor CHW uint8",
+        lambda: torch.tensor([10, 20, 30], dtype=torch.uint8).view(3, 1, 1).expand(3, 5, 7),
+        (10, 20, 30),
+        0,
+    ),
     ("tensor 1xHxW float", lambda: torch.full((1, 5, 7), 0.5), (128, 128, 128), 0),
     ("tensor HxW int64", lambda: torch.full((5, 7), 100), (100, 100, 100), 0),
 ]
@@ -92,7 +100,9 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def processor(tokenizer):
-    return MetrisProcessor(image_processor=MetrisImageProcessor(size={"height": SIZE, "width": SIZE}), tokenizer=tokenizer)
+    return MetrisProcessor(
+        image_processor=MetrisImageProcessor(size={"height": SIZE, "width": SIZE}), tokenizer=tokenizer
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -228,7 +238,10 @@ def test_size_set_after_construction(tokenizer, tmp_path):
     """scripts/train.py sets `image_processor.size` to a plain dict after construction: it must act everywhere."""
     processor = MetrisProcessor(tokenizer=tokenizer)
     processor.image_processor.size = {"height": 32, "width": 32}
-    assert processor(images=natural_image(10, 20), text="a", return_tensors="pt")["pixel_values"].shape[-2:] == (32, 32)
+    assert processor(images=natural_image(10, 20), text="a", return_tensors="pt")["pixel_values"].shape[-2:] == (
+        32,
+        32,
+    )
     (mask,) = processor.post_process_referring_segmentation(outputs_with(torch.randn(1, 1, 8, 8)))
     assert mask.shape == (32, 32)
     processor.save_pretrained(tmp_path)
@@ -438,8 +451,10 @@ def test_processor_labels(processor):
         ({"images": [np.zeros((4, 4, 3), np.uint8)] * 2, "text": ["a", "b", "c"]}, "2 images and 3 expressions"),
         ({"text": ["a", "b"], "segmentation_maps": [np.zeros((4, 4))]}, "1 segmentation maps for 2 examples"),
         ({"images": None, "text": None}, "needs images, text or both"),
-        ({"images": [np.zeros((4, 4, 3), np.uint8), np.zeros((4, 0, 3), np.uint8)], "text": ["a", "b"]},
-         "image 1: the image has zero size"),
+        (
+            {"images": [np.zeros((4, 4, 3), np.uint8), np.zeros((4, 0, 3), np.uint8)], "text": ["a", "b"]},
+            "image 1: the image has zero size",
+        ),
     ],
 )
 def test_processor_errors(processor, kwargs, message):
@@ -492,16 +507,19 @@ def test_nested_per_sample_images_and_masks(processor):
     masks = [np.zeros((40, 50), np.uint8), np.ones((40, 50), np.uint8)]
     texts = ["the star", "the square"]
     flat = processor(images=images, text=texts, segmentation_maps=masks, return_tensors="pt")
-    nested = processor(images=[[image] for image in images], text=texts, segmentation_maps=[[m] for m in masks],
-                       return_tensors="pt")
+    nested = processor(
+        images=[[image] for image in images], text=texts, segmentation_maps=[[m] for m in masks], return_tensors="pt"
+    )
     assert all(torch.equal(flat[key], nested[key]) for key in flat)
     with pytest.raises(ValueError, match="sample 0 has 0 images"):
         processor(images=[[], [images[1]]], text=texts)
     with pytest.raises(ValueError, match="sample 1 has 2 images"):
         processor(images=[[images[0]], images], text=texts)
     image_processor = processor.image_processor  # alone, it flattens whatever nesting it gets
-    assert torch.equal(image_processor([[images[0]], [images[1]]], return_tensors="pt")["pixel_values"],
-                       image_processor(images, return_tensors="pt")["pixel_values"])
+    assert torch.equal(
+        image_processor([[images[0]], [images[1]]], return_tensors="pt")["pixel_values"],
+        image_processor(images, return_tensors="pt")["pixel_values"],
+    )
 
 
 def test_processor_loads_with_remote_code_in_a_process_without_the_package(tmp_path):
@@ -544,6 +562,7 @@ def test_default_processor_defaults(tokenizer):
 # --------------------------------------------------------------------------------------------------------------
 # Property test: any size, any kind of image, any expression
 # --------------------------------------------------------------------------------------------------------------
+
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(

@@ -17,9 +17,24 @@ SCRIPTS = ROOT / "scripts"
 TRAIN = str(SCRIPTS / "train.py")
 
 QUICK = [
-    "--dataset", "synthetic", "--synthetic_size", "24", "8", "8", "--config_name", "tiny", "--image_size", "64",
-    "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--learning_rate", "1e-3",
-    "--seed", "7",
+    "--dataset",
+    "synthetic",
+    "--synthetic_size",
+    "24",
+    "8",
+    "8",
+    "--config_name",
+    "tiny",
+    "--image_size",
+    "64",
+    "--per_device_train_batch_size",
+    "4",
+    "--per_device_eval_batch_size",
+    "8",
+    "--learning_rate",
+    "1e-3",
+    "--seed",
+    "7",
 ]
 
 
@@ -30,7 +45,9 @@ def run(args, cwd=ROOT, env_extra=None, expect=0):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if expect is not None:
-        assert result.returncode == expect, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        assert result.returncode == expect, (
+            f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
     return result
 
 
@@ -39,16 +56,42 @@ def weights(folder):
 
 
 def accelerate_launch(num_processes: int, script: str, *args: str):
-    return run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--cpu",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", script, *args])
+    return run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            str(num_processes),
+            "--cpu",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            script,
+            *args,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, datasets_cache) -> Path:
     """Two epochs of a tiny model through `accelerate launch` on one process, as a user would start it."""
     out = tmp_path_factory.mktemp("train") / "run"
-    accelerate_launch(1, TRAIN, *QUICK, "--output_dir", str(out), "--num_train_epochs", "2", "--with_tracking",
-                      "--checkpointing_steps", "epoch")
+    accelerate_launch(
+        1,
+        TRAIN,
+        *QUICK,
+        "--output_dir",
+        str(out),
+        "--num_train_epochs",
+        "2",
+        "--with_tracking",
+        "--checkpointing_steps",
+        "epoch",
+    )
     return out
 
 
@@ -67,8 +110,23 @@ def test_train_saves_model_best_checkpoint_states_and_logs(trained):
 
 
 def evaluate_args(model: Path, out: Path) -> list[str]:
-    return ["--model_name_or_path", str(model), "--dataset", "synthetic", "--synthetic_size", "24", "8", "8",
-            "--splits", "val", "test", "--per_device_eval_batch_size", "3", "--output_dir", str(out)]
+    return [
+        "--model_name_or_path",
+        str(model),
+        "--dataset",
+        "synthetic",
+        "--synthetic_size",
+        "24",
+        "8",
+        "8",
+        "--splits",
+        "val",
+        "test",
+        "--per_device_eval_batch_size",
+        "3",
+        "--output_dir",
+        str(out),
+    ]
 
 
 def test_evaluate_prints_and_writes_the_table(trained, tmp_path):
@@ -101,26 +159,40 @@ def kill_after_first_checkpoint(args: list[str], output_dir: Path, timeout: floa
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     log = output_dir.parent / f"{output_dir.name}.log"  # a file, not a pipe: a full pipe would stall the run
     with open(log, "w") as sink:
-        process = subprocess.Popen([*args, "--output_dir", str(output_dir)], cwd=ROOT, env=env, stdout=sink,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [*args, "--output_dir", str(output_dir)], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
         try:
             deadline = time.monotonic() + timeout
             while not list(output_dir.glob("step_*/progress.json")):
-                assert process.poll() is None, f"exit {process.returncode} before any checkpoint\n{log.read_text()[-5000:]}"
+                assert process.poll() is None, (
+                    f"exit {process.returncode} before any checkpoint\n{log.read_text()[-5000:]}"
+                )
                 assert time.monotonic() < deadline, f"no checkpoint after {timeout:.0f} s\n{log.read_text()[-5000:]}"
                 time.sleep(0.02)
             process.send_signal(signal.SIGKILL)
         finally:
             process.kill()  # a no-op once it is dead; never leave a run behind a failed assertion
             process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, f"the run ended on its own (exit {process.returncode}) before the kill"
+    assert process.returncode == -signal.SIGKILL, (
+        f"the run ended on its own (exit {process.returncode}) before the kill"
+    )
 
 
 @pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
     # 12 steps, a state every 2: the kill comes after step 2, with 10 steps left to land in
-    common = [sys.executable, TRAIN, *QUICK, "--max_train_steps", "12", "--eval_every", "0",
-              "--checkpointing_steps", "2"]
+    common = [
+        sys.executable,
+        TRAIN,
+        *QUICK,
+        "--max_train_steps",
+        "12",
+        "--eval_every",
+        "0",
+        "--checkpointing_steps",
+        "2",
+    ]
     run([*common, "--output_dir", str(tmp_path / "straight")])
     kill_after_first_checkpoint(common, tmp_path / "killed")
     assert not (tmp_path / "killed" / "model.safetensors").exists()
@@ -167,8 +239,19 @@ def test_two_processes_with_accelerate(tmp_path):
 def test_every_configuration_trains_under_two_process_ddp(tmp_path, datasets_cache, overrides):
     """DDP fails at the second step when a parameter gets no gradient: three steps on two processes prove none."""
     out = tmp_path / "ddp"
-    accelerate_launch(2, TRAIN, *QUICK, "--output_dir", str(out), "--max_train_steps", "3", "--eval_every", "0",
-                      "--config_overrides", overrides)
+    accelerate_launch(
+        2,
+        TRAIN,
+        *QUICK,
+        "--output_dir",
+        str(out),
+        "--max_train_steps",
+        "3",
+        "--eval_every",
+        "0",
+        "--config_overrides",
+        overrides,
+    )
     assert (out / "model.safetensors").exists()
 
 
@@ -178,7 +261,10 @@ def test_every_configuration_trains_under_two_process_ddp(tmp_path, datasets_cac
         (["--dataset", "imagenet"], "invalid choice"),
         (["--dataset", "refcoco", "--data_root", "/no/such/folder"], "is not a folder"),
         (["--dataset", "refcoco"], "--data_root is required"),
-        (["--dataset", "synthetic", "--config_name", "tiny", "--config_overrides", "no_such_field=1"], "no_such_field"),
+        (
+            ["--dataset", "synthetic", "--config_name", "tiny", "--config_overrides", "no_such_field=1"],
+            "no_such_field",
+        ),
         (["--dataset", "synthetic", "--config_name", "tiny", "--config_overrides", "curation_ratio"], "field=value"),
         (["--dataset", "synthetic"], "--model_name_or_path"),
         (["--dataset", "synthetic", "--config_name", "tiny", "--checkpointing_steps", "often"], "checkpointing_steps"),
@@ -191,8 +277,21 @@ def test_bad_arguments_fail_fast(tmp_path, args, message):
 
 
 def test_bad_override_value_names_the_field(tmp_path):
-    result = run([sys.executable, TRAIN, "--dataset", "synthetic", "--config_name", "tiny", "--config_overrides",
-                  "curation_ratio=3", "--output_dir", str(tmp_path / "x")], expect=None)
+    result = run(
+        [
+            sys.executable,
+            TRAIN,
+            "--dataset",
+            "synthetic",
+            "--config_name",
+            "tiny",
+            "--config_overrides",
+            "curation_ratio=3",
+            "--output_dir",
+            str(tmp_path / "x"),
+        ],
+        expect=None,
+    )
     assert result.returncode != 0 and "curation_ratio" in result.stderr
 
 
@@ -208,9 +307,22 @@ def test_init_checkpoint_from_local_encoders(tmp_path):
     bert = BertModel(tiny_bert_config())
     bert.save_pretrained(tmp_path / "bert")
     build_tiny_tokenizer().save_pretrained(tmp_path / "bert")
-    run([sys.executable, str(SCRIPTS / "init_checkpoint.py"), "--vision", str(tmp_path / "swin"), "--text",
-         str(tmp_path / "bert"), "--output_dir", str(tmp_path / "init"), "--image_size", "64",
-         "--config_overrides", "hidden_size=32,num_attention_heads=4,joint_dim=16"])
+    run(
+        [
+            sys.executable,
+            str(SCRIPTS / "init_checkpoint.py"),
+            "--vision",
+            str(tmp_path / "swin"),
+            "--text",
+            str(tmp_path / "bert"),
+            "--output_dir",
+            str(tmp_path / "init"),
+            "--image_size",
+            "64",
+            "--config_overrides",
+            "hidden_size=32,num_attention_heads=4,joint_dim=16",
+        ]
+    )
     from PIL import Image
     from transformers import AutoModel, AutoProcessor
 
@@ -223,9 +335,9 @@ def test_init_checkpoint_from_local_encoders(tmp_path):
     for name, value in vision.items():  # every Swin tensor but the classifier's final norm is carried over
         torch.testing.assert_close(loaded[f"metris.vision_encoder.backbone.swin.{name}"], value, msg=name)
     torch.testing.assert_close(
-        loaded["metris.text_encoder.embeddings.word_embeddings.weight"], bert.state_dict()["embeddings.word_embeddings.weight"]
+        loaded["metris.text_encoder.embeddings.word_embeddings.weight"],
+        bert.state_dict()["embeddings.word_embeddings.weight"],
     )
-    inputs = processor(images=[Image.new("RGB", (50, 70))], text=["the red circle"],
-                       return_tensors="pt")
+    inputs = processor(images=[Image.new("RGB", (50, 70))], text=["the red circle"], return_tensors="pt")
     assert inputs["pixel_values"].shape[-1] == 64
     assert model(**inputs).logits.shape == (1, 1, 16, 16)

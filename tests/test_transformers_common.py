@@ -110,8 +110,9 @@ class MetrisModelTester:
         model = MetrisForReferringSegmentation(config).eval()
         with torch.no_grad():
             result = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
-            with_loss = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
-                              labels=labels)
+            with_loss = model(
+                pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, labels=labels
+            )
         stride4 = self.image_size // 4
         self.parent.assertEqual(result.logits.shape, (self.batch_size, 1, stride4, stride4))
         self.parent.assertIsNone(result.loss)

@@ -36,6 +36,7 @@ SOURCE_ENV = "METRIS_TRANSFORMERS_SRC"
 _MARKER = "test_modeling_common.py"  # present once the tests/ tree is complete
 _DOWNLOAD_TIMEOUT_S = 600
 
+
 class TransformersTestsUnavailable(RuntimeError):
     """The source release of transformers (and so its common tests) could not be obtained."""
 

@@ -87,9 +87,12 @@ class Segmenter:
             return None
         from .visualization import explain, render_row, stack_rows
 
-        rows = [render_row(image, text, mask, attention)
-                for text, (mask, attention) in zip(expressions, explain(self.model, self.processor, image,
-                                                                        expressions, threshold=threshold))]
+        rows = [
+            render_row(image, text, mask, attention)
+            for text, (mask, attention) in zip(
+                expressions, explain(self.model, self.processor, image, expressions, threshold=threshold)
+            )
+        ]
         return stack_rows(rows)
 
 
@@ -100,7 +103,11 @@ def load_segmenter(name: str) -> Segmenter:
 
 
 def segment(
-    image_path: str | None, text: str | None, threshold: float, model_name: str, show_attention: bool,
+    image_path: str | None,
+    text: str | None,
+    threshold: float,
+    model_name: str,
+    show_attention: bool,
     output_dir: str | os.PathLike | None = None,
 ) -> tuple[list[tuple[Image.Image, str]], list[str], Image.Image | None, str]:
     """The page's action: (overlays with captions, mask PNG paths, attention sheet or None, status text).
@@ -138,10 +145,15 @@ def segment(
         result["mask"].save(path)
         files.append(str(path))
         lines.append(f"| {index + 1} | {expression} | {result['score']:.3f} | {100 * mask.mean():.1f} % |")
-    status = "\n".join([
-        f"Done: {len(expressions)} expression(s), model `{segmenter.name}` ({segmenter.backend})",
-        "", "| # | expression | score | area |", "|---|---|---|---|", *lines,
-    ])
+    status = "\n".join(
+        [
+            f"Done: {len(expressions)} expression(s), model `{segmenter.name}` ({segmenter.backend})",
+            "",
+            "| # | expression | score | area |",
+            "|---|---|---|---|",
+            *lines,
+        ]
+    )
     if show_attention and sheet is None:
         status += "\n\nAttention maps need the PyTorch model (an ONNX export returns the mask logits only)."
     return overlays, files, sheet, status
@@ -163,11 +175,20 @@ def build_demo(default_model: str = EMBEDDED, examples_dir: str | os.PathLike | 
         with gr.Row():
             with gr.Column():
                 image = gr.Image(type="filepath", label="Image", elem_id="input-image", sources=["upload"])
-                text = gr.Textbox(label="Expressions (one per line)", lines=3, elem_id="expressions",
-                                  placeholder="the red star\nthe big circle on the left")
+                text = gr.Textbox(
+                    label="Expressions (one per line)",
+                    lines=3,
+                    elem_id="expressions",
+                    placeholder="the red star\nthe big circle on the left",
+                )
                 threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.01, label="Threshold", elem_id="threshold")
-                model = gr.Dropdown([EMBEDDED], value=default_model, allow_custom_value=True, elem_id="model",
-                                    label="Model: embedded, a checkpoint folder, a Hub id, or an ONNX export folder")
+                model = gr.Dropdown(
+                    [EMBEDDED],
+                    value=default_model,
+                    allow_custom_value=True,
+                    elem_id="model",
+                    label="Model: embedded, a checkpoint folder, a Hub id, or an ONNX export folder",
+                )
                 attention = gr.Checkbox(label="Show attention maps (Fig. 7b)", value=False, elem_id="attention")
                 button = gr.Button("Segment", variant="primary", elem_id="submit")
             with gr.Column():
@@ -176,15 +197,17 @@ def build_demo(default_model: str = EMBEDDED, examples_dir: str | os.PathLike | 
                 masks = gr.File(label="Masks (PNG, 0/255)", file_count="multiple", elem_id="masks")
                 sheet = gr.Image(label="Attention maps", elem_id="attention-maps", type="pil")
         gr.Examples(examples, inputs=[image, text], label="Synthetic scenes (unseen by the embedded checkpoint)")
-        button.click(segment, inputs=[image, text, threshold, model, attention],
-                     outputs=[overlays, masks, sheet, status])
+        button.click(
+            segment, inputs=[image, text, threshold, model, attention], outputs=[overlays, masks, sheet, status]
+        )
     return demo
 
 
 def main(argv: list[str] | None = None) -> int:
     """The console script: builds the page and serves it until interrupted."""
-    parser = argparse.ArgumentParser(prog="metris-app", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="metris-app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=EMBEDDED, help="checkpoint folder, Hub id or ONNX export folder")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)

@@ -17,35 +17,51 @@ import numpy as np
 from . import embedded_checkpoint
 from .folders import check_model_source
 
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16"}
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     """The console script's entry point: returns the exit status (console scripts pass it to `sys.exit`)."""
-    parser = argparse.ArgumentParser(prog="metris-segment", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="metris-segment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--image", required=True, help="path of the image")
     parser.add_argument("--text", required=True, help="the referring expression")
     parser.add_argument("--model", default=None, help="checkpoint folder or Hub id (default: the embedded one)")
     parser.add_argument(
-        "--output", default="mask.png",
+        "--output",
+        default="mask.png",
         help="where the mask goes: a PNG (mode L, 0/255); a name without .png gets .png added (a lossy JPEG would "
-             "blur the mask's edges, so .jpg/.jpeg and other formats are refused)",
+        "blur the mask's edges, so .jpg/.jpeg and other formats are refused)",
     )
     parser.add_argument(
-        "--threshold", type=float, default=0.5,
+        "--threshold",
+        type=float,
+        default=0.5,
         help="probability above which a pixel belongs to the mask, in [0, 1] (default 0.5); lower finds more",
     )
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:0 (default: cpu)")
     parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), default="float32",
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="float32",
         help="weights and activations in this precision (default float32); bf16 halves the memory and is faster "
-             "where the hardware has bfloat16 units (GPUs, CPUs with AVX-512 BF16 or AMX); masks differ from "
-             "float32 only at pixels whose logit lies within rounding of the threshold",
+        "where the hardware has bfloat16 units (GPUs, CPUs with AVX-512 BF16 or AMX); masks differ from "
+        "float32 only at pixels whose logit lies within rounding of the threshold",
     )
-    parser.add_argument("--backend", choices=("pytorch", "onnx"), default="pytorch",
-                        help="onnx: run a folder written by scripts/export_onnx.py with onnxruntime (give it as --model)")
+    parser.add_argument(
+        "--backend",
+        choices=("pytorch", "onnx"),
+        default="pytorch",
+        help="onnx: run a folder written by scripts/export_onnx.py with onnxruntime (give it as --model)",
+    )
     args = parser.parse_args(argv)
     if not Path(args.image).is_file():
         parser.error(f"--image {args.image} does not exist")
@@ -89,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     result["mask"].save(output, format="PNG")
     area = float(np.asarray(result["mask"]).astype(bool).mean())
-    print(f"{output}: {result['mask'].width}×{result['mask'].height}, {100 * area:.1f}% of the image, score {result['score']:.3f}")
+    print(
+        f"{output}: {result['mask'].width}×{result['mask'].height}, {100 * area:.1f}% of the image, "
+        f"score {result['score']:.3f}"
+    )
     return 0
 
 

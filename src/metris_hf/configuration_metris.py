@@ -20,8 +20,18 @@ MASK_LOSSES = ("bce", "weighted_ce")
 
 # Keys that `PreTrainedConfig` takes besides its fields (what `from_pretrained` / `from_dict` / copies pass on).
 _PRETRAINED_KWARGS = {
-    "model_type", "auto_map", "name_or_path", "_name_or_path", "_commit_hash", "output_attentions", "torch_dtype",
-    "attn_implementation", "experts_implementation", "per_layer_config", "num_labels", "use_return_dict",
+    "model_type",
+    "auto_map",
+    "name_or_path",
+    "_name_or_path",
+    "_commit_hash",
+    "output_attentions",
+    "torch_dtype",
+    "attn_implementation",
+    "experts_implementation",
+    "per_layer_config",
+    "num_labels",
+    "use_return_dict",
 }
 
 # Swin-B shaped like `microsoft/swin-base-patch4-window12-384-in22k`, all four stages out.
@@ -148,19 +158,25 @@ class MetrisConfig(PreTrainedConfig):
         unknown = sorted(set(kwargs) - _PRETRAINED_KWARGS)
         if unknown:  # a typo such as `guidence=` would otherwise be stored and never read
             known = list(self.__dataclass_fields__)
-            hints = [f"{key!r}" + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, known, 1))
-                                   else "") for key in unknown]
-            logger.warning(f"MetrisConfig: unknown key(s) {', '.join(hints)}: not MetrisConfig fields, kept but unused")
+            hints = [
+                f"{key!r}"
+                + (f" (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, known, 1)) else "")
+                for key in unknown
+            ]
+            logger.warning(
+                f"MetrisConfig: unknown key(s) {', '.join(hints)}: not MetrisConfig fields, kept but unused"
+            )
         super().__post_init__(**kwargs)
         # Checked here as well as in `validate_architecture` so a bad value raises a plain `ValueError`
         # naming the field (strict's class validators wrap it in their own exception type).
         self._check_metris_fields()
 
     def __setattr__(self, name: str, value: Any) -> None:
-        """Type-checked by `@strict` (a wrong type raises its `StrictDataclassFieldValidationError`); a METRIS field assigned after construction is value-checked too, so
-        `config.guidance = "bogus"` fails here rather than running a model silently. Fields that bound each
-        other (the temperatures, `hidden_size` / `num_attention_heads`) are checked together when the config is
-        validated (`save_pretrained`, building a model)."""
+        """Type-checked by `@strict` (a wrong type raises its `StrictDataclassFieldValidationError`); a METRIS
+        field assigned after construction is value-checked too, so `config.guidance = "bogus"` fails here rather
+        than running a model silently. Fields that bound each other (the temperatures, `hidden_size` /
+        `num_attention_heads`) are checked together when the config is validated (`save_pretrained`, building a
+        model)."""
         # `_name_or_path` appears late in `PreTrainedConfig.__post_init__`: before it, fields are being filled in
         # by the constructor, and `__post_init__` checks them all at its end
         if name in _SINGLE_FIELD_CHECKS and "_name_or_path" in self.__dict__:
@@ -185,11 +201,12 @@ class MetrisConfig(PreTrainedConfig):
                 f"({self.num_attention_heads})"
             )
         if len(self.ce_class_weights) != 2:
-            raise ValueError(f"`ce_class_weights` must hold 2 weights (background, object), got {self.ce_class_weights}")
+            raise ValueError(
+                f"`ce_class_weights` must hold 2 weights (background, object), got {self.ce_class_weights}"
+            )
         out = getattr(self.backbone_config, "out_features", None) or getattr(self.backbone_config, "out_indices", None)
         if out is not None and len(out) != 4:
             raise ValueError(f"`backbone_config` must return 4 feature maps (strides 4-32), it returns {list(out)}")
-
 
     def check_input_size(self, height: int, width: int | None = None) -> None:
         """A ValueError when the backbone cannot take `height` × `width` inputs, said before any tensor is built.
@@ -204,7 +221,10 @@ class MetrisConfig(PreTrainedConfig):
                 raise ValueError(f"image {name} must be a positive integer, got {value!r}")
         fixed, source = None, None
         if getattr(self.backbone_config, "use_absolute_embeddings", False):
-            fixed, source = self.backbone_config.image_size, "backbone_config.image_size (Swin with absolute position embeddings)"
+            fixed, source = (
+                self.backbone_config.image_size,
+                "backbone_config.image_size (Swin with absolute position embeddings)",
+            )
         elif (self.backbone_kwargs or {}).get("img_size") is not None:
             fixed, source = self.backbone_kwargs["img_size"], 'backbone_kwargs["img_size"] (timm Swin)'
         if fixed is not None:
@@ -236,17 +256,20 @@ def _one_of(allowed: tuple[str, ...]):
     def check(field: str, value: Any) -> None:
         if value not in allowed:
             raise ValueError(f"`{field}` must be one of {allowed}, got {value!r}")
+
     return check
 
 
 def _number(low: float, high: float = math.inf, low_open: bool = False):
     """A finite real number (not a bool) in [low, high], or (low, high] with `low_open`."""
+
     def check(field: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"`{field}` must be a finite number, got {value!r}")
         if value > high or value < low or (low_open and value == low):
             bracket = "(" if low_open else "["
             raise ValueError(f"`{field}` must be in {bracket}{low}, {high}], got {value}")
+
     return check
 
 
@@ -254,6 +277,7 @@ def _whole(low: int):
     def check(field: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"`{field}` must be an integer >= {low}, got {value!r}")
+
     return check
 
 
@@ -263,10 +287,28 @@ _SINGLE_FIELD_CHECKS = {
     "linguistic_cues": _one_of(LINGUISTIC_CUES),
     "mask_loss": _one_of(MASK_LOSSES),
     "curation_ratio": _number(0, 1, low_open=True),
-    **{name: _number(0) for name in ("contrastive_loss_weight", "no_target_loss_weight", "mask_loss_weight",
-                                     "dropout", "attention_dropout", "drop_path_rate")},
-    **{name: _number(0, low_open=True) for name in ("mlp_ratio", "decoder_mlp_ratio", "layer_norm_eps",
-                                                    "temperature_min", "temperature_init", "temperature_max")},
+    **{
+        name: _number(0)
+        for name in (
+            "contrastive_loss_weight",
+            "no_target_loss_weight",
+            "mask_loss_weight",
+            "dropout",
+            "attention_dropout",
+            "drop_path_rate",
+        )
+    },
+    **{
+        name: _number(0, low_open=True)
+        for name in (
+            "mlp_ratio",
+            "decoder_mlp_ratio",
+            "layer_norm_eps",
+            "temperature_min",
+            "temperature_init",
+            "temperature_max",
+        )
+    },
     **{name: _whole(1) for name in ("hidden_size", "num_attention_heads", "joint_dim")},
     **{name: _whole(0) for name in ("enhancer_rounds", "refinement_layers", "relation_layers")},
 }

@@ -145,9 +145,6 @@ def convert_authors_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[s
     return converted
 
 
-
-
-
 # metris-hf 0.1 kept every module at the top of `MetrisForReferringSegmentation`; they now live under the base
 # model `metris.`, the mask head is `classifier`, the pixel-word attention owns its projections, the stage-4
 # projection lost its LayerNorm, and transformers 5.2x renamed its Swin's tensors. First match wins.
@@ -155,8 +152,10 @@ LEGACY_RENAMES = [
     (r"^decoder\.classifier\.", "classifier."),
     (r"^stage4_proj\.0\.", "metris.stage4_proj."),
     (r"^vision_encoder\.fusions\.(\d+)\.attention\.", r"metris.vision_encoder.fusions.\1."),
-    (r"^(text_encoder|text_proj|vision_encoder|stage4_block|language_enhancer|visual_expression_extractor|decoder)\.",
-     r"metris.\1."),
+    (
+        r"^(text_encoder|text_proj|vision_encoder|stage4_block|language_enhancer|visual_expression_extractor|decoder)\.",
+        r"metris.\1.",
+    ),
 ]
 LEGACY_SWIN_RENAMES = [
     (r"backbone\.(embeddings|encoder)\.", r"backbone.swin.\1."),
@@ -164,7 +163,10 @@ LEGACY_SWIN_RENAMES = [
     (r"attention\.self\.key\.", "attention.k_proj."),
     (r"attention\.self\.value\.", "attention.v_proj."),
     (r"attention\.output\.dense\.", "attention.o_proj."),
-    (r"attention\.self\.relative_position_bias_table", "attention.relative_position_bias.relative_position_bias_table"),
+    (
+        r"attention\.self\.relative_position_bias_table",
+        "attention.relative_position_bias.relative_position_bias_table",
+    ),
     (r"intermediate\.dense\.", "mlp.fc1."),
     (r"(blocks\.\d+)\.output\.dense\.", r"\1.mlp.fc2."),
 ]

@@ -81,7 +81,10 @@ def evaluate_referring(
         experiment_id=f"{experiment_id or 'metris-eval'}-{token[0]}",
     )
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
         collate_fn=EvalCollator(processor, keep_original=resolution == "original"),
     )
     was_training = model.training

@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 
 MODEL = "a model checkpoint (config.json + weights, written by save_pretrained)"
-TRAINING_STATE = "an Accelerate training state (written by scripts/train.py --checkpointing_steps: step_<N>/ or epoch_<N>/)"
+TRAINING_STATE = (
+    "an Accelerate training state (written by scripts/train.py --checkpointing_steps: step_<N>/ or epoch_<N>/)"
+)
 
 
 def folder_kind(path: str | os.PathLike) -> str:
@@ -21,7 +23,11 @@ def folder_kind(path: str | os.PathLike) -> str:
         return "missing"
     if (folder / "config.json").is_file():
         return "model"
-    if (folder / "progress.json").is_file() or any(folder.glob("random_states_*.pkl")) or (folder / "optimizer.bin").is_file():
+    if (
+        (folder / "progress.json").is_file()
+        or any(folder.glob("random_states_*.pkl"))
+        or (folder / "optimizer.bin").is_file()
+    ):
         return "training_state"
     return "other"
 

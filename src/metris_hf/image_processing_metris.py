@@ -339,9 +339,7 @@ class MetrisImageProcessingMixin:
             return load_local_image(image_url_or_urls)
         return image_url_or_urls
 
-    def _prepare_image_like_inputs(
-        self, images: Any, *args: Any, expected_ndims: int = 3, **kwargs: Any
-    ) -> list[Any]:
+    def _prepare_image_like_inputs(self, images: Any, *args: Any, expected_ndims: int = 3, **kwargs: Any) -> list[Any]:
         """Flat list of images → backend format, naming the offending image in any error."""
         prepared = []
         for index, image in enumerate(make_list(images, "images")):
@@ -398,12 +396,12 @@ class MetrisImageProcessingMixin:
         """Mask logits (B, 1, h, w) → one boolean mask (H, W) per example at `target_sizes[i]`.
 
         Why bilinear on the logits, then the threshold: the model is trained exactly so, its loss upsamples
-        the stride-4 logits bilinearly (`align_corners=True`) to the label size before the BCE, so this reads its
-        output the way it was taught. The logit field is smooth and the mask boundary is where the interpolated field crosses
-        logit(threshold), a sub-pixel contour; thresholding first and resizing a binary mask would give
-        stride-4 staircases instead, and interpolating probabilities would move that contour (the sigmoid is
-        not linear). Thresholding `sigmoid(x) > t` is done as `x > logit(t)`: the same test, without a second
-        full-size float map (a 10000×10000 image costs one float32 map and one bool mask).
+        the stride-4 logits bilinearly (`align_corners=True`) to the label size before the BCE, so this reads
+        its output the way it was taught. The logit field is smooth and the mask boundary is where the
+        interpolated field crosses logit(threshold), a sub-pixel contour; thresholding first and resizing a
+        binary mask would give stride-4 staircases instead, and interpolating probabilities would move that
+        contour (the sigmoid is not linear). Thresholding `sigmoid(x) > t` is done as `x > logit(t)`: the same
+        test, without a second full-size float map (a 10000×10000 image costs one float32 map and one bool mask).
 
         Args:
             outputs: the model output; needs `.logits` (B, 1, h, w) and optionally `.no_target_logits` (B,): where

@@ -13,7 +13,6 @@ Shapes: B batch, L expression tokens, N = H4·W4 pixels of the stride-32 map, D 
 Boolean masks use True = "may be attended / is a real token"; attention takes them as additive biases.
 """
 
-
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -708,7 +707,8 @@ class MetrisModel(MetrisPreTrainedModel):
         return self.text_proj(words)
 
     def cue_mask(self, input_ids: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
-        """Which tokens curate pixels (Table 6b, Table 9). Never empty: [CLS] stands in for an expression with no cue."""
+        """Which tokens curate pixels (Table 6b, Table 9). Never empty: [CLS] stands in for an expression with
+        no cue."""
         cues = word_mask.clone()
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         if self.config.linguistic_cues == "global":

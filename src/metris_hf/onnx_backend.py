@@ -74,7 +74,11 @@ def _example_inputs(model: torch.nn.Module, image_size: int, length: int, batch:
 
 
 def _export_graph(
-    network: _LogitsOnly, example: tuple[torch.Tensor, ...], path: Path, output_names: list[str], opset: int,
+    network: _LogitsOnly,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    output_names: list[str],
+    opset: int,
     dynamo: bool,
 ) -> tuple[str, str | None]:
     """Writes the graph; returns (the exporter that succeeded, why the first choice failed or None)."""
@@ -87,21 +91,40 @@ def _export_graph(
         length = torch.export.Dim("sequence", min=2, max=max_tokens)
         with torch.no_grad():
             torch.onnx.export(
-                network, example, str(path), dynamo=True, opset_version=opset, external_data=False,
-                input_names=list(INPUT_NAMES), output_names=output_names, verbose=False,
-                dynamic_shapes={"pixel_values": {0: batch}, "input_ids": {0: batch, 1: length},
-                                "attention_mask": {0: batch, 1: length}},
+                network,
+                example,
+                str(path),
+                dynamo=True,
+                opset_version=opset,
+                external_data=False,
+                input_names=list(INPUT_NAMES),
+                output_names=output_names,
+                verbose=False,
+                dynamic_shapes={
+                    "pixel_values": {0: batch},
+                    "input_ids": {0: batch, 1: length},
+                    "attention_mask": {0: batch, 1: length},
+                },
             )
         return "dynamo", None
     except Exception as error:  # noqa: BLE001 - any failure of the new exporter falls back to the old one
         reason = "asked for" if not dynamo else f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-    axes = {"pixel_values": {0: "batch"}, "input_ids": {0: "batch", 1: "sequence"},
-            "attention_mask": {0: "batch", 1: "sequence"}}
+    axes = {
+        "pixel_values": {0: "batch"},
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "sequence"},
+    }
     axes.update({name: {0: "batch"} for name in output_names})
     with torch.no_grad():
         torch.onnx.export(
-            network, example, str(path), dynamo=False, opset_version=opset, input_names=list(INPUT_NAMES),
-            output_names=output_names, dynamic_axes=axes,
+            network,
+            example,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(INPUT_NAMES),
+            output_names=output_names,
+            dynamic_axes=axes,
         )
     return "torchscript", reason
 
@@ -137,9 +160,14 @@ def export_onnx(
     exporter, reason = _export_graph(network, example, path, output_names, opset, dynamo)
     processor.save_pretrained(output_dir)
     metadata = {
-        "exporter": exporter, "fallback_reason": reason, "opset": opset, "source": source,
-        "outputs": output_names, "image_size": [int(size["height"]), int(size["width"])],
-        "torch": torch.__version__, "export_seconds": round(time.perf_counter() - start, 1),
+        "exporter": exporter,
+        "fallback_reason": reason,
+        "opset": opset,
+        "source": source,
+        "outputs": output_names,
+        "image_size": [int(size["height"]), int(size["width"])],
+        "torch": torch.__version__,
+        "export_seconds": round(time.perf_counter() - start, 1),
     }
     (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return path
@@ -175,7 +203,9 @@ class OnnxReferringSegmenter:
         self.session = make_session(self.folder, threads)
         self.output_names = [output.name for output in self.session.get_outputs()]
 
-    def logits(self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+    def logits(
+        self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray
+    ) -> dict[str, np.ndarray]:
         """The graph's raw outputs by name (`logits` (B, 1, h, w), maybe `no_target_logits` (B,))."""
         feeds = {
             "pixel_values": np.ascontiguousarray(pixel_values, dtype=np.float32),
@@ -184,7 +214,9 @@ class OnnxReferringSegmenter:
         }
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
 
-    def __call__(self, image: Any, text: str | list[str], threshold: float = 0.5) -> dict[str, Any] | list[dict[str, Any]]:
+    def __call__(
+        self, image: Any, text: str | list[str], threshold: float = 0.5
+    ) -> dict[str, Any] | list[dict[str, Any]]:
         from .image_processing_metris import load_local_image
         from .pipeline_metris import _check_expression
 
@@ -267,7 +299,11 @@ print(json.dumps({"rows": rows, "peak_memory_mb": peak_kib / 1024,
 
 
 def time_onnxruntime(
-    path: str | os.PathLike, batch_sizes: list[int], image_size: int, max_length: int, repeats: int = 3,
+    path: str | os.PathLike,
+    batch_sizes: list[int],
+    image_size: int,
+    max_length: int,
+    repeats: int = 3,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Median seconds per batch of an ONNX file under onnxruntime (CPU), measured in a fresh interpreter that
@@ -278,10 +314,17 @@ def time_onnxruntime(
     path = Path(path)
     if path.is_dir():
         path = path / ONNX_FILE
-    job = {"path": str(path), "batch_sizes": list(batch_sizes), "image_size": image_size, "max_length": max_length,
-           "repeats": repeats, "threads": threads}
-    done = subprocess.run([sys.executable, "-c", _TIMING_SCRIPT, json.dumps(job)], capture_output=True, text=True,
-                          check=False)
+    job = {
+        "path": str(path),
+        "batch_sizes": list(batch_sizes),
+        "image_size": image_size,
+        "max_length": max_length,
+        "repeats": repeats,
+        "threads": threads,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _TIMING_SCRIPT, json.dumps(job)], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"the onnxruntime timing process failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -314,13 +357,19 @@ def onnxruntime_benchmark_worker(job: dict[str, Any]) -> dict[str, Any]:
         exporter, _ = _export_graph(network, example, path, output_names, opset=18, dynamo=True)
         export_seconds = time.perf_counter() - start
         del model, network
-        timing = time_onnxruntime(path, job["batch_sizes"], job["image_size"], job["max_length"], job["repeats"],
-                                  job.get("threads"))
+        timing = time_onnxruntime(
+            path, job["batch_sizes"], job["image_size"], job["max_length"], job["repeats"], job.get("threads")
+        )
         timing.update(export_seconds=export_seconds, exporter=exporter, onnx_mb=path.stat().st_size / 2**20)
     return timing
 
 
 __all__ = [
-    "ONNX_FILE", "OnnxReferringSegmenter", "compare_with_pytorch", "export_onnx", "make_session",
-    "onnxruntime_benchmark_worker", "time_onnxruntime",
+    "ONNX_FILE",
+    "OnnxReferringSegmenter",
+    "compare_with_pytorch",
+    "export_onnx",
+    "make_session",
+    "onnxruntime_benchmark_worker",
+    "time_onnxruntime",
 ]

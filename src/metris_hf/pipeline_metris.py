@@ -76,7 +76,9 @@ class ReferringImageSegmentationPipeline(Pipeline):
             return super().__call__(self._checked(image, "input"), **kwargs)
         if isinstance(image, (list, tuple)) and image and all(isinstance(item, dict) for item in image):
             if text is not None:
-                raise ValueError("give the expressions inside the dicts ({'image': ..., 'text': ...}), not beside them")
+                raise ValueError(
+                    "give the expressions inside the dicts ({'image': ..., 'text': ...}), not beside them"
+                )
             examples = [self._checked(item, f"example {index}") for index, item in enumerate(image)]
             return super().__call__(examples, **kwargs)
         if isinstance(image, (list, tuple)) or (isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4):
@@ -89,8 +91,12 @@ class ReferringImageSegmentationPipeline(Pipeline):
             if len(images) == 1 and len(texts) > 1:
                 images = images * len(texts)
             if len(images) != len(texts):
-                raise ValueError(f"got {len(images)} images and {len(texts)} expressions: give one expression per image")
-            examples = [self._checked({"image": i, "text": t}, f"example {n}") for n, (i, t) in enumerate(zip(images, texts))]
+                raise ValueError(
+                    f"got {len(images)} images and {len(texts)} expressions: give one expression per image"
+                )
+            examples = [
+                self._checked({"image": i, "text": t}, f"example {n}") for n, (i, t) in enumerate(zip(images, texts))
+            ]
             return super().__call__(examples, **kwargs)
         if isinstance(image, _IMAGE_TYPES):
             if text is None:
@@ -190,8 +196,11 @@ class ReferringImageSegmentationPipeline(Pipeline):
 def check_finite_weights(model: torch.nn.Module) -> None:
     """A ValueError naming the parameters and buffers that hold NaN or inf: such a model answers an empty mask
     with score NaN for every input, which must not pass for an answer."""
-    bad = [name for name, tensor in (*model.named_parameters(), *model.named_buffers())
-           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    bad = [
+        name
+        for name, tensor in (*model.named_parameters(), *model.named_buffers())
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
     if bad:
         raise ValueError(
             f"the model's weights hold non-finite values (NaN or inf) in {len(bad)} tensor(s): "

@@ -27,7 +27,12 @@ _CHECKPOINT_KEYS = ("architectures", "dtype", "torch_dtype", "transformers_versi
 def tiny_swin_config(**overrides: Any) -> SwinConfig:
     """A four-stage Swin of ~0.1 M parameters (strides 4-32), all stages out."""
     kwargs = dict(
-        image_size=64, patch_size=4, window_size=2, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+        image_size=64,
+        patch_size=4,
+        window_size=2,
+        embed_dim=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 2, 2],
         out_features=["stage1", "stage2", "stage3", "stage4"],
     )
     kwargs.update(overrides)
@@ -37,7 +42,11 @@ def tiny_swin_config(**overrides: Any) -> SwinConfig:
 def tiny_bert_config(**overrides: Any) -> BertConfig:
     """A one-layer BERT with a 256-token vocabulary (room for the test and synthetic vocabularies)."""
     kwargs = dict(
-        vocab_size=256, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        vocab_size=256,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
         max_position_embeddings=64,
     )
     kwargs.update(overrides)
@@ -91,5 +100,10 @@ def preset_config(name: str, **overrides: Any) -> MetrisConfig:
 
 
 __all__ = [
-    "PRESETS", "preset_config", "small_metris_config", "tiny_bert_config", "tiny_metris_config", "tiny_swin_config",
+    "PRESETS",
+    "preset_config",
+    "small_metris_config",
+    "tiny_bert_config",
+    "tiny_metris_config",
+    "tiny_swin_config",
 ]

@@ -46,8 +46,13 @@ def heatmap(values: np.ndarray, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray(colour_map(values)).resize(size, Image.BILINEAR)
 
 
-def outline_overlay(image: Image.Image, mask: np.ndarray, dim: float = 0.45, width: int | None = None,
-                    colour: tuple[int, int, int] = OUTLINE_COLOUR) -> Image.Image:
+def outline_overlay(
+    image: Image.Image,
+    mask: np.ndarray,
+    dim: float = 0.45,
+    width: int | None = None,
+    colour: tuple[int, int, int] = OUTLINE_COLOUR,
+) -> Image.Image:
     """The image with everything outside the mask dimmed and an outline drawn around it: the object itself keeps
     its own colour (a tinted fill would hide the very colour an expression like "the red star" refers to)."""
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
@@ -91,8 +96,15 @@ def guidance_attention_maps(outputs, index: int = 0) -> dict[str, np.ndarray]:
     return {name: m.reshape(height, width).cpu().numpy() for name, m in maps.items()}
 
 
-def render_row(image: Image.Image, expression: str, mask: np.ndarray, attention: dict[str, np.ndarray],
-               iou: float | None = None, panel_size: int = 192, target: np.ndarray | None = None) -> Image.Image:
+def render_row(
+    image: Image.Image,
+    expression: str,
+    mask: np.ndarray,
+    attention: dict[str, np.ndarray],
+    iou: float | None = None,
+    panel_size: int = 192,
+    target: np.ndarray | None = None,
+) -> Image.Image:
     """ground truth (or the image) | prediction | VE attention + bar | LE attention + bar, the expression above.
 
     `target` is the ground-truth mask at the image's size, when known. The row's `info["panels"]` lists each
@@ -109,8 +121,14 @@ def render_row(image: Image.Image, expression: str, mask: np.ndarray, attention:
     if target is None:
         pictures.append(("image", "image", shown, size[0]))
     else:
-        pictures.append(("ground truth", "ground truth",
-                         outline_overlay(shown, at_panel_size(target), colour=FIGURE_OUTLINE), size[0]))
+        pictures.append(
+            (
+                "ground truth",
+                "ground truth",
+                outline_overlay(shown, at_panel_size(target), colour=FIGURE_OUTLINE),
+                size[0],
+            )
+        )
     notes = ([] if mask.any() else ["empty"]) + ([] if iou is None else [f"IoU {iou:.2f}"])
     title = "prediction" + (f" ({', '.join(notes)})" if notes else "")
     pictures.append(("prediction", title, outline_overlay(shown, at_panel_size(mask), colour=FIGURE_OUTLINE), size[0]))
@@ -123,8 +141,9 @@ def render_row(image: Image.Image, expression: str, mask: np.ndarray, attention:
 
     title_font, label_font = _font(15), _font(12)
     title_height, label_height = 24, 18
-    width = sum(p.width for _, _, p, _ in pictures) + sum(BAR_GAP if kind == "colourbar" else GAP
-                                                          for kind, _, _, _ in pictures[1:])
+    width = sum(p.width for _, _, p, _ in pictures) + sum(
+        BAR_GAP if kind == "colourbar" else GAP for kind, _, _, _ in pictures[1:]
+    )
     row = Image.new("RGB", (width, title_height + label_height + size[1] + 6), "white")
     draw = ImageDraw.Draw(row)
     draw.text((3, 4), f'"{expression}"', fill="black", font=title_font)
@@ -174,12 +193,12 @@ def explain(model, processor, image: Image.Image, expressions: list[str], thresh
     inputs = processor(images=[image] * len(expressions), text=expressions, return_tensors="pt")
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     outputs = model(
-        pixel_values=inputs["pixel_values"].to(device, dtype), input_ids=inputs["input_ids"].to(device),
-        attention_mask=inputs["attention_mask"].to(device), output_attentions=True,
+        pixel_values=inputs["pixel_values"].to(device, dtype),
+        input_ids=inputs["input_ids"].to(device),
+        attention_mask=inputs["attention_mask"].to(device),
+        output_attentions=True,
     )
     masks = processor.post_process_referring_segmentation(
         outputs, target_sizes=[(image.height, image.width)] * len(expressions), threshold=threshold
     )
-    return [
-        (mask.cpu().numpy(), guidance_attention_maps(outputs, index)) for index, mask in enumerate(masks)
-    ]
+    return [(mask.cpu().numpy(), guidance_attention_maps(outputs, index)) for index, mask in enumerate(masks)]

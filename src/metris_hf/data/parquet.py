@@ -58,8 +58,10 @@ def _split_of_file(path: Path) -> str:
 def parquet_data_files(source: str | os.PathLike | dict) -> dict[str, list[str]] | None:
     """`source` → {parquet split: [files]} for local files, or None when `source` must be a Hub id."""
     if isinstance(source, dict):
-        return {split: [str(f) for f in ([files] if isinstance(files, (str, os.PathLike)) else files)]
-                for split, files in source.items()}
+        return {
+            split: [str(f) for f in ([files] if isinstance(files, (str, os.PathLike)) else files)]
+            for split, files in source.items()
+        }
     path = Path(source)
     if path.is_dir():
         files = sorted(path.rglob("*.parquet"))
@@ -74,7 +76,9 @@ def parquet_data_files(source: str | os.PathLike | dict) -> dict[str, list[str]]
     elif str(source).count("/") == 1 and not str(source).startswith((".", "/")):
         return None  # owner/name: a Hub dataset
     else:
-        raise FileNotFoundError(f"parquet source not found: {source} (a folder, file, glob, {{split: files}} or Hub id)")
+        raise FileNotFoundError(
+            f"parquet source not found: {source} (a folder, file, glob, {{split: files}} or Hub id)"
+        )
     grouped: dict[str, list[str]] = {}
     for file in files:
         grouped.setdefault(_split_of_file(file), []).append(str(file))

@@ -178,7 +178,7 @@ def _scan_opcodes(data: bytes, source: str) -> None:
                     raise UnsafePickleError(f"{source}: memo index {text[:20]!r} at byte {position} is refused")
         else:
             width = _LENGTH_PREFIX[layout]
-            size = int.from_bytes(data[start:start + width], "little")
+            size = int.from_bytes(data[start : start + width], "little")
             stop = start + width + size
         if stop > end:
             raise unreadable(f"{name} runs past the end of the file")
@@ -235,8 +235,17 @@ def restricted_pickle_load(path: str | os.PathLike) -> Any:
         if source not in str(error):
             raise UnsafePickleError(f"{source}: {error}") from None
         raise
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, pickle.UnpicklingError,
-            RecursionError, OverflowError) as error:
+    except (
+        EOFError,
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        AttributeError,
+        pickle.UnpicklingError,
+        RecursionError,
+        OverflowError,
+    ) as error:
         raise ValueError(f"{source}: not a readable pickle ({type(error).__name__}: {error})") from None
     _check_size_and_nesting(value, MAX_PICKLE_EXPANSION * len(data) + _PICKLE_EXPANSION_FLOOR, source)
     return value
@@ -306,8 +315,10 @@ def load_refs(path: Path) -> list[dict]:
             raise ValueError(f"{path}: ref {ref.get('ref_id', f'#{position}')} lacks {sorted(missing) or ['ann_id']}")
         for key in ("ref_id", "image_id"):
             if not _is_id(ref[key]):
-                raise ValueError(f"{path}: ref {ref.get('ref_id', f'#{position}')!r}: {key} must be an integer, "
-                                 f"got {ref[key]!r:.80}")
+                raise ValueError(
+                    f"{path}: ref {ref.get('ref_id', f'#{position}')!r}: {key} must be an integer, "
+                    f"got {ref[key]!r:.80}"
+                )
         if not isinstance(ref["split"], str):
             raise ValueError(f"{path}: ref {ref['ref_id']}: split must be a name, got {ref['split']!r:.80}")
     return refs
@@ -358,8 +369,9 @@ def index_instances(instances: Any, path: str) -> tuple[dict[int, dict], dict[in
     """instances.json's images and annotations by id, after checking the file's shape (a dict of lists of dicts
     with ids); the fields a ref needs are checked when a ref uses them (`build_tasks`)."""
     if not isinstance(instances, dict):
-        raise ValueError(f"{path}: expected a COCO instances dict with 'images' and 'annotations', "
-                         f"got a {type(instances).__name__}")
+        raise ValueError(
+            f"{path}: expected a COCO instances dict with 'images' and 'annotations', got a {type(instances).__name__}"
+        )
     indexed = []
     for key in ("images", "annotations"):
         entries = instances.get(key)
@@ -469,8 +481,10 @@ def drop_degenerate(tasks: dict[str, list[dict]], degenerate: list[int], keep: b
     if keep or not degenerate:
         return tasks
     bad = set(degenerate)
-    kept = {split: [t for t in rows if not (split.startswith("train") and t["ref_id"] in bad)]
-            for split, rows in tasks.items()}
+    kept = {
+        split: [t for t in rows if not (split.startswith("train") and t["ref_id"] in bad)]
+        for split, rows in tasks.items()
+    }
     return {split: rows for split, rows in kept.items() if rows}
 
 
@@ -484,7 +498,12 @@ def _header_size(path: str) -> tuple[int, int] | None:
 
 
 def check_images(
-    paths: list[str], *, skip_missing: bool, verify: bool, num_proc: int | None, source: str,
+    paths: list[str],
+    *,
+    skip_missing: bool,
+    verify: bool,
+    num_proc: int | None,
+    source: str,
     declared: dict[str, tuple[int, int, str]] | None = None,
 ) -> tuple[set[str], dict]:
     """The image files to skip, and a report: a missing (or, with `verify`, undecodable) file raises naming it,
@@ -538,8 +557,11 @@ def filter_images(
 ) -> tuple[dict[str, list[dict]], dict]:
     """Drops (or raises on) tasks whose image is missing or unreadable; see `check_images`."""
     paths = [task["image_path"] for rows in tasks.values() for task in rows]
-    declared = {task["image_path"]: (task["height"], task["width"], f"image {task['image_id']} (ref {task['ref_id']})")
-                for rows in tasks.values() for task in rows}
+    declared = {
+        task["image_path"]: (task["height"], task["width"], f"image {task['image_id']} (ref {task['ref_id']})")
+        for rows in tasks.values()
+        for task in rows
+    }
     bad, report = check_images(
         paths, skip_missing=skip_missing, verify=verify, num_proc=num_proc, source=source, declared=declared
     )
@@ -548,9 +570,7 @@ def filter_images(
     return {split: rows for split, rows in kept.items() if rows}, report
 
 
-def tasks_to_dataset_dict(
-    tasks: dict[str, list[dict]], work_dir: Path, key: str, num_proc: int | None
-) -> DatasetDict:
+def tasks_to_dataset_dict(tasks: dict[str, list[dict]], work_dir: Path, key: str, num_proc: int | None) -> DatasetDict:
     """Per-split task lists → a DatasetDict, written by `Dataset.from_generator` (in `num_proc` processes)."""
     splits = {}
     for split in sort_splits(tasks):

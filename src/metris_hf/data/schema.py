@@ -96,6 +96,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+def _is_coordinate(value: Any, reach: float) -> bool:
+    return _is_number(value) and math.isfinite(value) and abs(value) <= reach
+
+
 def check_image_size(height: Any, width: Any) -> tuple[int, int]:
     """(height, width) as ints, or a ValueError saying what is wrong (missing, not whole, ≤ 0, too large)."""
     sides = []
@@ -144,10 +148,10 @@ def segmentation_rle(segmentation: Any, height: int, width: int) -> Any:
         for index, polygon in enumerate(segmentation):
             if not isinstance(polygon, (list, tuple)):
                 raise ValueError(f"polygon {index} is a {type(polygon).__name__}, not a list of coordinates")
-            if not all(_is_number(v) and math.isfinite(v) and abs(v) <= reach for v in polygon):
+            if not all(_is_coordinate(v, reach) for v in polygon):
                 raise ValueError(
                     f"polygon {index} holds a coordinate that is not a finite number within {reach} of the "
-                    f"image ({[v for v in polygon if not (_is_number(v) and math.isfinite(v) and abs(v) <= reach)][:3]})"
+                    f"image ({[v for v in polygon if not _is_coordinate(v, reach)][:3]})"
                 )
             if len(polygon) % 2:
                 raise ValueError(f"polygon {index} has an odd number of coordinates ({len(polygon)})")
@@ -221,7 +225,11 @@ def union_bbox(boxes: Iterable[Iterable[float]]) -> list[float]:
 
 def check_bbox(bbox: Any) -> list[float]:
     """A COCO [x, y, w, h] box of 4 finite numbers, w and h ≥ 0, or a ValueError saying what it is."""
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) and math.isfinite(v) for v in bbox):
+    if (
+        not isinstance(bbox, (list, tuple))
+        or len(bbox) != 4
+        or not all(_is_number(v) and math.isfinite(v) for v in bbox)
+    ):
         raise ValueError(f"bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
     if bbox[2] < 0 or bbox[3] < 0:
         raise ValueError(f"bbox has a negative width or height: {bbox!r}")
@@ -244,13 +252,16 @@ def clean_sentences(sentences: Any) -> list[str]:
             raw, sent = entry.get("raw"), entry.get("sent")
             for name, value in (("raw", raw), ("sent", sent)):
                 if value is not None and not isinstance(value, str):
-                    raise ValueError(f"sentence {index}: `{name}` must be text, got {type(value).__name__} {value!r:.80}")
+                    raise ValueError(
+                        f"sentence {index}: `{name}` must be text, got {type(value).__name__} {value!r:.80}"
+                    )
             text = (raw or "").strip() or (sent or "").strip()
         elif isinstance(entry, str):
             text = entry.strip()
         else:
             raise ValueError(
-                f"sentence {index} must be a dict with `raw`/`sent` or a string, got {type(entry).__name__} {entry!r:.80}"
+                f"sentence {index} must be a dict with `raw`/`sent` or a string, "
+                f"got {type(entry).__name__} {entry!r:.80}"
             )
         if text:
             texts.append(text)
@@ -310,14 +321,14 @@ def read_splits(folder: Path) -> DatasetDict:
     """The DatasetDict `write_splits` wrote, memory-mapped."""
     names = json.loads((folder / "splits.json").read_text())
     return DatasetDict(
-        {name: datasets.Dataset.from_file(str(folder / f"{name}.arrow"), split=datasets.NamedSplit(name))
-         for name in names}
+        {
+            name: datasets.Dataset.from_file(str(folder / f"{name}.arrow"), split=datasets.NamedSplit(name))
+            for name in names
+        }
     )
 
 
-def cached_build(
-    cache_path: Path, build: Callable[[Path], tuple[DatasetDict, dict]], what: str
-) -> DatasetDict:
+def cached_build(cache_path: Path, build: Callable[[Path], tuple[DatasetDict, dict]], what: str) -> DatasetDict:
     """Loads `cache_path` if a previous build saved it there, else builds, saves and loads it.
 
     `build(work_dir)` returns the DatasetDict and a JSON-able report (skipped images, dropped sentences),
@@ -368,17 +379,23 @@ def _log_report(what: str, report: dict) -> None:
     if skipped:
         logger.warning(
             "%s: %d ref(s) skipped because their image is missing or unreadable (%d missing, %d unreadable; e.g. %s)",
-            what, report.get("skipped_refs", 0), report.get("skipped_missing_images", 0),
-            report.get("skipped_unreadable_images", 0), report.get("example_skipped"),
+            what,
+            report.get("skipped_refs", 0),
+            report.get("skipped_missing_images", 0),
+            report.get("skipped_unreadable_images", 0),
+            report.get("example_skipped"),
         )
     if report.get("degenerate_refs"):
         refs = report["degenerate_refs"]
         logger.warning(
             "%s: %d ref(s) have an empty target mask (degenerate polygons: < 3 points, or outside the image) but "
-            "are not marked no_target: ref_id %s; %s", what, len(refs),
+            "are not marked no_target: ref_id %s; %s",
+            what,
+            len(refs),
             ", ".join(map(str, refs[:20])) + (", …" if len(refs) > 20 else ""),
-            "kept (keep_degenerate=True)" if report.get("degenerate_kept") else
-            "left out of the train split(s), kept in evaluation splits",
+            "kept (keep_degenerate=True)"
+            if report.get("degenerate_kept")
+            else "left out of the train split(s), kept in evaluation splits",
         )
     if report.get("dropped_blank_sentences"):
         logger.info("%s: %d blank expression(s) dropped", what, report["dropped_blank_sentences"])
@@ -419,7 +436,11 @@ def sentence_rows(dataset: datasets.Dataset) -> datasets.Dataset:
     undecoded["image"] = Image(decode=False)
     undecoded["mask"] = Image(decode=False)
     exploded = raw.map(
-        _explode, batched=True, batch_size=256, remove_columns=raw.column_names, features=undecoded,
+        _explode,
+        batched=True,
+        batch_size=256,
+        remove_columns=raw.column_names,
+        features=undecoded,
         desc="one row per sentence",
     )
     # cast_column only flips the decode flag (no rewrite); Dataset.cast would rewrite the whole table

@@ -80,5 +80,7 @@ class RefTrainTransform:
         """Rows from `__call__` → one batch: each field stacked along a new first dimension."""
         if not rows:
             raise ValueError("cannot collate an empty batch")
-        return {key: torch.stack([row[key] for row in rows]) for key in ("pixel_values", "input_ids",
-                                                                           "attention_mask", "labels")}
+        return {
+            key: torch.stack([row[key] for row in rows])
+            for key in ("pixel_values", "input_ids", "attention_mask", "labels")
+        }

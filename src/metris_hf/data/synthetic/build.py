@@ -131,6 +131,8 @@ def load_synthetic(
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
 
     def build(_: Path) -> tuple[DatasetDict, dict]:
-        return make_synthetic(num_train, num_val, num_test, image_size, seed, no_target_fraction=no_target_fraction), {}
+        return make_synthetic(
+            num_train, num_val, num_test, image_size, seed, no_target_fraction=no_target_fraction
+        ), {}
 
     return cached_build(root / "synthetic" / name, build, f"synthetic {name}")

@@ -33,14 +33,22 @@ def _descriptors(obj: SceneObject, rng: np.random.Generator) -> list[Descriptor]
                 if not (use_size or use_colour or use_shape):
                     continue
                 noun = "shape" if use_shape else str(rng.choice(GENERIC_NOUNS))
-                out.append(Descriptor(obj.size if use_size else None, obj.colour if use_colour else None,
-                                      obj.shape if use_shape else None, noun))
+                out.append(
+                    Descriptor(
+                        obj.size if use_size else None,
+                        obj.colour if use_colour else None,
+                        obj.shape if use_shape else None,
+                        noun,
+                    )
+                )
     return out
 
 
 def _unique_descriptor(index: int, objects: Sequence[SceneObject], rng: np.random.Generator) -> Descriptor | None:
     """The shortest descriptor that matches only `objects[index]` (a random one among ties), if any."""
-    unique = [d for d in _descriptors(objects[index], rng) if [i for i, o in enumerate(objects) if d.matches(o)] == [index]]
+    unique = [
+        d for d in _descriptors(objects[index], rng) if [i for i, o in enumerate(objects) if d.matches(o)] == [index]
+    ]
     if not unique:
         return None
     shortest = min(len(d.words()) for d in unique)

@@ -19,8 +19,12 @@ SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 SIZES = ("small", "big")
 SIZE_WORDS = {"small": "small", "big": "big", "large": "big"}
 GENERIC_NOUNS = ("shape", "object", "one")
-REGION_PHRASES = {"left": ("on", "the", "left"), "right": ("on", "the", "right"),
-                  "top": ("at", "the", "top"), "bottom": ("at", "the", "bottom")}
+REGION_PHRASES = {
+    "left": ("on", "the", "left"),
+    "right": ("on", "the", "right"),
+    "top": ("at", "the", "top"),
+    "bottom": ("at", "the", "bottom"),
+}
 SUPERLATIVES = ("leftmost", "rightmost", "highest", "lowest")
 RELATIONS = ("left", "right", "above", "below")
 ARTICLES = ("the", "a", "an")
@@ -86,7 +90,6 @@ class Expression:
         return words
 
 
-
 def _in_region(obj: SceneObject, region: str, size: int, margin: float) -> bool:
     third = size / 3
     if region == "left":
@@ -135,9 +138,13 @@ def expression_matches(
         assert expression.landmark is not None
         landmarks = [j for j, obj in enumerate(objects) if expression.landmark.matches(obj)]
         if len(landmarks) != 1:
-            raise ValueError(f"the landmark {' '.join(expression.landmark.words())!r} matches {len(landmarks)} objects")
+            raise ValueError(
+                f"the landmark {' '.join(expression.landmark.words())!r} matches {len(landmarks)} objects"
+            )
         (j,) = landmarks
-        candidates = [i for i in candidates if i != j and _related(objects[i], objects[j], expression.relation, margin)]
+        candidates = [
+            i for i in candidates if i != j and _related(objects[i], objects[j], expression.relation, margin)
+        ]
     return candidates
 
 

@@ -28,7 +28,6 @@ class Scene:
     image_png: bytes
 
 
-
 def _shape_mask(obj: SceneObject, size: int) -> np.ndarray:
     canvas = PIL.Image.new("L", (size, size), 0)
     draw = PIL.ImageDraw.Draw(canvas)
@@ -91,8 +90,11 @@ def _place_objects(rng: np.random.Generator, size: int, image_id: int) -> list[S
         for _attempt in range(60):
             cx, cy = rng.uniform(radius + 2, size - radius - 2, 2)
             if all(math.hypot(cx - o.cx, cy - o.cy) >= radius + o.radius + 3 for o in objects):
-                objects.append(SceneObject(shape, colour, size_class, float(cx), float(cy), float(radius),
-                                           image_id * 8 + len(objects)))
+                objects.append(
+                    SceneObject(
+                        shape, colour, size_class, float(cx), float(cy), float(radius), image_id * 8 + len(objects)
+                    )
+                )
                 break
     return objects
 

@@ -5,8 +5,26 @@ from __future__ import annotations
 from .grammar import COLOURS, GENERIC_NOUNS, SHAPES, SUPERLATIVES
 
 SYNTHETIC_WORDS = (
-    "the", "a", "an", "on", "at", "of", "to", "left", "right", "top", "bottom", "above", "below",
-    *SUPERLATIVES, "small", "big", "large", *COLOURS, *SHAPES, *GENERIC_NOUNS,
+    "the",
+    "a",
+    "an",
+    "on",
+    "at",
+    "of",
+    "to",
+    "left",
+    "right",
+    "top",
+    "bottom",
+    "above",
+    "below",
+    *SUPERLATIVES,
+    "small",
+    "big",
+    "large",
+    *COLOURS,
+    *SHAPES,
+    *GENERIC_NOUNS,
 )
 
 

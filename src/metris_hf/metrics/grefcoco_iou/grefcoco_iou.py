@@ -119,9 +119,7 @@ def _as_mask_list(masks: Any, name: str) -> list:
             )
         return list(masks)
     if isinstance(masks, (str, bytes)) or not isinstance(masks, Sequence):
-        raise ValueError(
-            f"{name} must be a list of H x W masks or an N x H x W array, got {type(masks).__name__}"
-        )
+        raise ValueError(f"{name} must be a list of H x W masks or an N x H x W array, got {type(masks).__name__}")
     return list(masks)
 
 
@@ -129,9 +127,7 @@ def _binarize(mask: Any, kind: str, index: int, threshold: float | None):
     """A boolean H x W mask (numpy, or torch on the mask's device); raises on anything that is not one."""
     if _is_tensor(mask):
         if mask.ndim != 2:
-            raise ValueError(
-                f"{kind} of sample {index} must be a 2-D (H x W) mask, got shape {tuple(mask.shape)}"
-            )
+            raise ValueError(f"{kind} of sample {index} must be a 2-D (H x W) mask, got shape {tuple(mask.shape)}")
         if str(mask.dtype) == "torch.bool":
             return mask
         if mask.is_complex():
@@ -144,7 +140,8 @@ def _binarize(mask: Any, kind: str, index: int, threshold: float | None):
         if bool(bad.any()):
             example = mask[bad].flatten()[0].item()
             raise ValueError(
-                f"{kind} of sample {index} is not binary (found value {example!r}); masks must hold only 0/1/True/False"
+                f"{kind} of sample {index} is not binary (found value {example!r}); "
+                "masks must hold only 0/1/True/False"
                 + (", or pass threshold=... for probability maps" if kind == "prediction" else "")
             )
         return mask != 0
@@ -169,9 +166,7 @@ def _binarize(mask: Any, kind: str, index: int, threshold: float | None):
     return array != 0
 
 
-def _pair_counts(
-    prediction: Any, reference: Any, index: int, threshold: float | None
-) -> tuple[int, int, int, int]:
+def _pair_counts(prediction: Any, reference: Any, index: int, threshold: float | None) -> tuple[int, int, int, int]:
     """(intersection, union, prediction area, reference area) of one sample: all the metric ever keeps."""
     pred = _binarize(prediction, "prediction", index, threshold)
     ref = _binarize(reference, "reference", index, None)  # ground truth is never thresholded
@@ -230,9 +225,7 @@ class GrefcocoIou(evaluate.Metric):
     ) -> None:
         """Adds a batch of (prediction, reference) masks, stored as per-sample counts only."""
         if kwargs:
-            raise ValueError(
-                f"unexpected inputs {sorted(kwargs)}: add_batch takes predictions, references, threshold"
-            )
+            raise ValueError(f"unexpected inputs {sorted(kwargs)}: add_batch takes predictions, references, threshold")
         counts = _batch_counts(predictions, references, self._threshold(threshold))
         super().add_batch(**counts)
 
@@ -241,9 +234,7 @@ class GrefcocoIou(evaluate.Metric):
     ) -> None:
         """Adds one (prediction, reference) pair of masks, stored as its counts only."""
         if kwargs:
-            raise ValueError(
-                f"unexpected inputs {sorted(kwargs)}: add takes prediction, reference, threshold"
-            )
+            raise ValueError(f"unexpected inputs {sorted(kwargs)}: add takes prediction, reference, threshold")
         if prediction is None or reference is None:
             raise ValueError("add needs both prediction and reference")
         row = _pair_counts(prediction, reference, 0, self._threshold(threshold))
@@ -304,10 +295,6 @@ class GrefcocoIou(evaluate.Metric):
             # no-target samples have I = 0 and U = predicted area: ReLA's rule, with no special case needed
             "cIoU": _ratio(int(inter.sum()), int(uni.sum())),
             "gIoU": float(score.mean()),
-            "N-acc": _ratio(
-                int(np.count_nonzero(no_target & predicted_empty)), int(np.count_nonzero(no_target))
-            ),
-            "T-acc": _ratio(
-                int(np.count_nonzero(has_target & ~predicted_empty)), int(np.count_nonzero(has_target))
-            ),
+            "N-acc": _ratio(int(np.count_nonzero(no_target & predicted_empty)), int(np.count_nonzero(no_target))),
+            "T-acc": _ratio(int(np.count_nonzero(has_target & ~predicted_empty)), int(np.count_nonzero(has_target))),
         }

@@ -114,9 +114,7 @@ def _as_mask_list(masks: Any, name: str) -> list:
             )
         return list(masks)
     if isinstance(masks, (str, bytes)) or not isinstance(masks, Sequence):
-        raise ValueError(
-            f"{name} must be a list of H x W masks or an N x H x W array, got {type(masks).__name__}"
-        )
+        raise ValueError(f"{name} must be a list of H x W masks or an N x H x W array, got {type(masks).__name__}")
     return list(masks)
 
 
@@ -124,9 +122,7 @@ def _binarize(mask: Any, kind: str, index: int, threshold: float | None):
     """A boolean H x W mask (numpy, or torch on the mask's device); raises on anything that is not one."""
     if _is_tensor(mask):
         if mask.ndim != 2:
-            raise ValueError(
-                f"{kind} of sample {index} must be a 2-D (H x W) mask, got shape {tuple(mask.shape)}"
-            )
+            raise ValueError(f"{kind} of sample {index} must be a 2-D (H x W) mask, got shape {tuple(mask.shape)}")
         if str(mask.dtype) == "torch.bool":
             return mask
         if mask.is_complex():
@@ -139,7 +135,8 @@ def _binarize(mask: Any, kind: str, index: int, threshold: float | None):
         if bool(bad.any()):
             example = mask[bad].flatten()[0].item()
             raise ValueError(
-                f"{kind} of sample {index} is not binary (found value {example!r}); masks must hold only 0/1/True/False"
+                f"{kind} of sample {index} is not binary (found value {example!r}); "
+                "masks must hold only 0/1/True/False"
                 + (", or pass threshold=... for probability maps" if kind == "prediction" else "")
             )
         return mask != 0
@@ -164,9 +161,7 @@ def _binarize(mask: Any, kind: str, index: int, threshold: float | None):
     return array != 0
 
 
-def _pair_counts(
-    prediction: Any, reference: Any, index: int, threshold: float | None
-) -> tuple[int, int, int, int]:
+def _pair_counts(prediction: Any, reference: Any, index: int, threshold: float | None) -> tuple[int, int, int, int]:
     """(intersection, union, prediction area, reference area) of one sample: all the metric ever keeps."""
     pred = _binarize(prediction, "prediction", index, threshold)
     ref = _binarize(reference, "reference", index, None)  # ground truth is never thresholded
@@ -224,9 +219,7 @@ class ReferringIou(evaluate.Metric):
     ) -> None:
         """Adds a batch of (prediction, reference) masks, stored as per-sample counts only."""
         if kwargs:
-            raise ValueError(
-                f"unexpected inputs {sorted(kwargs)}: add_batch takes predictions, references, threshold"
-            )
+            raise ValueError(f"unexpected inputs {sorted(kwargs)}: add_batch takes predictions, references, threshold")
         counts = _batch_counts(predictions, references, self._threshold(threshold))
         super().add_batch(**counts)
 
@@ -235,9 +228,7 @@ class ReferringIou(evaluate.Metric):
     ) -> None:
         """Adds one (prediction, reference) pair of masks, stored as its counts only."""
         if kwargs:
-            raise ValueError(
-                f"unexpected inputs {sorted(kwargs)}: add takes prediction, reference, threshold"
-            )
+            raise ValueError(f"unexpected inputs {sorted(kwargs)}: add takes prediction, reference, threshold")
         if prediction is None or reference is None:
             raise ValueError("add needs both prediction and reference")
         row = _pair_counts(prediction, reference, 0, self._threshold(threshold))
@@ -287,9 +278,7 @@ class ReferringIou(evaluate.Metric):
     ) -> dict[str, float]:
         thresholds = [float(t) for t in iou_thresholds]
         if not thresholds or any(not 0.0 <= t <= 1.0 for t in thresholds):
-            raise ValueError(
-                f"iou_thresholds must be a non-empty list of numbers in [0, 1], got {iou_thresholds!r}"
-            )
+            raise ValueError(f"iou_thresholds must be a non-empty list of numbers in [0, 1], got {iou_thresholds!r}")
         inter = np.asarray(intersection, dtype=np.int64)
         uni = np.asarray(union, dtype=np.int64)
         if inter.size == 0:
