@@ -6,8 +6,10 @@
 
 Parts:
   peak       the machine's own limit: a large square matrix product (CPU 4096³, GPU 8192³) per dtype,
-             median of several, in GMAC/s. Every model row below is also given as a fraction of it
-             (GMACs ÷ seconds ÷ peak): the best a model of matmuls and convolutions can do is that product's rate.
+             median of several, in GMAC/s: the best a model of matmuls and convolutions can do is that
+             product's rate. Every model row is also given as a fraction of it (GMACs ÷ seconds ÷ GEMM rate), with
+             the product timed again in the row's own process, alternating with the model round by round, so
+             that a machine whose speed drifts (shared cores, clocks) moves both alike.
   inference  full METRIS forward, the plain Swin-B backbone alone and the text encoder alone, at each batch
              size, dtype and torch.compile setting: seconds per batch, GMACs (the counter of
              scripts/count_macs.py), peak memory, the fraction of the GEMM peak, and the efficiency ratio
@@ -30,7 +32,8 @@ On a GPU, float32 means TF32 matrix products (`torch.set_float32_matmul_precisio
 peak and in the models alike; the report calls it tf32.
 
 Each model measurement runs in a fresh process, so its peak memory (CPU: the process's max RSS; GPU:
-`torch.cuda.max_memory_allocated`) is its own. Timings are the median of `--repeats` runs after a warm-up.
+`torch.cuda.max_memory_allocated`) is its own, read after the warm-up and before the GEMM's matrices exist.
+Timings are the median of `--repeats` runs after a warm-up.
 """
 
 from __future__ import annotations
@@ -115,20 +118,52 @@ def set_matmul_precision(device: str) -> None:
         torch.set_float32_matmul_precision("high")
 
 
-def timed(fn, repeats: int, device: str) -> float:
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
+
+def timed(fn, repeats: int, device: str) -> float:
     fn()
-    sync()
+    _sync(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        sync()
+        _sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def gemm_size(device: str, tiny: bool) -> int:
+    return 512 if tiny else (8192 if device == "cuda" else 4096)
+
+
+def timed_beside_gemm(fn, gmacs: float, repeats: int, device: str, dtype: torch.dtype, size: int) -> dict:
+    """Times `fn` (already warmed up) and a size³ matrix product in alternation, round by round.
+
+    A shared machine's speed drifts (another process, clock changes) by tens of percent within minutes; a peak
+    timed minutes apart from the model put the same model at 75 % of it in one run and 109 % in the next. Timed in
+    the same rounds, both move alike: the fraction is the median over rounds of (model GMAC/s) / (GEMM GMAC/s).
+    """
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    torch.mm(a, b)
+    times, rates = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        rates.append(size**3 / (time.perf_counter() - start) / 1e9)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return {
+        "seconds": statistics.median(times),
+        "gemm_gmacs_per_second": statistics.median(rates),
+        "peak_fraction": statistics.median(gmacs / s / r for s, r in zip(times, rates)),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -153,13 +188,20 @@ def inference_worker(job: dict) -> dict:
     inputs = make_inputs(job["kind"], max(job["batch_sizes"]), job["image_size"], job["max_length"], device, dtype)
     gmacs = gmacs_per_sample(model, inputs)
     runner = torch.compile(model) if job["compile"] else model
-    rows = []
-    for batch in job["batch_sizes"]:
+    forwards = {}
+    for batch in job["batch_sizes"]:  # warm-up (and compilation) of every size first: the memory peak is the model's
         batch_inputs = {k: v[:batch] for k, v in inputs.items()}
+        forwards[batch] = lambda batch_inputs=batch_inputs: runner(**batch_inputs)
         with torch.inference_mode():
-            seconds = timed(lambda: runner(**batch_inputs), job["repeats"], device)  # noqa: B023
-        rows.append({"batch_size": batch, "seconds": seconds, "gmacs": gmacs * batch})
-    return {"rows": rows, "peak_memory_mb": peak_memory_mb(device)}
+            forwards[batch]()
+        _sync(device)
+    peak_mb = peak_memory_mb(device)
+    rows = []
+    for batch, forward in forwards.items():
+        with torch.inference_mode():
+            timing = timed_beside_gemm(forward, gmacs * batch, job["repeats"], device, dtype, job["gemm_size"])
+        rows.append({"batch_size": batch, "gmacs": gmacs * batch, **timing})
+    return {"rows": rows, "peak_memory_mb": peak_mb}
 
 
 def train_worker(job: dict) -> dict:
@@ -182,12 +224,18 @@ def train_worker(job: dict) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds = timed(step, job["repeats"], device)
+    step()  # warm-up: allocates the optimizer state, so the memory peak is the training step's
+    _sync(device)
+    peak_mb = peak_memory_mb(device)
+    gmacs = 3 * forward_gmacs * batch  # backward = 2 × forward
+    timing = timed_beside_gemm(step, gmacs, job["repeats"], device, dtype, job["gemm_size"])
     return {
-        "seconds_per_step": seconds,
-        "samples_per_second": batch / seconds,
-        "peak_memory_mb": peak_memory_mb(device),
-        "gmacs_per_step": 3 * forward_gmacs * batch,  # backward = 2 × forward
+        "seconds_per_step": timing["seconds"],
+        "samples_per_second": batch / timing["seconds"],
+        "peak_memory_mb": peak_mb,
+        "gmacs_per_step": gmacs,
+        "gemm_gmacs_per_second": timing["gemm_gmacs_per_second"],
+        "peak_fraction": timing["peak_fraction"],
     }
 
 
@@ -203,7 +251,7 @@ def run_in_fresh_process(worker, job: dict) -> dict:
 
 
 def bench_peak(args, device: str) -> dict[str, dict]:
-    size = 512 if args.tiny else (8192 if device == "cuda" else 4096)
+    size = gemm_size(device, args.tiny)
     return {
         dtype: run_in_fresh_process(
             gemm_peak_worker, {"device": device, "dtype": dtype, "size": size, "repeats": max(args.repeats, 5)}
@@ -212,11 +260,7 @@ def bench_peak(args, device: str) -> dict[str, dict]:
     }
 
 
-def peak_fraction(gmacs: float, seconds: float, peak: dict) -> float:
-    return gmacs / seconds / peak["gmacs_per_second"]
-
-
-def bench_inference(args, device: str, peaks: dict[str, dict]) -> list[dict]:
+def bench_inference(args, device: str) -> list[dict]:
     results = []
     for dtype in args.dtypes:
         for compiled in args.compile:
@@ -232,6 +276,7 @@ def bench_inference(args, device: str, peaks: dict[str, dict]) -> list[dict]:
                     "image_size": args.image_size,
                     "max_length": args.max_length,
                     "repeats": args.repeats,
+                    "gemm_size": gemm_size(device, args.tiny),
                 }
                 per_kind[kind] = run_in_fresh_process(inference_worker, job)
             for index, batch in enumerate(args.batch_sizes):
@@ -249,8 +294,10 @@ def bench_inference(args, device: str, peaks: dict[str, dict]) -> list[dict]:
                         "text_s": text["seconds"],
                         "text_gmacs": text["gmacs"],
                         "efficiency_ratio": ratio,
-                        "metris_peak_fraction": peak_fraction(metris["gmacs"], metris["seconds"], peaks[dtype]),
-                        "backbone_peak_fraction": peak_fraction(backbone["gmacs"], backbone["seconds"], peaks[dtype]),
+                        "metris_peak_fraction": metris["peak_fraction"],
+                        "metris_gemm_gmacs_per_second": metris["gemm_gmacs_per_second"],
+                        "backbone_peak_fraction": backbone["peak_fraction"],
+                        "backbone_gemm_gmacs_per_second": backbone["gemm_gmacs_per_second"],
                         "metris_peak_mb": per_kind["metris"]["peak_memory_mb"],
                         "backbone_peak_mb": per_kind["backbone"]["peak_memory_mb"],
                     }
@@ -258,7 +305,7 @@ def bench_inference(args, device: str, peaks: dict[str, dict]) -> list[dict]:
     return results
 
 
-def bench_train(args, device: str, peaks: dict[str, dict]) -> list[dict]:
+def bench_train(args, device: str) -> list[dict]:
     if device == "cuda":
         settings = [("bfloat16", 16, False), ("bfloat16", 16, True)]
     else:  # float32 with checkpointing: its memory saving, measured on CPU
@@ -277,18 +324,10 @@ def bench_train(args, device: str, peaks: dict[str, dict]) -> list[dict]:
             "image_size": args.image_size,
             "max_length": args.max_length,
             "repeats": args.repeats,
+            "gemm_size": gemm_size(device, args.tiny),
         }
         result = run_in_fresh_process(train_worker, job)
-        fraction = peak_fraction(result["gmacs_per_step"], result["seconds_per_step"], peaks[dtype])
-        results.append(
-            {
-                "dtype": dtype,
-                "batch_size": batch,
-                "gradient_checkpointing": checkpointing,
-                **result,
-                "peak_fraction": fraction,
-            }
-        )
+        results.append({"dtype": dtype, "batch_size": batch, "gradient_checkpointing": checkpointing, **result})
     return results
 
 
@@ -477,11 +516,11 @@ def print_report(report: dict) -> None:
         f"input {report['image_size']}², L = {report['max_length']}, {'tiny' if report['tiny'] else 'full-size'} model"
     )
     label = {"float32": "tf32" if m["gpu"] and report["device"] == "cuda" else "float32", "bfloat16": "bfloat16"}
-    print("\nGEMM peak (the limit every fraction below is taken of)")
+    print("\nGEMM peak (the limit; every row's fraction is of the same product timed in its own rounds)")
     for dtype, peak in report["peak"].items():
         print(f"  {label[dtype]:<9} {peak['size']}³ matmul: {peak['gmacs_per_second']:.0f} GMAC/s")
     if "inference" in report:
-        print("\ninference (seconds per batch; GMACs per batch; % of the GEMM peak)")
+        print("\ninference (seconds per batch; GMACs per batch; % of the GEMM rate timed beside it)")
         header = (
             f"{'dtype':<9}{'compile':<8}{'batch':>6}{'METRIS s':>10}{'GMACs':>9}{'%peak':>7}{'Swin s':>9}{'GMACs':>9}"
             f"{'%peak':>7}{'text s':>9}{'GMACs':>8}{'ratio':>7}{'peak MB':>9}"
@@ -555,11 +594,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     report["peak"] = bench_peak(args, args.device)
     if "inference" in args.parts:
-        report["inference"] = bench_inference(args, args.device, report["peak"])
+        report["inference"] = bench_inference(args, args.device)
     if "onnx" in args.parts:
         report["onnxruntime"] = bench_onnxruntime(args)
     if "train" in args.parts:
-        report["train"] = bench_train(args, args.device, report["peak"])
+        report["train"] = bench_train(args, args.device)
     if "data" in args.parts:
         report["data"] = bench_data(args)
     if "metrics" in args.parts:

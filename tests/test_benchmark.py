@@ -66,6 +66,9 @@ def test_benchmark_produces_every_figure(tmp_path):
         ):
             assert math.isfinite(row[key]) and row[key] > 0, (key, row)
         assert row["metris_gmacs"] > row["backbone_gmacs"] > 0
+        # --tiny runs one round: the fraction is that round's model rate over the GEMM rate timed beside it
+        beside = row["metris_gmacs"] / row["metris_s"] / row["metris_gemm_gmacs_per_second"]
+        assert math.isclose(row["metris_peak_fraction"], beside, rel_tol=1e-9), row
     assert {(r["dtype"], r["gradient_checkpointing"]) for r in report["train"]} == {
         ("float32", False),
         ("bfloat16", False),
