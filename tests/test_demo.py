@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -81,12 +82,8 @@ def test_checkpoint_through_the_pipeline_segments_synthetic_scenes():
 
 
 def test_demo_script_writes_one_picture_per_scene(tmp_path):
-    sys.path.insert(0, str(SCRIPTS))
-    try:
-        import demo
-    finally:
-        sys.path.remove(str(SCRIPTS))
-    result = demo.main(["--num_scenes", "2", "--expressions_per_scene", "2", "--output_dir", str(tmp_path)])
+    demo_main = runpy.run_path(str(SCRIPTS / "demo.py"), run_name="demo")["main"]  # a script, not a module
+    result = demo_main(["--num_scenes", "2", "--expressions_per_scene", "2", "--output_dir", str(tmp_path)])
     assert len(result["ious"]) == 4 and all(0.0 <= iou <= 1.0 for iou in result["ious"])
     pictures = sorted(tmp_path.glob("scene_*.png"))
     assert [p.name for p in pictures] == ["scene_00.png", "scene_01.png"]
