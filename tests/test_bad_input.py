@@ -18,8 +18,9 @@ from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging as hf_logging
 
 from helpers import build_tiny_tokenizer, save_tiny_checkpoint
-from metris_hf import MetrisConfig, MetrisForReferringSegmentation
+from metris_hf import MetrisConfig, MetrisForReferringSegmentation, MetrisModel
 from metris_hf import metrics as metris_metrics
+from metris_hf.folders import check_model_source
 from metris_hf.image_processing_metris import MetrisImageProcessor
 from metris_hf.pipeline_metris import TASK
 from metris_hf.processing_metris import MetrisProcessor
@@ -69,6 +70,36 @@ def test_tokenizer_of_another_model_is_refused(tmp_path):
     folder = save_tiny_checkpoint(tmp_path / "mismatch", tokenizer=big)
     with pytest.raises(ValueError, match=r"tokenizer's ids reach 304 but the model's text encoder has 256 embeddings"):
         pipeline(TASK, model=str(folder))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A local folder that does not exist
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [MetrisConfig, MetrisForReferringSegmentation, MetrisModel, MetrisProcessor, MetrisImageProcessor],
+    ids=lambda cls: cls.__name__,
+)
+def test_from_pretrained_names_a_missing_local_folder(cls, tmp_path, monkeypatch):
+    """Not transformers' "Repo id must use alphanumeric chars": the path is named as a missing local path."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("./nope", "runs/a/nope", tmp_path / "nope", Path("nope")):
+        with pytest.raises(
+            FileNotFoundError, match=rf"^{cls.__name__}\.from_pretrained: \S*nope: no such file or folder"
+        ):
+            cls.from_pretrained(name)
+
+
+def test_pipeline_on_a_missing_folder_is_transformers_message_and_check_model_source_names_it(tmp_path):
+    """`pipeline()` resolves the config with AutoConfig before it looks up the task, so no code of ours runs
+    first: its message stays transformers' (docs/errors.md says so); `check_model_source` is the clear check."""
+    missing = str(tmp_path / "nope")
+    with pytest.raises(OSError, match=r"Repo id must"):
+        pipeline(TASK, model=missing)
+    with pytest.raises(FileNotFoundError, match=r"nope: no such folder \(expected a model checkpoint"):
+        check_model_source(missing, "model")
 
 
 # --------------------------------------------------------------------------------------------------------------

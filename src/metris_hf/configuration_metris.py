@@ -5,12 +5,15 @@
 import difflib
 import json
 import math
+import os
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.utils import logging
+
+from .folders import check_local_path
 
 logger = logging.get_logger(__name__)
 
@@ -182,6 +185,12 @@ class MetrisConfig(PreTrainedConfig):
         if name in _SINGLE_FIELD_CHECKS and "_name_or_path" in self.__dict__:
             _SINGLE_FIELD_CHECKS[name](name, value)
         super().__setattr__(name, value)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """As `PreTrainedConfig.from_pretrained`, but a missing local path is named so (see `check_local_path`)."""
+        check_local_path(pretrained_model_name_or_path, f"{cls.__name__}.from_pretrained")
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def validate_architecture(self):
         super().validate_architecture()

@@ -14,8 +14,10 @@ Boolean masks use True = "may be attended / is a real token"; attention takes th
 """
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_metris import MetrisConfig
+from .folders import check_local_path
 
 # --------------------------------------------------------------------------------------------------------------
 # Outputs
@@ -596,6 +599,14 @@ class MetrisPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["MetrisAttentionBlock", "SwinStage", "BertLayer", "CLIPEncoderLayer"]
     _supports_sdpa = True
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike | None, *args: Any, **kwargs: Any
+    ) -> Any:
+        """As `PreTrainedModel.from_pretrained`, but a missing local path is named as such (see `check_local_path`)."""
+        check_local_path(pretrained_model_name_or_path, f"{cls.__name__}.from_pretrained")
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def enable_input_require_grads(self) -> None:
         """As `PreTrainedModel`'s, for every sub-model's input embeddings (each once), but the Swin's patch
