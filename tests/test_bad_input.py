@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from huggingface_hub.errors import StrictDataclassFieldValidationError
+from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from PIL import Image
 from transformers import AutoProcessor, BertTokenizer, pipeline
 from transformers.testing_utils import CaptureLogger
@@ -20,6 +20,7 @@ from transformers.utils import logging as hf_logging
 from helpers import build_tiny_tokenizer, save_tiny_checkpoint
 from metris_hf import MetrisConfig, MetrisForReferringSegmentation, MetrisModel
 from metris_hf import metrics as metris_metrics
+from metris_hf.configuration_metris import MetrisConfigTypeError, MetrisConfigValueError
 from metris_hf.folders import check_model_source
 from metris_hf.image_processing_metris import MetrisImageProcessor
 from metris_hf.pipeline_metris import TASK
@@ -197,13 +198,53 @@ def test_unknown_config_keys_warn_naming_them(tmp_path):
     ],
 )
 def test_wrong_config_types_raise_naming_the_field(field, value):
-    with pytest.raises(StrictDataclassFieldValidationError, match=rf"field '{field}'"):
+    with pytest.raises(StrictDataclassFieldValidationError, match=rf"`{field}` must be of type"):
         tiny_metris_config(**{field: value})
     config = tiny_metris_config()
     before = getattr(config, field)
-    with pytest.raises(StrictDataclassFieldValidationError, match=rf"field '{field}'"):
+    with pytest.raises(StrictDataclassFieldValidationError, match=rf"`{field}` must be of type"):
         setattr(config, field, value)
     assert getattr(config, field) == before
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("use_curation", "no", "bool"),
+        ("curation_ratio", "0.3", "float | int"),
+        ("hidden_size", 32.5, "int"),
+        ("article_token_ids", ["a"], "list[int] | tuple[int, ...]"),
+        ("backbone_kwargs", [1], "dict | None"),
+    ],
+)
+def test_a_wrong_config_type_is_a_type_error_naming_field_value_and_type(field, value, expected):
+    """`except TypeError` catches it (Python's exception for a wrong type; huggingface_hub's own derives from
+    Exception only), at construction and on assignment, and the message says what was expected."""
+    message = f"`{field}` must be of type {expected}, got {type(value).__name__} {value!r}"
+    for attempt in ("construction", "assignment"):
+        try:
+            if attempt == "construction":
+                tiny_metris_config(**{field: value})
+            else:
+                setattr(tiny_metris_config(), field, value)
+        except TypeError as error:  # what a user writes
+            assert isinstance(error, MetrisConfigTypeError) and isinstance(error, StrictDataclassFieldValidationError)
+            assert str(error) == message and error.field == field, attempt
+        else:
+            pytest.fail(f"{field}={value!r} accepted at {attempt}")
+
+
+def test_fields_that_contradict_each_other_are_a_value_error_on_validate_and_save(tmp_path):
+    """Changed one by one, each field passes; `validate()` / `save_pretrained` then raise a ValueError (also
+    huggingface_hub's `StrictDataclassClassValidationError`) naming the fields, and nothing is written."""
+    config = tiny_metris_config()
+    config.temperature_min = 0.9  # above temperature_init (0.1)
+    match = r"^`temperature_init` must lie in \[`temperature_min`, `temperature_max`\] .* got 0\.1 in \[0\.9, 0\.5\]$"
+    for action in (config.validate, lambda: config.save_pretrained(tmp_path / "saved")):
+        with pytest.raises(ValueError, match=match) as caught:
+            action()
+        assert isinstance(caught.value, (MetrisConfigValueError, StrictDataclassClassValidationError))
+    assert not (tmp_path / "saved" / "config.json").exists()
 
 
 @pytest.mark.parametrize(

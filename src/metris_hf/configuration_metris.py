@@ -6,9 +6,12 @@ import difflib
 import json
 import math
 import os
+import types
+import typing
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.utils import logging
@@ -50,6 +53,72 @@ SWIN_B_22K_384 = {
 }
 
 
+class MetrisConfigTypeError(StrictDataclassFieldValidationError, TypeError):
+    """A `MetrisConfig` field given a value of the wrong type.
+
+    A `TypeError`, Python's exception for a wrong type, so `except TypeError` catches it; still huggingface_hub's
+    `StrictDataclassFieldValidationError` (what `@strict` raises for transformers' own configs) for code that
+    catches that. `field` names the field."""
+
+    def __init__(self, message: str, field: str | None = None):
+        Exception.__init__(self, message)  # not the parent's (field, cause) signature: our message is one line
+        self.field = field
+
+
+class MetrisConfigValueError(StrictDataclassClassValidationError, ValueError):
+    """`MetrisConfig.validate()` (run by `save_pretrained`) found fields that contradict each other.
+
+    A `ValueError`, like every bad config value, and still huggingface_hub's `StrictDataclassClassValidationError`."""
+
+    def __init__(self, message: str):
+        Exception.__init__(self, message)
+
+
+def _type_text(annotation: Any) -> str:
+    """`float | int`, `list[int] | tuple[int, ...]`, `bool`: a field's annotation as a reader writes it."""
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return " | ".join(_type_text(arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return "None"
+    if typing.get_origin(annotation) is not None:
+        return repr(annotation)
+    return getattr(annotation, "__name__", repr(annotation))
+
+
+def _standard_exceptions(cls: type) -> type:
+    """Makes `@strict`'s exceptions also the standard ones: a wrong type a `MetrisConfigTypeError` (a TypeError), a
+    failed `validate()` a `MetrisConfigValueError` (a ValueError). Applied on top of `@strict`, whose own wrappers
+    raise exceptions that derive from `Exception` only."""
+    strict_setattr, strict_validate = cls.__setattr__, cls.validate
+
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        try:
+            strict_setattr(self, name, value)
+        except StrictDataclassFieldValidationError as error:
+            if isinstance(error, TypeError) or not isinstance(error.__cause__, TypeError):
+                raise
+            field = self.__dataclass_fields__.get(name)
+            expected = _type_text(field.type) if field is not None else "another type"
+            raise MetrisConfigTypeError(
+                f"`{name}` must be of type {expected}, got {type(value).__name__} {value!r:.80}", name
+            ) from error.__cause__
+
+    def validate(self: Any) -> None:
+        try:
+            strict_validate(self)
+        except StrictDataclassClassValidationError as error:
+            if isinstance(error, ValueError) or error.__cause__ is None:
+                raise
+            raise MetrisConfigValueError(str(error.__cause__)) from error.__cause__
+
+    validate.__is_defined_by_strict_decorator__ = True  # lets a subclass be decorated with `@strict` again
+    cls.__setattr__, cls.validate = __setattr__, validate
+    return cls
+
+
+@_standard_exceptions
 @strict
 class MetrisConfig(PreTrainedConfig):
     r"""
@@ -175,7 +244,7 @@ class MetrisConfig(PreTrainedConfig):
         self._check_metris_fields()
 
     def __setattr__(self, name: str, value: Any) -> None:
-        """Type-checked by `@strict` (a wrong type raises its `StrictDataclassFieldValidationError`); a METRIS
+        """Type-checked by `@strict` (a wrong type raises `MetrisConfigTypeError`, a TypeError); a METRIS
         field assigned after construction is value-checked too, so `config.guidance = "bogus"` fails here rather
         than running a model silently. Fields that bound each other (the temperatures, `hidden_size` /
         `num_attention_heads`) are checked together when the config is validated (`save_pretrained`, building a
@@ -345,4 +414,12 @@ def parse_config_overrides(text: str | None) -> dict:
     return overrides
 
 
-__all__ = ["MetrisConfig", "parse_config_overrides", "GUIDANCE_MODES", "LINGUISTIC_CUES", "MASK_LOSSES"]
+__all__ = [
+    "MetrisConfig",
+    "MetrisConfigTypeError",
+    "MetrisConfigValueError",
+    "parse_config_overrides",
+    "GUIDANCE_MODES",
+    "LINGUISTIC_CUES",
+    "MASK_LOSSES",
+]
