@@ -273,3 +273,82 @@ def test_a_loaded_model_cannot_be_switched_to_a_bogus_guidance(checkpoint):
     with pytest.raises(ValueError, match=r"`guidance` must be one of"):
         model.config.guidance = "bogus"
     assert model.config.guidance == "full"
+
+
+def _inputs() -> dict:
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.tensor([[2, 10, 11, 12, 3]])
+    return {"pixel_values": torch.randn(1, 3, SIZE, SIZE, generator=generator), "input_ids": input_ids}
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (
+            {"temperature_min": 0.9},
+            r"inconsistent state: `temperature_init` must lie in .* got 0\.1 in \[0\.9, 0\.5\]",
+        ),
+        (
+            {"temperature_max": 0.05},
+            r"inconsistent state: `temperature_init` must lie in .* got 0\.1 in \[0\.001, 0\.05\]",
+        ),
+        ({"num_attention_heads": 5}, r"`hidden_size` \(32\) must be divisible by `num_attention_heads` \(5\)"),
+        ({"ce_class_weights": [1.0]}, r"`ce_class_weights` must hold 2 weights \(background, object\), got \[1\.0\]"),
+        ({"guidance": "pure_le"}, r"guidance was changed to 'pure_le', but this model was built for 'full'"),
+        ({"guidance": "enhanced_le"}, r"guidance was changed to 'enhanced_le', but this model was built for 'full'"),
+        ({"mask_loss": "weighted_ce"}, r"mask_loss was changed to 'weighted_ce', but this model was built for 'bce'"),
+    ],
+    ids=["t_min_above_init", "t_max_below_init", "heads", "ce_weights", "pure_le", "enhanced_le", "mask_loss"],
+)
+def test_a_loaded_model_does_not_run_a_config_changed_into_an_inconsistent_state(checkpoint, changes, match):
+    """Each assignment passes its own check; the forward (of the head model and of the base model) refuses to run,
+    rather than clamping τ to an empty range, training with BCE on the background logit of a two-class head, or
+    running a "pure_le" that still feeds the decoder enhanced pixels. Put back, the model runs as before."""
+    model = MetrisForReferringSegmentation.from_pretrained(checkpoint).eval()
+    inputs = _inputs()
+    with torch.no_grad():
+        expected = model(**inputs).logits
+    saved = {field: getattr(model.config, field) for field in changes}
+    for field, value in changes.items():
+        setattr(model.config, field, value)
+    labels = torch.zeros(1, SIZE, SIZE, dtype=torch.long)
+    with pytest.raises(ValueError, match=match):
+        model(**inputs, labels=labels)
+    if "mask_loss" not in changes:  # the base model has no classifier
+        with pytest.raises(ValueError, match=match):
+            model.metris(**inputs)
+    for field, value in saved.items():
+        setattr(model.config, field, value)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, expected, rtol=0, atol=0)
+
+
+def test_a_two_class_model_switched_to_bce_does_not_train_on_its_background_logit():
+    """A weighted_ce model has two output classes; BCE would read class 0 (background) as the object's logit."""
+    torch.manual_seed(0)
+    model = MetrisForReferringSegmentation(tiny_metris_config(mask_loss="weighted_ce"))
+    model.config.mask_loss = "bce"
+    with pytest.raises(
+        ValueError, match=r"mask_loss was changed to 'bce', but this model was built for 'weighted_ce' "
+    ):
+        model(**_inputs(), labels=torch.ones(1, SIZE, SIZE, dtype=torch.long))
+
+
+def test_runtime_switches_still_change_a_loaded_model(checkpoint):
+    """The check refuses only contradictions: fields a forward reads on their own (the VEE's curation switches)
+    still take effect on a built model."""
+    model = MetrisForReferringSegmentation.from_pretrained(checkpoint).eval()
+    inputs = _inputs()
+    with torch.no_grad():
+        before = model(**inputs).logits
+        model.config.use_curation = False
+        model.config.temperature_min, model.config.temperature_max = 0.05, 0.2  # still around τ's init (0.1)
+        after = model(**inputs).logits
+    assert not torch.equal(before, after)
+
+
+def test_a_config_changed_after_construction_is_checked_whole_when_a_model_is_built():
+    config = tiny_metris_config()
+    config.num_attention_heads = 5
+    with pytest.raises(ValueError, match=r"`hidden_size` \(32\) must be divisible by `num_attention_heads` \(5\)"):
+        MetrisForReferringSegmentation(config)

@@ -247,8 +247,8 @@ class MetrisConfig(PreTrainedConfig):
         """Type-checked by `@strict` (a wrong type raises `MetrisConfigTypeError`, a TypeError); a METRIS
         field assigned after construction is value-checked too, so `config.guidance = "bogus"` fails here rather
         than running a model silently. Fields that bound each other (the temperatures, `hidden_size` /
-        `num_attention_heads`) are checked together when the config is validated (`save_pretrained`, building a
-        model)."""
+        `num_attention_heads`) are checked together, not here, so they can be changed one after the other: by
+        `validate()` / `save_pretrained`, when a model is built, and at the top of every model forward."""
         # `_name_or_path` appears late in `PreTrainedConfig.__post_init__`: before it, fields are being filled in
         # by the constructor, and `__post_init__` checks them all at its end
         if name in _SINGLE_FIELD_CHECKS and "_name_or_path" in self.__dict__:
@@ -268,20 +268,31 @@ class MetrisConfig(PreTrainedConfig):
     def _check_metris_fields(self) -> None:
         for field, check in _SINGLE_FIELD_CHECKS.items():
             check(field, getattr(self, field))
-        if not 0 < self.temperature_min <= self.temperature_init <= self.temperature_max:
+        self._check_cross_fields()
+        self._check_backbone_outputs()
+
+    def _check_cross_fields(self) -> None:
+        """The fields that bound each other. Every model forward runs this, so it reads the fields from `__dict__`
+        in one go (`PreTrainedConfig.__getattribute__` costs microseconds per attribute); the backbone's outputs
+        are checked in `_check_metris_fields`, since a built backbone keeps its own."""
+        fields = self.__dict__
+        t_min, t_init, t_max = fields["temperature_min"], fields["temperature_init"], fields["temperature_max"]
+        if not 0 < t_min <= t_init <= t_max:
             raise ValueError(
                 "`temperature_init` must lie in [`temperature_min`, `temperature_max`] with `temperature_min` > 0, "
-                f"got {self.temperature_init} in [{self.temperature_min}, {self.temperature_max}]"
+                f"got {t_init} in [{t_min}, {t_max}]"
             )
-        if self.hidden_size % self.num_attention_heads:
+        if fields["hidden_size"] % fields["num_attention_heads"]:
             raise ValueError(
-                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
-                f"({self.num_attention_heads})"
+                f"`hidden_size` ({fields['hidden_size']}) must be divisible by `num_attention_heads` "
+                f"({fields['num_attention_heads']})"
             )
-        if len(self.ce_class_weights) != 2:
+        if len(fields["ce_class_weights"]) != 2:
             raise ValueError(
-                f"`ce_class_weights` must hold 2 weights (background, object), got {self.ce_class_weights}"
+                f"`ce_class_weights` must hold 2 weights (background, object), got {fields['ce_class_weights']}"
             )
+
+    def _check_backbone_outputs(self) -> None:
         out = getattr(self.backbone_config, "out_features", None) or getattr(self.backbone_config, "out_indices", None)
         if out is not None and len(out) != 4:
             raise ValueError(f"`backbone_config` must return 4 feature maps (strides 4-32), it returns {list(out)}")
