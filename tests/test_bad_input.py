@@ -281,6 +281,14 @@ def _inputs() -> dict:
     return {"pixel_values": torch.randn(1, 3, SIZE, SIZE, generator=generator), "input_ids": input_ids}
 
 
+@pytest.fixture(scope="module")
+def loaded(checkpoint) -> tuple[MetrisForReferringSegmentation, torch.Tensor]:
+    """The checkpoint's model and its logits on `_inputs()`; a test that changes the config puts it back."""
+    model = MetrisForReferringSegmentation.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        return model, model(**_inputs()).logits
+
+
 @pytest.mark.parametrize(
     "changes, match",
     [
@@ -300,25 +308,25 @@ def _inputs() -> dict:
     ],
     ids=["t_min_above_init", "t_max_below_init", "heads", "ce_weights", "pure_le", "enhanced_le", "mask_loss"],
 )
-def test_a_loaded_model_does_not_run_a_config_changed_into_an_inconsistent_state(checkpoint, changes, match):
+def test_a_loaded_model_does_not_run_a_config_changed_into_an_inconsistent_state(loaded, changes, match):
     """Each assignment passes its own check; the forward (of the head model and of the base model) refuses to run,
     rather than clamping τ to an empty range, training with BCE on the background logit of a two-class head, or
     running a "pure_le" that still feeds the decoder enhanced pixels. Put back, the model runs as before."""
-    model = MetrisForReferringSegmentation.from_pretrained(checkpoint).eval()
+    model, expected = loaded
     inputs = _inputs()
-    with torch.no_grad():
-        expected = model(**inputs).logits
     saved = {field: getattr(model.config, field) for field in changes}
-    for field, value in changes.items():
-        setattr(model.config, field, value)
-    labels = torch.zeros(1, SIZE, SIZE, dtype=torch.long)
-    with pytest.raises(ValueError, match=match):
-        model(**inputs, labels=labels)
-    if "mask_loss" not in changes:  # the base model has no classifier
+    try:
+        for field, value in changes.items():
+            setattr(model.config, field, value)
+        labels = torch.zeros(1, SIZE, SIZE, dtype=torch.long)
         with pytest.raises(ValueError, match=match):
-            model.metris(**inputs)
-    for field, value in saved.items():
-        setattr(model.config, field, value)
+            model(**inputs, labels=labels)
+        if "mask_loss" not in changes:  # the base model has no classifier
+            with pytest.raises(ValueError, match=match):
+                model.metris(**inputs)
+    finally:
+        for field, value in saved.items():
+            setattr(model.config, field, value)
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs).logits, expected, rtol=0, atol=0)
 
@@ -334,16 +342,20 @@ def test_a_two_class_model_switched_to_bce_does_not_train_on_its_background_logi
         model(**_inputs(), labels=torch.ones(1, SIZE, SIZE, dtype=torch.long))
 
 
-def test_runtime_switches_still_change_a_loaded_model(checkpoint):
-    """The check refuses only contradictions: fields a forward reads on their own (the VEE's curation switches)
-    still take effect on a built model."""
-    model = MetrisForReferringSegmentation.from_pretrained(checkpoint).eval()
-    inputs = _inputs()
-    with torch.no_grad():
-        before = model(**inputs).logits
-        model.config.use_curation = False
-        model.config.temperature_min, model.config.temperature_max = 0.05, 0.2  # still around τ's init (0.1)
-        after = model(**inputs).logits
+def test_runtime_switches_still_change_a_loaded_model(loaded):
+    """The check refuses only contradictions: fields a forward reads on their own (the VEE's curation switch, τ's
+    clamp) still take effect on a built model."""
+    model, before = loaded
+    changes = {"use_curation": False, "temperature_min": 0.05, "temperature_max": 0.2}  # τ's init (0.1) inside
+    saved = {field: getattr(model.config, field) for field in changes}
+    try:
+        for field, value in changes.items():
+            setattr(model.config, field, value)
+        with torch.no_grad():
+            after = model(**_inputs()).logits
+    finally:
+        for field, value in saved.items():
+            setattr(model.config, field, value)
     assert not torch.equal(before, after)
 
 
