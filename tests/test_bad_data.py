@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import REFCOCO_REFS, instances, write_jxu124_parquet, write_refer_copy
-from metris_hf.data import UnsafePickleError, load_refer, load_refer_parquet, restricted_pickle_load
+from metris_hf.data import FEATURES, UnsafePickleError, load_refer, load_refer_parquet, restricted_pickle_load
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -379,3 +379,34 @@ def test_parquet_file_that_is_not_parquet_names_it(tmp_path):
     (files / "testB-00000-of-00001.parquet").write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(ValueError, match=r"testB-00000-of-00001\.parquet: not a readable Parquet file"):
         load_refer_parquet(files, image_root, cache_dir=tmp_path / "cache")
+
+
+def test_parquet_degenerate_targets_are_counted_warned_and_kept_out_of_training(tmp_path, caplog):
+    """As for REFER files: ref 100 (train) loses its polygons to < 3 points, ref 200 (val) to a polygon wholly
+    outside its image; neither is marked no_target, so each would be an empty training mask."""
+    files, image_root = parquet_copy(tmp_path)
+    segmentations = {100: [[5, 5, 35, 5], []], 200: [[100, 100, 120, 100, 120, 120]]}  # image 2 is 56×40
+    for file in files.glob("*.parquet"):
+        rows = pq.read_table(file).to_pylist()
+        for row in rows:
+            if row["ref_id"] in segmentations:
+                row["raw_anns"] = json.dumps(
+                    dict(json.loads(row["raw_anns"]), segmentation=segmentations[row["ref_id"]])
+                )
+        pq.write_table(pa.Table.from_pylist(rows), file)
+    for attempt in ("build", "cache hit"):  # the cached build warns again
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            data = load_refer_parquet(files, image_root, cache_dir=tmp_path / "cache")
+        assert "2 ref(s) have an empty target mask" in caplog.text and "ref_id 100, 200" in caplog.text, attempt
+        assert "left out of the train split(s)" in caplog.text
+        assert data["train"]["ref_id"] == [101]  # 100 left out of training
+        assert data["val"]["ref_id"] == [200, 201]  # evaluation keeps its samples
+        assert not np.asarray(data["val"][0]["mask"]).any() and not data["val"][0]["no_target"]
+    assert data["train"].features == data["val"].features == FEATURES  # the build-time flag column is gone
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        kept = load_refer_parquet(files, image_root, cache_dir=tmp_path / "cache", keep_degenerate=True)
+    assert "ref_id 100, 200" in caplog.text and "kept (keep_degenerate=True)" in caplog.text
+    assert kept["train"]["ref_id"] == [100, 101]
+    assert not kept["train"][0]["no_target"] and not np.asarray(kept["train"][0]["mask"]).any()

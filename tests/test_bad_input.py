@@ -11,15 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from huggingface_hub.errors import StrictDataclassFieldValidationError
+from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from PIL import Image
 from transformers import AutoProcessor, BertTokenizer, pipeline
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging as hf_logging
 
 from helpers import build_tiny_tokenizer, save_tiny_checkpoint
-from metris_hf import MetrisConfig, MetrisForReferringSegmentation
+from metris_hf import MetrisConfig, MetrisForReferringSegmentation, MetrisModel
 from metris_hf import metrics as metris_metrics
+from metris_hf.configuration_metris import MetrisConfigTypeError, MetrisConfigValueError
+from metris_hf.folders import check_model_source
 from metris_hf.image_processing_metris import MetrisImageProcessor
 from metris_hf.pipeline_metris import TASK
 from metris_hf.processing_metris import MetrisProcessor
@@ -69,6 +71,36 @@ def test_tokenizer_of_another_model_is_refused(tmp_path):
     folder = save_tiny_checkpoint(tmp_path / "mismatch", tokenizer=big)
     with pytest.raises(ValueError, match=r"tokenizer's ids reach 304 but the model's text encoder has 256 embeddings"):
         pipeline(TASK, model=str(folder))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A local folder that does not exist
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [MetrisConfig, MetrisForReferringSegmentation, MetrisModel, MetrisProcessor, MetrisImageProcessor],
+    ids=lambda cls: cls.__name__,
+)
+def test_from_pretrained_names_a_missing_local_folder(cls, tmp_path, monkeypatch):
+    """Not transformers' "Repo id must use alphanumeric chars": the path is named as a missing local path."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("./nope", "runs/a/nope", tmp_path / "nope", Path("nope")):
+        with pytest.raises(
+            FileNotFoundError, match=rf"^{cls.__name__}\.from_pretrained: \S*nope: no such file or folder"
+        ):
+            cls.from_pretrained(name)
+
+
+def test_pipeline_on_a_missing_folder_is_transformers_message_and_check_model_source_names_it(tmp_path):
+    """`pipeline()` resolves the config with AutoConfig before it looks up the task, so no code of ours runs
+    first: its message stays transformers' (docs/errors.md says so); `check_model_source` is the clear check."""
+    missing = str(tmp_path / "nope")
+    with pytest.raises(OSError, match=r"Repo id must"):
+        pipeline(TASK, model=missing)
+    with pytest.raises(FileNotFoundError, match=r"nope: no such folder \(expected a model checkpoint"):
+        check_model_source(missing, "model")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -166,13 +198,53 @@ def test_unknown_config_keys_warn_naming_them(tmp_path):
     ],
 )
 def test_wrong_config_types_raise_naming_the_field(field, value):
-    with pytest.raises(StrictDataclassFieldValidationError, match=rf"field '{field}'"):
+    with pytest.raises(StrictDataclassFieldValidationError, match=rf"`{field}` must be of type"):
         tiny_metris_config(**{field: value})
     config = tiny_metris_config()
     before = getattr(config, field)
-    with pytest.raises(StrictDataclassFieldValidationError, match=rf"field '{field}'"):
+    with pytest.raises(StrictDataclassFieldValidationError, match=rf"`{field}` must be of type"):
         setattr(config, field, value)
     assert getattr(config, field) == before
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("use_curation", "no", "bool"),
+        ("curation_ratio", "0.3", "float | int"),
+        ("hidden_size", 32.5, "int"),
+        ("article_token_ids", ["a"], "list[int] | tuple[int, ...]"),
+        ("backbone_kwargs", [1], "dict | None"),
+    ],
+)
+def test_a_wrong_config_type_is_a_type_error_naming_field_value_and_type(field, value, expected):
+    """`except TypeError` catches it (Python's exception for a wrong type; huggingface_hub's own derives from
+    Exception only), at construction and on assignment, and the message says what was expected."""
+    message = f"`{field}` must be of type {expected}, got {type(value).__name__} {value!r}"
+    for attempt in ("construction", "assignment"):
+        try:
+            if attempt == "construction":
+                tiny_metris_config(**{field: value})
+            else:
+                setattr(tiny_metris_config(), field, value)
+        except TypeError as error:  # what a user writes
+            assert isinstance(error, MetrisConfigTypeError) and isinstance(error, StrictDataclassFieldValidationError)
+            assert str(error) == message and error.field == field, attempt
+        else:
+            pytest.fail(f"{field}={value!r} accepted at {attempt}")
+
+
+def test_fields_that_contradict_each_other_are_a_value_error_on_validate_and_save(tmp_path):
+    """Changed one by one, each field passes; `validate()` / `save_pretrained` then raise a ValueError (also
+    huggingface_hub's `StrictDataclassClassValidationError`) naming the fields, and nothing is written."""
+    config = tiny_metris_config()
+    config.temperature_min = 0.9  # above temperature_init (0.1)
+    match = r"^`temperature_init` must lie in \[`temperature_min`, `temperature_max`\] .* got 0\.1 in \[0\.9, 0\.5\]$"
+    for action in (config.validate, lambda: config.save_pretrained(tmp_path / "saved")):
+        with pytest.raises(ValueError, match=match) as caught:
+            action()
+        assert isinstance(caught.value, (MetrisConfigValueError, StrictDataclassClassValidationError))
+    assert not (tmp_path / "saved" / "config.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -201,3 +273,94 @@ def test_a_loaded_model_cannot_be_switched_to_a_bogus_guidance(checkpoint):
     with pytest.raises(ValueError, match=r"`guidance` must be one of"):
         model.config.guidance = "bogus"
     assert model.config.guidance == "full"
+
+
+def _inputs() -> dict:
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.tensor([[2, 10, 11, 12, 3]])
+    return {"pixel_values": torch.randn(1, 3, SIZE, SIZE, generator=generator), "input_ids": input_ids}
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint) -> tuple[MetrisForReferringSegmentation, torch.Tensor]:
+    """The checkpoint's model and its logits on `_inputs()`; a test that changes the config puts it back."""
+    model = MetrisForReferringSegmentation.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        return model, model(**_inputs()).logits
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (
+            {"temperature_min": 0.9},
+            r"inconsistent state: `temperature_init` must lie in .* got 0\.1 in \[0\.9, 0\.5\]",
+        ),
+        (
+            {"temperature_max": 0.05},
+            r"inconsistent state: `temperature_init` must lie in .* got 0\.1 in \[0\.001, 0\.05\]",
+        ),
+        ({"num_attention_heads": 5}, r"`hidden_size` \(32\) must be divisible by `num_attention_heads` \(5\)"),
+        ({"ce_class_weights": [1.0]}, r"`ce_class_weights` must hold 2 weights \(background, object\), got \[1\.0\]"),
+        ({"guidance": "pure_le"}, r"guidance was changed to 'pure_le', but this model was built for 'full'"),
+        ({"guidance": "enhanced_le"}, r"guidance was changed to 'enhanced_le', but this model was built for 'full'"),
+        ({"mask_loss": "weighted_ce"}, r"mask_loss was changed to 'weighted_ce', but this model was built for 'bce'"),
+    ],
+    ids=["t_min_above_init", "t_max_below_init", "heads", "ce_weights", "pure_le", "enhanced_le", "mask_loss"],
+)
+def test_a_loaded_model_does_not_run_a_config_changed_into_an_inconsistent_state(loaded, changes, match):
+    """Each assignment passes its own check; the forward (of the head model and of the base model) refuses to run,
+    rather than clamping τ to an empty range, training with BCE on the background logit of a two-class head, or
+    running a "pure_le" that still feeds the decoder enhanced pixels. Put back, the model runs as before."""
+    model, expected = loaded
+    inputs = _inputs()
+    saved = {field: getattr(model.config, field) for field in changes}
+    try:
+        for field, value in changes.items():
+            setattr(model.config, field, value)
+        labels = torch.zeros(1, SIZE, SIZE, dtype=torch.long)
+        with pytest.raises(ValueError, match=match):
+            model(**inputs, labels=labels)
+        if "mask_loss" not in changes:  # the base model has no classifier
+            with pytest.raises(ValueError, match=match):
+                model.metris(**inputs)
+    finally:
+        for field, value in saved.items():
+            setattr(model.config, field, value)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, expected, rtol=0, atol=0)
+
+
+def test_a_two_class_model_switched_to_bce_does_not_train_on_its_background_logit():
+    """A weighted_ce model has two output classes; BCE would read class 0 (background) as the object's logit."""
+    torch.manual_seed(0)
+    model = MetrisForReferringSegmentation(tiny_metris_config(mask_loss="weighted_ce"))
+    model.config.mask_loss = "bce"
+    with pytest.raises(
+        ValueError, match=r"mask_loss was changed to 'bce', but this model was built for 'weighted_ce' "
+    ):
+        model(**_inputs(), labels=torch.ones(1, SIZE, SIZE, dtype=torch.long))
+
+
+def test_runtime_switches_still_change_a_loaded_model(loaded):
+    """The check refuses only contradictions: fields a forward reads on their own (the VEE's curation switch, τ's
+    clamp) still take effect on a built model."""
+    model, before = loaded
+    changes = {"use_curation": False, "temperature_min": 0.05, "temperature_max": 0.2}  # τ's init (0.1) inside
+    saved = {field: getattr(model.config, field) for field in changes}
+    try:
+        for field, value in changes.items():
+            setattr(model.config, field, value)
+        with torch.no_grad():
+            after = model(**_inputs()).logits
+    finally:
+        for field, value in saved.items():
+            setattr(model.config, field, value)
+    assert not torch.equal(before, after)
+
+
+def test_a_config_changed_after_construction_is_checked_whole_when_a_model_is_built():
+    config = tiny_metris_config()
+    config.num_attention_heads = 5
+    with pytest.raises(ValueError, match=r"`hidden_size` \(32\) must be divisible by `num_attention_heads` \(5\)"):
+        MetrisForReferringSegmentation(config)

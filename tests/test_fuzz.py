@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
@@ -243,6 +242,7 @@ def test_fuzz_parquet_rows(row_image, row):
     if out is not None and out["ref_id"]:
         assert out["ref_id"] == [row["ref_id"]] and out["sentences"][0]
         assert out["no_target"][0] == (out["ann_ids"][0] == [])
+        assert not (out["no_target"][0] and out["_degenerate"][0])  # degenerate: a target that draws nothing
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -320,8 +320,9 @@ VALUES = (
 @settings(FUZZ, max_examples=150)
 @given(field=st.sampled_from(CONFIG_FIELDS), value=VALUES, after=st.booleans())
 def test_fuzz_config_values(field, value, after):
-    documented = (ValueError, TypeError, StrictDataclassFieldValidationError)
-    documented += (StrictDataclassClassValidationError,)  # fields that bound each other, checked by validate()
+    # a wrong type is a TypeError, a bad value or fields that contradict each other (validate()) a ValueError:
+    # huggingface_hub's exceptions for these derive from Exception only, ours from these as well
+    documented = (ValueError, TypeError)
 
     def build_and_use() -> MetrisConfig:
         if after:  # an assignment to a built config, then what a model or save_pretrained does with it

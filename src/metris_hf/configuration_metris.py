@@ -5,12 +5,18 @@
 import difflib
 import json
 import math
+import os
+import types
+import typing
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.utils import logging
+
+from .folders import check_local_path
 
 logger = logging.get_logger(__name__)
 
@@ -47,6 +53,72 @@ SWIN_B_22K_384 = {
 }
 
 
+class MetrisConfigTypeError(StrictDataclassFieldValidationError, TypeError):
+    """A `MetrisConfig` field given a value of the wrong type.
+
+    A `TypeError`, Python's exception for a wrong type, so `except TypeError` catches it; still huggingface_hub's
+    `StrictDataclassFieldValidationError` (what `@strict` raises for transformers' own configs) for code that
+    catches that. `field` names the field."""
+
+    def __init__(self, message: str, field: str | None = None):
+        Exception.__init__(self, message)  # not the parent's (field, cause) signature: our message is one line
+        self.field = field
+
+
+class MetrisConfigValueError(StrictDataclassClassValidationError, ValueError):
+    """`MetrisConfig.validate()` (run by `save_pretrained`) found fields that contradict each other.
+
+    A `ValueError`, like every bad config value, and still huggingface_hub's `StrictDataclassClassValidationError`."""
+
+    def __init__(self, message: str):
+        Exception.__init__(self, message)
+
+
+def _type_text(annotation: Any) -> str:
+    """`float | int`, `list[int] | tuple[int, ...]`, `bool`: a field's annotation as a reader writes it."""
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return " | ".join(_type_text(arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return "None"
+    if typing.get_origin(annotation) is not None:
+        return repr(annotation)
+    return getattr(annotation, "__name__", repr(annotation))
+
+
+def _standard_exceptions(cls: type) -> type:
+    """Makes `@strict`'s exceptions also the standard ones: a wrong type a `MetrisConfigTypeError` (a TypeError), a
+    failed `validate()` a `MetrisConfigValueError` (a ValueError). Applied on top of `@strict`, whose own wrappers
+    raise exceptions that derive from `Exception` only."""
+    strict_setattr, strict_validate = cls.__setattr__, cls.validate
+
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        try:
+            strict_setattr(self, name, value)
+        except StrictDataclassFieldValidationError as error:
+            if isinstance(error, TypeError) or not isinstance(error.__cause__, TypeError):
+                raise
+            field = self.__dataclass_fields__.get(name)
+            expected = _type_text(field.type) if field is not None else "another type"
+            raise MetrisConfigTypeError(
+                f"`{name}` must be of type {expected}, got {type(value).__name__} {value!r:.80}", name
+            ) from error.__cause__
+
+    def validate(self: Any) -> None:
+        try:
+            strict_validate(self)
+        except StrictDataclassClassValidationError as error:
+            if isinstance(error, ValueError) or error.__cause__ is None:
+                raise
+            raise MetrisConfigValueError(str(error.__cause__)) from error.__cause__
+
+    validate.__is_defined_by_strict_decorator__ = True  # lets a subclass be decorated with `@strict` again
+    cls.__setattr__, cls.validate = __setattr__, validate
+    return cls
+
+
+@_standard_exceptions
 @strict
 class MetrisConfig(PreTrainedConfig):
     r"""
@@ -172,16 +244,22 @@ class MetrisConfig(PreTrainedConfig):
         self._check_metris_fields()
 
     def __setattr__(self, name: str, value: Any) -> None:
-        """Type-checked by `@strict` (a wrong type raises its `StrictDataclassFieldValidationError`); a METRIS
+        """Type-checked by `@strict` (a wrong type raises `MetrisConfigTypeError`, a TypeError); a METRIS
         field assigned after construction is value-checked too, so `config.guidance = "bogus"` fails here rather
         than running a model silently. Fields that bound each other (the temperatures, `hidden_size` /
-        `num_attention_heads`) are checked together when the config is validated (`save_pretrained`, building a
-        model)."""
+        `num_attention_heads`) are checked together, not here, so they can be changed one after the other: by
+        `validate()` / `save_pretrained`, when a model is built, and at the top of every model forward."""
         # `_name_or_path` appears late in `PreTrainedConfig.__post_init__`: before it, fields are being filled in
         # by the constructor, and `__post_init__` checks them all at its end
         if name in _SINGLE_FIELD_CHECKS and "_name_or_path" in self.__dict__:
             _SINGLE_FIELD_CHECKS[name](name, value)
         super().__setattr__(name, value)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """As `PreTrainedConfig.from_pretrained`, but a missing local path is named so (see `check_local_path`)."""
+        check_local_path(pretrained_model_name_or_path, f"{cls.__name__}.from_pretrained")
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def validate_architecture(self):
         super().validate_architecture()
@@ -190,20 +268,31 @@ class MetrisConfig(PreTrainedConfig):
     def _check_metris_fields(self) -> None:
         for field, check in _SINGLE_FIELD_CHECKS.items():
             check(field, getattr(self, field))
-        if not 0 < self.temperature_min <= self.temperature_init <= self.temperature_max:
+        self._check_cross_fields()
+        self._check_backbone_outputs()
+
+    def _check_cross_fields(self) -> None:
+        """The fields that bound each other. Every model forward runs this, so it reads the fields from `__dict__`
+        in one go (`PreTrainedConfig.__getattribute__` costs microseconds per attribute); the backbone's outputs
+        are checked in `_check_metris_fields`, since a built backbone keeps its own."""
+        fields = self.__dict__
+        t_min, t_init, t_max = fields["temperature_min"], fields["temperature_init"], fields["temperature_max"]
+        if not 0 < t_min <= t_init <= t_max:
             raise ValueError(
                 "`temperature_init` must lie in [`temperature_min`, `temperature_max`] with `temperature_min` > 0, "
-                f"got {self.temperature_init} in [{self.temperature_min}, {self.temperature_max}]"
+                f"got {t_init} in [{t_min}, {t_max}]"
             )
-        if self.hidden_size % self.num_attention_heads:
+        if fields["hidden_size"] % fields["num_attention_heads"]:
             raise ValueError(
-                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
-                f"({self.num_attention_heads})"
+                f"`hidden_size` ({fields['hidden_size']}) must be divisible by `num_attention_heads` "
+                f"({fields['num_attention_heads']})"
             )
-        if len(self.ce_class_weights) != 2:
+        if len(fields["ce_class_weights"]) != 2:
             raise ValueError(
-                f"`ce_class_weights` must hold 2 weights (background, object), got {self.ce_class_weights}"
+                f"`ce_class_weights` must hold 2 weights (background, object), got {fields['ce_class_weights']}"
             )
+
+    def _check_backbone_outputs(self) -> None:
         out = getattr(self.backbone_config, "out_features", None) or getattr(self.backbone_config, "out_indices", None)
         if out is not None and len(out) != 4:
             raise ValueError(f"`backbone_config` must return 4 feature maps (strides 4-32), it returns {list(out)}")
@@ -336,4 +425,12 @@ def parse_config_overrides(text: str | None) -> dict:
     return overrides
 
 
-__all__ = ["MetrisConfig", "parse_config_overrides", "GUIDANCE_MODES", "LINGUISTIC_CUES", "MASK_LOSSES"]
+__all__ = [
+    "MetrisConfig",
+    "MetrisConfigTypeError",
+    "MetrisConfigValueError",
+    "parse_config_overrides",
+    "GUIDANCE_MODES",
+    "LINGUISTIC_CUES",
+    "MASK_LOSSES",
+]

@@ -14,8 +14,10 @@ Boolean masks use True = "may be attended / is a real token"; attention takes th
 """
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_metris import MetrisConfig
+from .folders import check_local_path
 
 # --------------------------------------------------------------------------------------------------------------
 # Outputs
@@ -597,6 +600,32 @@ class MetrisPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["MetrisAttentionBlock", "SwinStage", "BertLayer", "CLIPEncoderLayer"]
     _supports_sdpa = True
 
+    def __init__(self, config: MetrisConfig, *inputs, **kwargs):
+        # assignment checks each field alone: a config changed since construction is checked whole before building
+        config._check_metris_fields()
+        super().__init__(config, *inputs, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike | None, *args: Any, **kwargs: Any
+    ) -> Any:
+        """As `PreTrainedModel.from_pretrained`, but a missing local path is named as such (see `check_local_path`)."""
+        check_local_path(pretrained_model_name_or_path, f"{cls.__name__}.from_pretrained")
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def check_config(self) -> None:
+        """A ValueError when `self.config` was changed, after this model was built, into a state it cannot run.
+
+        Assignment checks each field alone; fields that bound each other (the temperatures, `hidden_size` /
+        `num_attention_heads`) and fields the built modules must match (`guidance`, `mask_loss`) are checked here,
+        at the top of every forward: a few comparisons. Fields read only at build time (widths, layer counts,
+        the backbone) no longer change a built model.
+        """
+        try:
+            self.config._check_cross_fields()
+        except ValueError as error:
+            raise ValueError(f"model.config was changed into an inconsistent state: {error}") from None
+
     def enable_input_require_grads(self) -> None:
         """As `PreTrainedModel`'s, for every sub-model's input embeddings (each once), but the Swin's patch
         embeddings return a tuple: the hook marks its first element."""
@@ -681,6 +710,9 @@ class MetrisModel(MetrisPreTrainedModel):
         self.stage4_block = MetrisAttentionBlock(config, config.mlp_ratio, mix_ffn=config.mix_ffn)
         uses_enhancer = config.guidance != "pure_le"
         uses_vee = config.guidance in ("full", "ve_only")
+        # `check_config` compares: another guidance on these modules would be neither ablation (a "pure_le" run
+        # of a "full" model still feeds the decoder enhanced pixels)
+        self.built_guidance = config.guidance
         self.language_enhancer = MetrisLanguageEnhancer(config) if uses_enhancer else None
         self.visual_expression_extractor = MetrisVisualExpressionExtractor(config) if uses_vee else None
         self.decoder = MetrisDecoder(config, channels[-2::-1])
@@ -692,6 +724,16 @@ class MetrisModel(MetrisPreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Module:
         return self.text_encoder.get_input_embeddings()
+
+    def check_config(self) -> None:
+        super().check_config()
+        if self.config.guidance != self.built_guidance:
+            raise ValueError(
+                f"model.config.guidance was changed to {self.config.guidance!r}, but this model was built for "
+                f"{self.built_guidance!r} (its modules run that guidance): set it back, or build a model for "
+                f"{self.config.guidance!r} (MetrisForReferringSegmentation(config), or from_pretrained(..., "
+                f"guidance={self.config.guidance!r}))"
+            )
 
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.text_encoder.set_input_embeddings(value)
@@ -749,6 +791,7 @@ class MetrisModel(MetrisPreTrainedModel):
         pixel_values (`(B, 3, H, W)`): normalised images, H and W multiples of 32 (480×480 in the paper).
         input_ids, attention_mask (`(B, L)`): the tokenised expressions; padding is masked everywhere.
         """
+        self.check_config()
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -862,6 +905,15 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.metris.get_input_embeddings()
 
+    def check_config(self) -> None:
+        self.metris.check_config()
+        built = "weighted_ce" if self.classifier.out_channels == 2 else "bce"
+        if self.config.mask_loss != built:
+            raise ValueError(
+                f"model.config.mask_loss was changed to {self.config.mask_loss!r}, but this model was built for "
+                f"{built!r} ({self.classifier.out_channels} output class(es)): set it back, or build a new model"
+            )
+
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.metris.set_input_embeddings(value)
 
@@ -883,6 +935,7 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
         labels (`(B, H, W)`, optional): binary target masks at the `pixel_values` size; an all-zero mask is a
             no-target sample (gRefCOCO).
         """
+        self.check_config()  # the classifier's classes; `self.metris` checks the rest again (cheap)
         outputs: MetrisModelOutput = self.metris(
             pixel_values,
             input_ids,

@@ -43,6 +43,9 @@ from .schema import (
 
 logger = logging.getLogger(__name__)
 
+# The built rows plus, while building, whether a row's target is degenerate (see `load_refer_parquet`).
+_BUILD_FEATURES = datasets.Features({**FEATURES, "_degenerate": datasets.Value("bool")})
+
 _SPLIT_IN_NAME = re.compile(r"^(train|validation|valid|val|testA|testB|test)(?=$|[-_.])")
 
 
@@ -172,11 +175,13 @@ def _convert(row: dict, image_path: str) -> dict:
         "category_id": int(row["category_id"]) if anns and row.get("category_id") is not None else -1,
         "bbox": bbox if anns else [0.0, 0.0, 0.0, 0.0],
         "no_target": not anns,
+        # a target whose polygons draw nothing (< 3 points, empty, wholly outside the image): as REFER's check
+        "_degenerate": bool(anns) and not mask.any(),
     }
 
 
 def _convert_batch(batch: dict[str, list], source: str = "parquet") -> dict[str, list]:
-    out: dict[str, list] = {name: [] for name in FEATURES}
+    out: dict[str, list] = {name: [] for name in _BUILD_FEATURES}
     names = list(batch)
     for i in range(len(batch[names[0]])):
         row = {name: batch[name][i] for name in names}
@@ -191,6 +196,23 @@ def _convert_batch(batch: dict[str, list], source: str = "parquet") -> dict[str,
     return out
 
 
+def _drop_degenerate(splits: dict[str, datasets.Dataset], keep: bool) -> tuple[dict[str, datasets.Dataset], list[int]]:
+    """As `load_refer`'s: unless `keep`, refs whose target mask is empty leave the train split(s) (an empty mask
+    not marked `no_target` would teach that the expression means nothing); evaluation splits keep them. Returns
+    the splits without the build-time `_degenerate` column, and the ids of every degenerate ref."""
+    kept, degenerate = {}, []
+    for name, table in splits.items():
+        flags = table.data.column("_degenerate").to_pylist()
+        degenerate += [ref_id for ref_id, flag in zip(table.data.column("ref_id").to_pylist(), flags) if flag]
+        table = table.remove_columns("_degenerate")
+        if not keep and name.startswith("train") and any(flags):
+            table = table.select([i for i, flag in enumerate(flags) if not flag])
+            if not len(table):  # a split of degenerate refs only: gone, as in `load_refer`
+                continue
+        kept[name] = table
+    return kept, degenerate
+
+
 def load_refer_parquet(
     data_files_or_hub_id: str | os.PathLike | dict,
     image_root: str | os.PathLike,
@@ -199,6 +221,7 @@ def load_refer_parquet(
     num_proc: int | None = None,
     skip_missing_images: bool = False,
     verify_images: bool = False,
+    keep_degenerate: bool = False,
 ) -> DatasetDict:
     """RefCOCO-family Parquet files (jxu124 layout) + a COCO train2014 folder → the `load_refer` schema and splits.
 
@@ -209,6 +232,8 @@ def load_refer_parquet(
         image_root: the COCO train2014 folder holding `COCO_train2014_%012d.jpg`.
         cache_dir, num_proc, skip_missing_images, verify_images: as for `load_refer`; the build is cached under
             `<cache_dir>/parquet/<hash of the files' paths, sizes and mtimes>`.
+        keep_degenerate: as for `load_refer`: refs whose target mask is empty (polygons of < 3 points, empty, or
+            outside the image) are counted and named in a warning, and left out of the train split unless this.
     """
     data_files = parquet_data_files(data_files_or_hub_id)
     root = Path(image_root)
@@ -226,6 +251,7 @@ def load_refer_parquet(
             "image_root": file_signature(root),
             "skip_missing_images": skip_missing_images,
             "verify_images": verify_images,
+            "keep_degenerate": keep_degenerate,
         }
     )
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
@@ -268,10 +294,15 @@ def load_refer_parquet(
                 functools.partial(_convert_batch, source=f"{label} ({split})"),
                 batched=True,
                 remove_columns=table.column_names,
-                features=FEATURES,
+                features=_BUILD_FEATURES,
                 num_proc=num_proc if num_proc and num_proc > 1 else None,
                 desc=f"{name}: masks",
             )
-        return DatasetDict({name: built[name] for name in sort_splits(built)}), report
+        names = sort_splits(built)
+        built, report["degenerate_refs"] = _drop_degenerate({name: built[name] for name in names}, keep_degenerate)
+        report["degenerate_kept"] = keep_degenerate
+        if not built:
+            raise ValueError(f"{label}: no refs left to build (every train ref's target mask is empty)")
+        return DatasetDict(built), report
 
     return cached_build(cache_root / "parquet" / key, build, label)
