@@ -32,7 +32,7 @@ On a GPU, float32 means TF32 matrix products (`torch.set_float32_matmul_precisio
 peak and in the models alike; the report calls it tf32.
 
 Each model measurement runs in a fresh process, so its peak memory (CPU: the process's max RSS; GPU:
-`torch.cuda.max_memory_allocated`) is its own, read after the warm-up and before the GEMM's matrices exist.
+`torch.cuda.max_memory_allocated`) is its own, less the GEMM's two operands timed beside the model.
 Timings are the median of `--repeats` runs after a warm-up.
 """
 
@@ -139,6 +139,14 @@ def gemm_size(device: str, tiny: bool) -> int:
     return 512 if tiny else (8192 if device == "cuda" else 4096)
 
 
+def peak_memory_beside_gemm_mb(device: str, after_warm_up_mb: float, size: int, dtype: torch.dtype) -> float:
+    """The run's memory peak without the GEMM's two operands, which lived beside the model in the timed rounds.
+    The later rounds count too: on CPU the resident set keeps growing after the first step (freed blocks the
+    allocator keeps)."""
+    operands_mb = 2 * size * size * torch.empty(0, dtype=dtype).element_size() / 2**20
+    return max(after_warm_up_mb, peak_memory_mb(device) - operands_mb)
+
+
 def timed_beside_gemm(fn, gmacs: float, repeats: int, device: str, dtype: torch.dtype, size: int) -> dict:
     """Times `fn` (already warmed up) and a size³ matrix product in alternation, round by round.
 
@@ -189,7 +197,7 @@ def inference_worker(job: dict) -> dict:
     gmacs = gmacs_per_sample(model, inputs)
     runner = torch.compile(model) if job["compile"] else model
     forwards = {}
-    for batch in job["batch_sizes"]:  # warm-up (and compilation) of every size first: the memory peak is the model's
+    for batch in job["batch_sizes"]:  # warm-up (and compilation) of every size first
         batch_inputs = {k: v[:batch] for k, v in inputs.items()}
         forwards[batch] = lambda batch_inputs=batch_inputs: runner(**batch_inputs)
         with torch.inference_mode():
@@ -201,7 +209,7 @@ def inference_worker(job: dict) -> dict:
         with torch.inference_mode():
             timing = timed_beside_gemm(forward, gmacs * batch, job["repeats"], device, dtype, job["gemm_size"])
         rows.append({"batch_size": batch, "gmacs": gmacs * batch, **timing})
-    return {"rows": rows, "peak_memory_mb": peak_mb}
+    return {"rows": rows, "peak_memory_mb": peak_memory_beside_gemm_mb(device, peak_mb, job["gemm_size"], dtype)}
 
 
 def train_worker(job: dict) -> dict:
@@ -224,7 +232,7 @@ def train_worker(job: dict) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()  # warm-up: allocates the optimizer state, so the memory peak is the training step's
+    step()  # warm-up: allocates the optimizer state
     _sync(device)
     peak_mb = peak_memory_mb(device)
     gmacs = 3 * forward_gmacs * batch  # backward = 2 × forward
@@ -232,7 +240,7 @@ def train_worker(job: dict) -> dict:
     return {
         "seconds_per_step": timing["seconds"],
         "samples_per_second": batch / timing["seconds"],
-        "peak_memory_mb": peak_mb,
+        "peak_memory_mb": peak_memory_beside_gemm_mb(device, peak_mb, job["gemm_size"], dtype),
         "gmacs_per_step": gmacs,
         "gemm_gmacs_per_second": timing["gemm_gmacs_per_second"],
         "peak_fraction": timing["peak_fraction"],
