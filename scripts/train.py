@@ -188,14 +188,17 @@ def build_model_and_processor(args):
 
 def build_config_checked(args):
     """The model's config, checked against --image_size before any data is loaded (see `check_input_size`)."""
-    if args.model_name_or_path:
-        config = AutoConfig.from_pretrained(args.model_name_or_path, **args.config_overrides)
-    elif args.config_name in PRESETS:
-        config = preset_config(args.config_name, **args.config_overrides)
-    elif args.config_name == "default":
-        config = MetrisConfig(**args.config_overrides)
-    else:
-        config = MetrisConfig.from_pretrained(args.config_name, **args.config_overrides)
+    try:  # a wrong type or value in --config_overrides: one line naming the field, not a traceback
+        if args.model_name_or_path:
+            config = AutoConfig.from_pretrained(args.model_name_or_path, **args.config_overrides)
+        elif args.config_name in PRESETS:
+            config = preset_config(args.config_name, **args.config_overrides)
+        elif args.config_name == "default":
+            config = MetrisConfig(**args.config_overrides)
+        else:
+            config = MetrisConfig.from_pretrained(args.config_name, **args.config_overrides)
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"--config_overrides: {error}") from None
     try:
         config.check_input_size(args.image_size)
     except ValueError as error:

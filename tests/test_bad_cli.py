@@ -181,6 +181,27 @@ def test_train_checks_image_size_against_the_backbone(train, tmp_path, config_na
         train.build_config_checked(args)
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [("use_curation=no", r"`use_curation` must be of type bool"), ("guidance=bogus", r"guidance.*bogus")],
+)
+def test_train_names_a_bad_config_override(train, tmp_path, overrides, message):
+    args = train.parse_args(
+        [
+            "--dataset",
+            "synthetic",
+            "--config_name",
+            "tiny",
+            "--output_dir",
+            str(tmp_path),
+            "--config_overrides",
+            overrides,
+        ]
+    )
+    with pytest.raises(SystemExit, match=rf"--config_overrides: .*{message}"):
+        train.build_config_checked(args)
+
+
 def test_evaluate_refuses_a_training_state_and_a_bad_threshold(evaluate_script, folders, capsys):
     base = ["--dataset", "synthetic"]
     with pytest.raises(SystemExit):
