@@ -58,6 +58,7 @@ def load_dataset_by_name(
     cache_dir: str | os.PathLike | None = None,
     num_proc: int | None = None,
     skip_missing_images: bool = False,
+    keep_degenerate: bool = False,
 ) -> DatasetDict:
     """A dataset by the name the scripts take (`DATASET_NAMES`).
 
@@ -67,6 +68,7 @@ def load_dataset_by_name(
       `<data_root>/<name>/` holds the REFER files; otherwise, if that folder holds `*.parquet` files (the
       jxu124 layout), `load_refer_parquet` on them with `image_root` (default: the REFER image folder). The
       REFER files win when both are there: they are the reference the peers' numbers come from.
+      `skip_missing_images` and `keep_degenerate` go to either loader.
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}")
@@ -76,7 +78,12 @@ def load_dataset_by_name(
         raise ValueError(f"dataset {name!r} needs data_root (the folder with {name}/ in the REFER layout)")
     check_split_by(name, split_by)  # fail on a bad split_by before looking at files
     root = Path(data_root)
-    options = {"cache_dir": cache_dir, "num_proc": num_proc, "skip_missing_images": skip_missing_images}
+    options = {
+        "cache_dir": cache_dir,
+        "num_proc": num_proc,
+        "skip_missing_images": skip_missing_images,
+        "keep_degenerate": keep_degenerate,
+    }
     refer_name = f"grefs({split_by or SPLIT_BYS[name][0]}).json" if name == "grefcoco" else None
     refs_present = (root / name / refer_name).is_file() if refer_name else any((root / name).glob("refs(*).p"))
     parquet = _parquet_folder(root, name)
