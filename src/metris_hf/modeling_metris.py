@@ -907,6 +907,9 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
 
     def check_config(self) -> None:
         self.metris.check_config()
+        self._check_mask_loss()
+
+    def _check_mask_loss(self) -> None:
         built = "weighted_ce" if self.classifier.out_channels == 2 else "bce"
         if self.config.mask_loss != built:
             raise ValueError(
@@ -935,7 +938,7 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
         labels (`(B, H, W)`, optional): binary target masks at the `pixel_values` size; an all-zero mask is a
             no-target sample (gRefCOCO).
         """
-        self.check_config()  # the classifier's classes; `self.metris` checks the rest again (cheap)
+        self._check_mask_loss()  # `self.metris` checks the rest of the config in its own forward
         outputs: MetrisModelOutput = self.metris(
             pixel_values,
             input_ids,
