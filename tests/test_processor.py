@@ -490,17 +490,6 @@ def test_processor_round_trip(tmp_path):
     assert (got["pixel_values"] - expected["pixel_values"]).abs().max() < 1e-2
 
 
-def test_a_processor_saved_with_max_length_in_its_config_still_loads(tmp_path):
-    """Before `max_length` became a tokenizer init kwarg it was saved in processor_config.json."""
-    register_auto_classes()
-    MetrisProcessor(tokenizer=build_tiny_tokenizer()).save_pretrained(tmp_path)
-    config = json.loads((tmp_path / "processor_config.json").read_text())
-    (tmp_path / "processor_config.json").write_text(json.dumps({**config, "max_length": 12}))
-    for loaded in (MetrisProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
-        assert loaded.max_length == 12
-        assert loaded(text="the star", return_tensors="pt")["input_ids"].shape == (1, 12)
-
-
 def test_nested_per_sample_images_and_masks(processor):
     """`[[image], [image]]`, the per-sample layout of multimodal processors, acts as the flat list: one image each."""
     images = [natural_image(40, 50, seed) for seed in range(2)]

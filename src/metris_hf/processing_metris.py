@@ -206,21 +206,6 @@ class MetrisProcessor(ProcessorMixin):
         check_tokenizer_vocabulary(processor.tokenizer, str(pretrained_model_name_or_path))
         return loaded
 
-    @classmethod
-    def from_args_and_dict(cls, args: Any, processor_dict: dict[str, Any], **kwargs: Any) -> Any:
-        """Loads a `processor_config.json`; one written before `max_length` moved to the tokenizer still loads.
-
-        Such a file holds `max_length` at the top level (it was an `__init__` argument); it becomes the
-        tokenizer's init kwarg unless the tokenizer brings its own.
-        """
-        processor_dict = dict(processor_dict)
-        legacy_max_length = processor_dict.pop("max_length", None)
-        loaded = super().from_args_and_dict(args, processor_dict, **kwargs)
-        processor = loaded[0] if isinstance(loaded, tuple) else loaded
-        if legacy_max_length is not None and "max_length" not in processor.tokenizer.init_kwargs:
-            processor.max_length = legacy_max_length
-        return loaded
-
     def post_process_referring_segmentation(self, *args: Any, **kwargs: Any) -> list[Any]:
         """See `MetrisImageProcessor.post_process_referring_segmentation`."""
         return self.image_processor.post_process_referring_segmentation(*args, **kwargs)
