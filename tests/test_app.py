@@ -9,6 +9,7 @@ from transformers import pipeline
 
 from metris_hf import embedded_checkpoint
 from metris_hf.app import EMBEDDED, example_scenes, outline_overlay, parse_expressions, segment
+from metris_hf.visualization import DISPLAY_SIDE, OUTLINE_COLOUR
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +75,17 @@ def test_bad_input_gives_a_message_not_an_exception(examples, tmp_path, image, t
 def test_a_model_that_does_not_load_is_reported(examples, tmp_path):
     *_, status = segment(examples[0][0], "the red star", 0.5, str(tmp_path / "missing"), False, tmp_path)
     assert status.startswith("Error: Could not load the model")
+
+
+def test_overlay_of_a_large_photo_is_drawn_at_display_size():
+    """A 12000² photo (phone cameras take 50-200 MP) is outlined at display size: the picture shown is at most
+    `DISPLAY_SIDE` on its longer side, and the work is bounded by that picture, not by the photo."""
+    image = Image.new("RGB", (12000, 9000), (40, 90, 200))
+    mask = np.zeros((9000, 12000), bool)
+    mask[3000:6000, 4000:8000] = True
+    shown = outline_overlay(image, mask)
+    assert shown.size == (DISPLAY_SIDE, 960)
+    pixels = np.asarray(shown)
+    assert (pixels[480, 640] == (40, 90, 200)).all()  # inside the object: its own colour
+    assert (pixels[100, 100] < (40, 90, 200)).all() and (pixels[100, 100] > 0).any()  # outside: dimmed, not black
+    assert ((pixels == OUTLINE_COLOUR).all(-1)).any()  # the outline is there
