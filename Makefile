@@ -3,7 +3,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2
 
-.PHONY: venv install dev test test-fast lint demo app clean
+.PHONY: venv install dev test test-fast test-lowest lint demo app clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,19 @@ test-fast: dev
 	$(VENV)/bin/ruff format --check src scripts tests app.py
 	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow"
 
+# The same package against the oldest releases pyproject.toml allows (.ci/constraints-lowest.txt), in its own venv:
+# the fast tests plus the ONNX export, whose exporter is the dependency most likely to move under us.
+LOWEST_VENV ?= .venv-lowest
+
+$(LOWEST_VENV)/bin/python:
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install --upgrade pip
+	$(LOWEST_VENV)/bin/python -m pip install -c .ci/constraints-lowest.txt -e ".[dev]"
+
+test-lowest: $(LOWEST_VENV)/bin/python
+	$(LOWEST_VENV)/bin/python -m pytest $(PYTEST_ARGS) -m "not slow"
+	$(LOWEST_VENV)/bin/python -m pytest $(PYTEST_ARGS) tests/test_onnx.py
+
 lint: dev
 	$(VENV)/bin/ruff check src scripts tests app.py
 	$(VENV)/bin/ruff format --check src scripts tests app.py
@@ -42,4 +55,4 @@ app: $(PY)
 	$(PY) -m metris_hf.app --host 127.0.0.1 --port $(APP_PORT)
 
 clean:
-	rm -rf $(VENV) outputs build *.egg-info
+	rm -rf $(VENV) $(LOWEST_VENV) outputs build *.egg-info

