@@ -4,38 +4,47 @@ Importing the package registers METRIS with the Auto classes (`AutoConfig`, `Aut
 `AutoProcessor`) and the `referring-image-segmentation` pipeline, and marks each class for
 `register_for_auto_class` so that `save_pretrained` writes an `auto_map` and copies the code: a Hub copy then also
 loads with `trust_remote_code=True` in a process without this package.
+
+Where transformers (or torch) is not installed, none of that happens: `metris_hf.onnx_runtime` then runs an
+exported model with onnxruntime, NumPy, Pillow and `tokenizers` alone.
 """
 
+from importlib.util import find_spec
 from pathlib import Path
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
+# Without transformers (a deployment with onnxruntime, NumPy, Pillow and tokenizers only, `metris-hf[onnxruntime]`)
+# the package holds `onnx_runtime` and the embedded checkpoint's location, and nothing here imports torch.
+_HAS_TRANSFORMERS = find_spec("transformers") is not None and find_spec("torch") is not None
 
-from .configuration_metris import MetrisConfig
-from .image_processing_metris import MetrisImageProcessor, MetrisImageProcessorPil
-from .modeling_metris import (
-    MetrisForReferringSegmentation,
-    MetrisModel,
-    MetrisModelOutput,
-    MetrisPreTrainedModel,
-    MetrisReferringSegmentationOutput,
-)
-from .pipeline_metris import ReferringImageSegmentationPipeline, register_pipeline
-from .processing_metris import MetrisProcessor
+if _HAS_TRANSFORMERS:
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
 
-AutoConfig.register(MetrisConfig.model_type, MetrisConfig, exist_ok=True)
-AutoModel.register(MetrisConfig, MetrisForReferringSegmentation, exist_ok=True)
-AutoImageProcessor.register(
-    MetrisConfig,
-    image_processor_classes={"torchvision": MetrisImageProcessor, "pil": MetrisImageProcessorPil},
-    exist_ok=True,
-)
-AutoProcessor.register(MetrisConfig, MetrisProcessor, exist_ok=True)
-MetrisConfig.register_for_auto_class()
-MetrisForReferringSegmentation.register_for_auto_class("AutoModel")
-MetrisImageProcessor.register_for_auto_class("AutoImageProcessor")
-MetrisImageProcessorPil.register_for_auto_class("AutoImageProcessor")
-MetrisProcessor.register_for_auto_class("AutoProcessor")
-register_pipeline()
+    from .configuration_metris import MetrisConfig
+    from .image_processing_metris import MetrisImageProcessor, MetrisImageProcessorPil
+    from .modeling_metris import (
+        MetrisForReferringSegmentation,
+        MetrisModel,
+        MetrisModelOutput,
+        MetrisPreTrainedModel,
+        MetrisReferringSegmentationOutput,
+    )
+    from .pipeline_metris import ReferringImageSegmentationPipeline, register_pipeline
+    from .processing_metris import MetrisProcessor
+
+    AutoConfig.register(MetrisConfig.model_type, MetrisConfig, exist_ok=True)
+    AutoModel.register(MetrisConfig, MetrisForReferringSegmentation, exist_ok=True)
+    AutoImageProcessor.register(
+        MetrisConfig,
+        image_processor_classes={"torchvision": MetrisImageProcessor, "pil": MetrisImageProcessorPil},
+        exist_ok=True,
+    )
+    AutoProcessor.register(MetrisConfig, MetrisProcessor, exist_ok=True)
+    MetrisConfig.register_for_auto_class()
+    MetrisForReferringSegmentation.register_for_auto_class("AutoModel")
+    MetrisImageProcessor.register_for_auto_class("AutoImageProcessor")
+    MetrisImageProcessorPil.register_for_auto_class("AutoImageProcessor")
+    MetrisProcessor.register_for_auto_class("AutoProcessor")
+    register_pipeline()
 
 EMBEDDED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "metris-tiny-synthetic"
 

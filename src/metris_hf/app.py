@@ -70,7 +70,7 @@ class Segmenter:
         location = str(embedded_checkpoint()) if name in ("", EMBEDDED) else name
         self.backend = "onnx" if Path(location, "model.onnx").is_file() else "pytorch"
         if self.backend == "onnx":
-            from .onnx_backend import OnnxReferringSegmenter
+            from .onnx_runtime import OnnxReferringSegmenter
 
             self.run = OnnxReferringSegmenter(location)
             self.model = self.processor = None

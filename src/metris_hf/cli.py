@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import embedded_checkpoint
+from . import _HAS_TRANSFORMERS, embedded_checkpoint
 from .folders import check_model_source
 
 DTYPES = {
@@ -87,11 +87,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--backend onnx runs the exported float32 graph: leave --dtype out")
         if args.model is None:
             parser.error("--backend onnx needs --model: a folder written by scripts/export_onnx.py")
-        from .onnx_backend import OnnxReferringSegmenter
+        from .onnx_runtime import OnnxReferringSegmenter  # onnxruntime, NumPy, Pillow, tokenizers: no torch
 
-        segmenter = OnnxReferringSegmenter(args.model)
-        result = segmenter(args.image, args.text, threshold=args.threshold)
+        try:
+            segmenter = OnnxReferringSegmenter(args.model)
+            result = segmenter(args.image, args.text, threshold=args.threshold)
+        except (ValueError, OSError) as error:  # the folder's and the input's problems: one line, no traceback
+            parser.exit(1, f"metris-segment: error: {error}\n")
     else:
+        if not _HAS_TRANSFORMERS:
+            parser.exit(
+                1,
+                "metris-segment: error: the pytorch backend needs torch and transformers (pip install "
+                "metris-hf); this install can run exported models with --backend onnx\n",
+            )
         from transformers import pipeline
 
         model = args.model or str(embedded_checkpoint())
@@ -116,6 +125,8 @@ def _device_problem(device: str | None) -> str | None:
     """Why `device` cannot be used here (None when it can): an unknown name, or CUDA without a GPU."""
     if device is None:
         return None
+    if not _HAS_TRANSFORMERS:
+        return "torch is not installed here (the onnx backend runs on the CPU: leave --device out)"
     import torch
 
     try:

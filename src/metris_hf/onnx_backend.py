@@ -1,13 +1,12 @@
 """METRIS without PyTorch at inference: export to ONNX, run with onnxruntime.
 
-    from metris_hf.onnx_backend import export_onnx, OnnxReferringSegmenter
+    from metris_hf.onnx_backend import export_onnx
     export_onnx("path/or/hub-id", "exported/")                 # model.onnx + the processor's files
-    segmenter = OnnxReferringSegmenter("exported/")
-    segmenter(image, "the red star")                           # {"mask": PIL "L" 0/255, "score": float}
 
-Why this split: the graph (pixel_values, input_ids, attention_mask → mask logits) is what costs; the processor
-(resize, normalise, tokenise, upsample and threshold the logits) is cheap and stays the package's own, so the
-ONNX route gives the very masks and scores the `referring-image-segmentation` pipeline gives.
+Running the export needs none of this module: `metris_hf.onnx_runtime.OnnxReferringSegmenter` (re-exported
+here) runs it with onnxruntime, NumPy, Pillow and `tokenizers` only, doing the processor's steps from the
+files saved beside the graph, so the ONNX route gives the masks and scores of the `referring-image-segmentation`
+pipeline without torch or transformers.
 
 The export uses torch's exporter (`torch.onnx.export(..., dynamo=True)`), with the batch and the expression
 length dynamic. Attention runs in its eager form for the export: with a symbolic batch, the SDPA path of the
@@ -25,12 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL.Image
 import torch
 
-ONNX_FILE = "model.onnx"
-METADATA_FILE = "onnx_export.json"
-INPUT_NAMES = ("pixel_values", "input_ids", "attention_mask")
+from .onnx_runtime import INPUT_NAMES, METADATA_FILE, ONNX_FILE, OnnxModelError, OnnxReferringSegmenter, make_session
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -166,82 +162,12 @@ def export_onnx(
         "source": source,
         "outputs": output_names,
         "image_size": [int(size["height"]), int(size["width"])],
+        "max_length": int(processor.max_length),  # what the torch-free runtime tokenises to
         "torch": torch.__version__,
         "export_seconds": round(time.perf_counter() - start, 1),
     }
     (output_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return path
-
-
-def make_session(path: str | os.PathLike, threads: int | None = None):
-    """An onnxruntime CPU session for `path` (a `.onnx` file or a folder holding `model.onnx`)."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / ONNX_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no ONNX model at {path} (export one with scripts/export_onnx.py)")
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-class OnnxReferringSegmenter:
-    """The `referring-image-segmentation` pipeline's results, computed by onnxruntime on an exported folder.
-
-    Call with `(image, text)` for one result dict or `(image, [texts])` for a list of them (one batch); images as
-    the pipeline takes them (PIL, a local path, an array). Results: `{"mask": PIL "L" 0/255, "score": float}`.
-    """
-
-    def __init__(self, folder: str | os.PathLike, threads: int | None = None):
-        from .processing_metris import MetrisProcessor
-
-        self.folder = Path(folder)
-        self.processor = MetrisProcessor.from_pretrained(str(self.folder))
-        self.session = make_session(self.folder, threads)
-        self.output_names = [output.name for output in self.session.get_outputs()]
-
-    def logits(
-        self, pixel_values: np.ndarray, input_ids: np.ndarray, attention_mask: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        """The graph's raw outputs by name (`logits` (B, 1, h, w), maybe `no_target_logits` (B,))."""
-        feeds = {
-            "pixel_values": np.ascontiguousarray(pixel_values, dtype=np.float32),
-            "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
-            "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
-        }
-        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
-
-    def __call__(
-        self, image: Any, text: str | list[str], threshold: float = 0.5
-    ) -> dict[str, Any] | list[dict[str, Any]]:
-        from .image_processing_metris import load_local_image
-        from .pipeline_metris import _check_expression
-
-        single = isinstance(text, str)
-        texts = [text] if single else list(text)
-        if not texts:
-            raise ValueError("text must be a string or a non-empty list of strings")
-        texts = [_check_expression(t, f"expression {n}") for n, t in enumerate(texts)]
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
-        if isinstance(image, (str, os.PathLike)):
-            image = load_local_image(image)
-        if not isinstance(image, PIL.Image.Image):
-            image = PIL.Image.fromarray(np.asarray(image))
-        encoded = self.processor(images=[image] * len(texts), text=texts, return_tensors="pt")
-        outputs = self.logits(*(encoded[name].numpy() for name in INPUT_NAMES))
-        tensors = {name: torch.from_numpy(value) for name, value in outputs.items()}
-        results = self.processor.post_process_referring_segmentation(
-            tensors, target_sizes=[(image.height, image.width)] * len(texts), threshold=threshold, return_scores=True
-        )
-        out = [
-            {"mask": PIL.Image.fromarray(r["mask"].numpy().astype(np.uint8) * 255), "score": r["score"]}
-            for r in results
-        ]
-        return out[0] if single else out
 
 
 def compare_with_pytorch(model: str | os.PathLike, folder: str | os.PathLike, batch: int = 3) -> float:
@@ -262,19 +188,22 @@ def compare_with_pytorch(model: str | os.PathLike, folder: str | os.PathLike, ba
 # Benchmark: the onnxruntime row beside PyTorch eager and bfloat16 (scripts/benchmark.py calls these)
 # --------------------------------------------------------------------------------------------------------------
 
-# Runs in its own interpreter with onnxruntime and NumPy only, so its peak memory is what a deployment without
-# PyTorch would hold (importing this package would load torch and transformers first).
+# Runs in its own interpreter, which loads `onnx_runtime.py` as a standalone file (importing the package here,
+# where transformers is installed, would load torch and transformers first): its peak memory and start-up time
+# are those of a deployment with onnxruntime, NumPy, Pillow and tokenizers only.
 _TIMING_SCRIPT = r"""
-import json, statistics, sys, time
+import time
+import importlib.util, json, statistics, sys
 import numpy as np
-import onnxruntime as ort
 
 job = json.loads(sys.argv[1])
-options = ort.SessionOptions()
-if job["threads"]:
-    options.intra_op_num_threads = job["threads"]
-session = ort.InferenceSession(job["path"], options, providers=["CPUExecutionProvider"])
+spec = importlib.util.spec_from_file_location("metris_onnx_runtime", job["runtime"])
+runtime = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(runtime)
+import onnxruntime as ort
+session = runtime.make_session(job["path"], job["threads"])
 names = [output.name for output in session.get_outputs()]
+startup_seconds = time.time() - job["launched_at"]  # interpreter start, imports, session: a cold start
 rng = np.random.default_rng(0)
 rows = []
 for batch in job["batch_sizes"]:
@@ -293,8 +222,9 @@ for batch in job["batch_sizes"]:
 # VmHWM, not getrusage's ru_maxrss: the latter keeps the parent's high-water mark across fork and exec
 with open("/proc/self/status") as status:
     peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-print(json.dumps({"rows": rows, "peak_memory_mb": peak_kib / 1024,
-                  "torch_loaded": "torch" in sys.modules, "onnxruntime": ort.__version__}))
+print(json.dumps({"rows": rows, "peak_memory_mb": peak_kib / 1024, "startup_seconds": startup_seconds,
+                  "torch_loaded": "torch" in sys.modules, "transformers_loaded": "transformers" in sys.modules,
+                  "onnxruntime": ort.__version__}))
 """
 
 
@@ -307,14 +237,18 @@ def time_onnxruntime(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Median seconds per batch of an ONNX file under onnxruntime (CPU), measured in a fresh interpreter that
-    never imports torch; returns {"rows": [{"batch_size", "seconds"}], "peak_memory_mb" (max RSS), ...}."""
+    never imports torch; returns {"rows": [{"batch_size", "seconds"}], "peak_memory_mb" (max RSS),
+    "startup_seconds" (interpreter start to a ready session), ...}."""
     import subprocess
     import sys
 
     path = Path(path)
     if path.is_dir():
         path = path / ONNX_FILE
+    from . import onnx_runtime
+
     job = {
+        "runtime": onnx_runtime.__file__,
         "path": str(path),
         "batch_sizes": list(batch_sizes),
         "image_size": image_size,
@@ -322,6 +256,7 @@ def time_onnxruntime(
         "repeats": repeats,
         "threads": threads,
     }
+    job["launched_at"] = time.time()
     done = subprocess.run(
         [sys.executable, "-c", _TIMING_SCRIPT, json.dumps(job)], capture_output=True, text=True, check=False
     )
@@ -366,6 +301,7 @@ def onnxruntime_benchmark_worker(job: dict[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "ONNX_FILE",
+    "OnnxModelError",
     "OnnxReferringSegmenter",
     "compare_with_pytorch",
     "export_onnx",
