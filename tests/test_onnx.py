@@ -4,6 +4,7 @@ PyTorch's logits and the pipeline's masks."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -141,3 +142,69 @@ def test_benchmark_timing_runs_onnxruntime_without_torch(exported):
     assert [row["batch_size"] for row in timing["rows"]] == [1, 2]
     assert all(row["seconds"] > 0 for row in timing["rows"])
     assert timing["torch_loaded"] is False and 0 < timing["peak_memory_mb"] < 2000
+
+
+TORCH_FREE_SCRIPT = r"""
+import json, sys
+import numpy as np
+from PIL import Image
+from metris_hf.onnx_runtime import OnnxReferringSegmenter
+
+folder, image, out = sys.argv[1], sys.argv[2], sys.argv[3]
+texts = json.loads(sys.argv[4])
+results = OnnxReferringSegmenter(folder)(image, texts)
+np.save(out, np.stack([np.asarray(result["mask"]) for result in results]))
+print(json.dumps({"scores": [result["score"] for result in results],
+                  "loaded": sorted(name for name in ("torch", "transformers", "torchvision") if name in sys.modules)}))
+"""
+
+
+def test_torch_free_environment_gives_pytorchs_masks(exported, scenes, tmp_path):
+    """metris_hf.onnx_runtime and `metris-segment --backend onnx` in a fresh venv holding onnxruntime, NumPy, Pillow,
+    tokenizers (the main venv's versions, from pip's cache) and the package installed with --no-deps: no torch, no
+    transformers; its masks equal the PyTorch pipeline's in this venv."""
+    import json
+    import subprocess
+    import sys
+    from importlib.metadata import version
+    from pathlib import Path
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python, pip = str(venv / "bin" / "python"), [str(venv / "bin" / "python"), "-m", "pip", "-q"]
+    pins = [f"{name}=={version(name)}" for name in ("onnxruntime", "numpy", "pillow", "tokenizers")]
+    repository = Path(__file__).resolve().parents[1]
+    for command in ([*pip, "install", *pins], [*pip, "install", "--no-deps", str(repository)]):
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+    listed = subprocess.run([*pip, "list", "--format", "json"], capture_output=True, text=True, check=True).stdout
+    installed = {package["name"].lower() for package in json.loads(listed)}
+    assert not installed & {"torch", "transformers", "torchvision"} and "metris-hf" in installed
+
+    images, texts = scenes
+    image = tmp_path / "scene.png"
+    images[2].save(image)
+    expressions = [texts[2], "the big red circle", "the lowest shape"]
+    environment = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "")}  # no PYTHONPATH
+    done = subprocess.run(
+        [python, "-c", TORCH_FREE_SCRIPT, str(exported), str(image), str(tmp_path / "masks.npy"),
+         json.dumps(expressions)],
+        capture_output=True, text=True, check=False, cwd=tmp_path, env=environment,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["loaded"] == []
+    expected = pipeline("referring-image-segmentation", model=str(embedded_checkpoint()))(images[2], expressions)
+    got = np.load(tmp_path / "masks.npy")
+    for mask, score, theirs in zip(got, report["scores"], expected):
+        assert np.array_equal(mask, np.asarray(theirs["mask"]))
+        assert score == pytest.approx(theirs["score"], abs=1e-5)
+    assert got[0].any()  # the expression of this scene finds its object
+
+    done = subprocess.run(
+        [str(venv / "bin" / "metris-segment"), "--backend", "onnx", "--model", str(exported), "--image", str(image),
+         "--text", expressions[0], "--output", str(tmp_path / "cli.png")],
+        capture_output=True, text=True, check=False, env=environment,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "cli.png")), got[0])
