@@ -14,6 +14,12 @@ venv: $(PY)
 install: $(PY)
 	$(PY) -m pip install -e .
 
+# `make demo` installs once, then again only when pyproject.toml changes (the install is editable: code edits
+# need no reinstall).
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -e .
+	touch $@
+
 dev: $(PY)
 	$(PY) -m pip install -e ".[dev]"
 
@@ -44,7 +50,7 @@ lint: dev
 	$(VENV)/bin/ruff check src scripts tests app.py
 	$(VENV)/bin/ruff format --check src scripts tests app.py
 
-demo: install
+demo: $(VENV)/.installed
 	$(PY) scripts/demo.py
 
 APP_PORT ?= 7860

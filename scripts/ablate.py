@@ -132,23 +132,43 @@ def pr_curve(positives: np.ndarray, negatives: np.ndarray) -> tuple[np.ndarray, 
     return precision, recall, auc
 
 
-def draw_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path) -> None:
-    try:
-        import matplotlib
+CURVE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: skipping pr_curves.png (pip install matplotlib)")
-        return
-    figure, axis = plt.subplots(figsize=(5, 4.5))
-    for name, (precision, recall, auc) in curves.items():
-        axis.plot(recall, precision, label=f"{name} (AUC {auc:.3f})")
-    axis.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="pixel precision-recall")
-    axis.legend(fontsize=7, loc="lower left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+
+def draw_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path) -> None:
+    """The precision-recall curves drawn with Pillow (a dependency of the package, unlike matplotlib)."""
+    from PIL import Image, ImageDraw
+
+    from metris_hf.visualization import _font
+
+    width, height, left, bottom, margin = 600, 540, 60, 50, 20
+    plot_w, plot_h = width - left - margin, height - bottom - margin
+
+    def point(recall: float, precision: float) -> tuple[float, float]:
+        return left + recall * plot_w, margin + (1 - precision / 1.02) * plot_h
+
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = _font(13)
+    for tick in np.linspace(0, 1, 6):
+        x, _ = point(tick, 0)
+        _, y = point(0, tick)
+        draw.line([(x, margin), (x, margin + plot_h)], fill=(230, 230, 230))
+        draw.line([(left, y), (left + plot_w, y)], fill=(230, 230, 230))
+        draw.text((x, margin + plot_h + 5), f"{tick:.1f}", fill="black", font=font, anchor="mt")
+        draw.text((left - 5, y), f"{tick:.1f}", fill="black", font=font, anchor="rm")
+    draw.rectangle([left, margin, left + plot_w, margin + plot_h], outline="black")
+    draw.text((left + plot_w / 2, height - 8), "recall", fill="black", font=font, anchor="ms")
+    draw.text((left, margin - 3), "precision", fill="black", font=font, anchor="ls")
+    draw.text((left + plot_w / 2, 4), "pixel precision-recall", fill="black", font=font, anchor="mt")
+    for index, (name, (precision, recall, auc)) in enumerate(curves.items()):
+        colour = CURVE_COLOURS[index % len(CURVE_COLOURS)]
+        order = np.argsort(recall)
+        draw.line([point(r, p) for r, p in zip(recall[order], precision[order])], fill=colour, width=2)
+        y = margin + plot_h - 20 * (len(curves) - index)
+        draw.line([(left + 10, y), (left + 30, y)], fill=colour, width=3)
+        draw.text((left + 36, y), f"{name} (AUC {auc:.3f})", fill="black", font=font, anchor="lm")
+    image.save(path)
 
 
 def format_table(results: dict[str, dict]) -> str:

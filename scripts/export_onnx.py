@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> Path:
     model = args.model or str(embedded_checkpoint())
     path = export_onnx(model, args.output, opset=args.opset, dynamo=not args.torchscript)
     size_mb = path.stat().st_size / 2**20
-    print(f"wrote {path} ({size_mb:.1f} MB) and the processor to {args.output}/")
+    print(f"wrote {path} ({size_mb:.1f} MB) and the processor to {path.parent}")
     if args.check:
         diff = compare_with_pytorch(model, args.output)
         print(f"largest |onnxruntime − PyTorch| logit difference: {diff:.2e}")

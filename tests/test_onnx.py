@@ -141,7 +141,8 @@ def test_benchmark_timing_runs_onnxruntime_without_torch(exported):
     timing = time_onnxruntime(exported, batch_sizes=[1, 2], image_size=128, max_length=20, repeats=1, threads=1)
     assert [row["batch_size"] for row in timing["rows"]] == [1, 2]
     assert all(row["seconds"] > 0 for row in timing["rows"])
-    assert timing["torch_loaded"] is False and 0 < timing["peak_memory_mb"] < 2000
+    assert timing["torch_loaded"] is False and timing["transformers_loaded"] is False
+    assert 0 < timing["peak_memory_mb"] < 2000 and 0 < timing["startup_seconds"] < 120
 
 
 TORCH_FREE_SCRIPT = r"""
