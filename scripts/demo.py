@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nmean IoU over {len(scores)} expressions: {mean:.3f}")
     print(f"pictures: {Path(args.output_dir).resolve()}/scene_*.png")
     print("next: your own image, with the same model:")
-    print('  .venv/bin/metris-segment --image your.png --text "the red star" --output mask.png')
+    print('  .venv/bin/metris-segment --image your.png --text "the red circle" --output mask.png')
     return {"ious": scores, "mean_iou": mean}
 
 
