@@ -4,8 +4,8 @@ Each block runs in a fresh folder that holds what the docs take for granted: `sc
 own `scripts/demo.py --write_scene` command, the one a reader types before the Quick start),
 `data/` (a tiny REFER copy with its COCO images), `downloads/refcoco/data` (a tiny Parquet copy),
 `runs/{refcoco,grefcoco}/best` (copies of the embedded checkpoint), and links to the repository's `scripts/`,
-`src/` and `Makefile`. Python blocks run in this process, bash blocks in `bash -euo pipefail` with the
-interpreter's `bin/` first on PATH. A command with no entry in RULES runs exactly as written. RULES says, per
+`src/`, `pyproject.toml` and `Makefile`. Python blocks run in this process, bash blocks in `bash -euo pipefail`
+with the interpreter's `bin/` first on PATH. A command with no entry in RULES runs exactly as written. RULES says, per
 command (bash) or block (python), what is changed and why: a skip (network, real RefCOCO, GPUs), a dry run, an
 appended set of small arguments for a long run (argparse: the last occurrence wins), or names the prose defines
 before the block. `test_every_rule_matches_the_docs` fails when a rule's snippet no longer matches exactly one
@@ -314,7 +314,7 @@ def is_slow(block: Block) -> bool:
 def template(tmp_path_factory) -> Path:
     """What the docs take for granted, built once; each block gets a copy."""
     root = tmp_path_factory.mktemp("docs-template")
-    for name in ("Makefile", "scripts", "src"):
+    for name in ("Makefile", "pyproject.toml", "scripts", "src"):
         (root / name).symlink_to(ROOT / name)
     # the scene comes from the README's own command, as it does for a reader
     (command,) = [u for b in BLOCKS if b.file == "README.md" for u in b.units() if "--write_scene" in u]
