@@ -74,3 +74,5 @@ __all__ = [
     "embedded_checkpoint",
     "register_pipeline",
 ]
+if not _HAS_TRANSFORMERS:  # `from metris_hf import *` without transformers: only what exists
+    __all__ = ["EMBEDDED_CHECKPOINT", "embedded_checkpoint"]
