@@ -144,7 +144,7 @@ MASK = np.zeros((4, 4), dtype=bool)
 MASK[1:3, 1:3] = True
 
 
-@pytest.mark.parametrize("name", ["referring_iou", "grefcoco_iou"])
+@pytest.mark.parametrize("name", ["refcoco", "grefcoco"])
 def test_metrics_refuse_nan_probabilities_and_thresholds_outside_0_1(name):
     metric = metris_metrics.load(name, keep_in_memory=True)
     probabilities = MASK * 0.9
@@ -159,7 +159,7 @@ def test_metrics_refuse_nan_probabilities_and_thresholds_outside_0_1(name):
     with pytest.raises(ValueError, match=r"threshold must lie in \[0, 1\]"):
         metris_metrics.load(name, keep_in_memory=True, threshold=2)
     result = metric.compute(predictions=[MASK * 0.9], references=[MASK], threshold=0.5)  # the valid call works
-    assert result[{"referring_iou": "oIoU", "grefcoco_iou": "cIoU"}[name]] == 1.0
+    assert result[{"refcoco": "oIoU", "grefcoco": "cIoU"}[name]] == 1.0
 
 
 # --------------------------------------------------------------------------------------------------------------
