@@ -304,7 +304,7 @@ def loaded(checkpoint) -> tuple[MetrisForReferringSegmentation, torch.Tensor]:
         ({"ce_class_weights": [1.0]}, r"`ce_class_weights` must hold 2 weights \(background, object\), got \[1\.0\]"),
         ({"guidance": "pure_le"}, r"guidance was changed to 'pure_le', but this model was built for 'full'"),
         ({"guidance": "enhanced_le"}, r"guidance was changed to 'enhanced_le', but this model was built for 'full'"),
-        ({"mask_loss": "weighted_ce"}, r"mask_loss was changed to 'weighted_ce', but this model was built for 'bce'"),
+        ({"mask_loss": "bce"}, r"mask_loss was changed to 'bce', but this model was built for 'weighted_ce'"),
     ],
     ids=["t_min_above_init", "t_max_below_init", "heads", "ce_weights", "pure_le", "enhanced_le", "mask_loss"],
 )
