@@ -123,7 +123,8 @@ def segment(
     if len(expressions) > MAX_EXPRESSIONS:
         return (*nothing, f"Error: At most {MAX_EXPRESSIONS} expressions at once (got {len(expressions)}).")
     try:
-        image = load_local_image(image_path).convert("RGB")
+        image = load_local_image(image_path)  # oriented in place; the pipeline reduces it in uint8 before any float
+        image = image if image.mode == "RGB" else image.convert("RGB")
     except ValueError as error:
         return (*nothing, f"Error: Could not read the image: {str(error).split(': ', 1)[-1]}")
     try:
