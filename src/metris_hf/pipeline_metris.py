@@ -25,7 +25,7 @@ from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 from transformers.utils import logging
 
 from .image_processing_metris import check_threshold, load_local_image, open_local_image, to_rgb_uint8
-from .processing_metris import check_tokenizer_vocabulary
+from .processing_metris import check_processor_for_model, check_tokenizer_vocabulary
 
 logger = logging.get_logger(__name__)
 
@@ -65,7 +65,9 @@ class ReferringImageSegmentationPipeline(Pipeline):
         if self.processor is None:
             raise ValueError(f"the {TASK} pipeline needs the checkpoint's processor (MetrisProcessor)")
         text_config = getattr(self.model.config, "text_config", None)
-        check_tokenizer_vocabulary(self.processor.tokenizer, "pipeline", getattr(text_config, "vocab_size", None))
+        where = f"pipeline ({self.model.name_or_path})" if getattr(self.model, "name_or_path", "") else "pipeline"
+        check_tokenizer_vocabulary(self.processor.tokenizer, where, getattr(text_config, "vocab_size", None))
+        check_processor_for_model(self.processor, self.model.config, where)
         check_finite_weights(self.model)
 
     def __call__(self, image: Any, text: str | list[str] | None = None, **kwargs: Any) -> Any:
