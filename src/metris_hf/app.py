@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from . import embedded_checkpoint
+from .folders import run_command
 from .image_processing_metris import load_local_image
 from .visualization import outline_overlay
 
@@ -205,7 +206,12 @@ def build_demo(default_model: str = EMBEDDED, examples_dir: str | os.PathLike | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The console script: builds the page and serves it until interrupted."""
+    """The console script: builds the page and serves it until interrupted. Bad input (a port in use, an unreadable
+    examples folder) ends in one line and exit status 2 (`run_command`), not a traceback."""
+    return run_command(_serve, "metris-app", argv)
+
+
+def _serve(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="metris-app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
