@@ -120,3 +120,17 @@ def test_a_decompression_bomb_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the error comes at twice the limit: 2000 < 90000
     with pytest.raises(ValueError, match=r"bomb\.png.* too large.*decompression-bomb limit .* 2,000 pixels"):
         load_local_image(path)
+
+
+def test_a_rotated_jpeg_decoded_at_a_reduced_scale_gets_a_mask_at_its_own_size(files, tmp_path):
+    """EXIF orientation 6 (turned a quarter): the mask has the oriented size, though the decoder read 1/2 scale."""
+    from transformers import pipeline
+
+    photo = Image.new("RGB", (800, 400), (30, 30, 200))
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    photo.save(tmp_path / "rotated.jpg", exif=exif)
+    segmenter = pipeline("referring-image-segmentation", model=str(files["model"]))  # 64² input: draft to 192²
+    result = segmenter(str(tmp_path / "rotated.jpg"), ["the blue square", "the star"])
+    assert [r["mask"].size for r in result] == [(400, 800), (400, 800)]
+    assert segmenter(str(tmp_path / "rotated.jpg"), "the blue square")["mask"].size == (400, 800)
