@@ -25,8 +25,9 @@ from transformers import AutoModel, AutoProcessor
 import metris_hf  # noqa: F401  (registers the Auto classes)
 from metris_hf.data import DATASET_NAMES, SPLIT_BYS, load_dataset_by_name, sentence_rows
 from metris_hf.evaluation import RESOLUTIONS, evaluate_referring
-from metris_hf.folders import check_model_source
+from metris_hf.folders import check_model_source, run_command
 from metris_hf.image_processing_metris import check_threshold
+from metris_hf.processing_metris import check_processor_for_model
 
 REFERRING_COLUMNS = ("P@0.5", "P@0.7", "P@0.9", "mIoU", "oIoU")
 GREFCOCO_COLUMNS = ("cIoU", "gIoU", "N-acc", "T-acc")
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"unknown split(s) {unknown} for {args.dataset}: it has {sorted(datasets)}")
     model = AutoModel.from_pretrained(args.model_name_or_path).to(accelerator.device).eval()
     processor = AutoProcessor.from_pretrained(args.model_name_or_path)
+    check_processor_for_model(processor, model.config, args.model_name_or_path)
     if args.mixed_precision == "bf16":
         model = model.to(torch.bfloat16)
     metric = "grefcoco" if args.dataset == "grefcoco" else "refcoco"
@@ -171,5 +173,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(run_command(main, "run_evaluation.py"))
