@@ -22,7 +22,7 @@ Parts:
              `[onnx]` extra; skipped with a message without it.
   data       the training transform (JPEG decode, mask decode, resize, tokenise) on a REFER-format copy the
              script writes (640×480 JPEGs), samples/s with num_workers 0, 1, 2.
-  metrics    memory held by the referring_iou metric after 5,000 samples of 480².
+  metrics    memory held by the referring_iou metric ("refcoco") after 5,000 samples of 480².
 
 On a CPU without bfloat16 instructions (AVX-512 BF16 or AMX), bfloat16 products take a slow reference path
 (a 4096³ product ran at about 1 GMAC/s on a 2-core AVX2 EPYC, against 70 in float32): pass `--dtypes float32`
@@ -474,7 +474,7 @@ def bench_metrics(args) -> dict:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as cache_dir:
         tracemalloc.start()
-        metric = metrics.load("referring_iou", cache_dir=cache_dir)
+        metric = metrics.load("refcoco", cache_dir=cache_dir)
         baseline = tracemalloc.get_traced_memory()[0]
         added = 0
         while added < args.metric_samples:

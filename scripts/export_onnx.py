@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 
 from metris_hf import embedded_checkpoint
+from metris_hf.folders import check_model_source, run_command
 from metris_hf.onnx_backend import compare_with_pytorch, export_onnx
 
 
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> Path:
     )
     parser.add_argument("--check", action="store_true", help="compare onnxruntime's logits with PyTorch's once")
     args = parser.parse_args(argv)
+    if args.model is not None:
+        check_model_source(args.model, "--model")  # a missing folder is named as one, not read as a Hub id
     model = args.model or str(embedded_checkpoint())
     path = export_onnx(model, args.output, opset=args.opset, dynamo=not args.torchscript)
     size_mb = path.stat().st_size / 2**20
@@ -42,4 +45,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_command(main, "export_onnx.py"))

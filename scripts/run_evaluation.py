@@ -25,8 +25,9 @@ from transformers import AutoModel, AutoProcessor
 import metris_hf  # noqa: F401  (registers the Auto classes)
 from metris_hf.data import DATASET_NAMES, SPLIT_BYS, load_dataset_by_name, sentence_rows
 from metris_hf.evaluation import RESOLUTIONS, evaluate_referring
-from metris_hf.folders import check_model_source
+from metris_hf.folders import check_model_source, run_command
 from metris_hf.image_processing_metris import check_threshold
+from metris_hf.processing_metris import check_processor_for_model
 
 REFERRING_COLUMNS = ("P@0.5", "P@0.7", "P@0.9", "mIoU", "oIoU")
 GREFCOCO_COLUMNS = ("cIoU", "gIoU", "N-acc", "T-acc")
@@ -93,6 +94,9 @@ def format_table(rows: dict[str, dict], columns: tuple[str, ...], title: str) ->
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        # accelerate's CPU autocast has no float16: the run would silently be float32
+        raise SystemExit("--mixed_precision fp16 needs a GPU; on CPU use bf16 (or no)")
     with accelerator.main_process_first():
         datasets = load_dataset_by_name(
             args.dataset,
@@ -108,10 +112,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"unknown split(s) {unknown} for {args.dataset}: it has {sorted(datasets)}")
     model = AutoModel.from_pretrained(args.model_name_or_path).to(accelerator.device).eval()
     processor = AutoProcessor.from_pretrained(args.model_name_or_path)
+    check_processor_for_model(processor, model.config, args.model_name_or_path)
     if args.mixed_precision == "bf16":
         model = model.to(torch.bfloat16)
-    metric = "grefcoco_iou" if args.dataset == "grefcoco" else "referring_iou"
-    columns = GREFCOCO_COLUMNS if metric == "grefcoco_iou" else REFERRING_COLUMNS
+    metric = "grefcoco" if args.dataset == "grefcoco" else "refcoco"
+    columns = GREFCOCO_COLUMNS if metric == "grefcoco" else REFERRING_COLUMNS
 
     rows = {}
     for split in splits:
@@ -122,13 +127,12 @@ def main(argv: list[str] | None = None) -> dict:
             model,
             processor,
             data,
-            metric_name=metric,
+            metric_config=metric,
             resolution=args.eval_resolution,
             batch_size=args.per_device_eval_batch_size,
             num_workers=args.dataloader_num_workers,
             threshold=args.threshold,
             accelerator=accelerator,
-            experiment_id=f"eval-{split}",
         )
         if result is not None:
             result["samples"] = len(data)
@@ -157,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         "resolution": args.eval_resolution,
         "threshold": args.threshold,
         "max_eval_samples": args.max_eval_samples,
+        "num_processes": accelerator.num_processes,
         "splits": rows,
     }
     if args.dataset == "synthetic":
@@ -168,5 +173,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    sys.exit(run_command(main, "run_evaluation.py"))

@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 if results["oIoU"] > best_oiou:
                     best_oiou = results["oIoU"]
-                    save_model(accelerator, model, processor, best_path, results)
+                    write_model(accelerator, model, processor, best_path, results)  # main process only: no barrier
         if completed_steps >= args.max_train_steps:
             break
 
@@ -393,16 +393,15 @@ def run_validation(args, accelerator, model, processor, datasets, epoch):
     data = sentence_rows(datasets[args.validation_split])
     if args.max_eval_samples:
         data = data.select(range(min(args.max_eval_samples, len(data))))
-    metric = "grefcoco_iou" if args.dataset == "grefcoco" else "referring_iou"
+    metric = "grefcoco" if args.dataset == "grefcoco" else "refcoco"
     results = evaluate_referring(
         accelerator.unwrap_model(model),
         processor,
         data,
-        metric_name=metric,
+        metric_config=metric,
         resolution=args.eval_resolution,
         batch_size=args.per_device_eval_batch_size,
         accelerator=accelerator,
-        experiment_id=f"val-{epoch}",
     )
     if results is not None and "oIoU" not in results:  # gRefCOCO keeps the best by cIoU, its overall IoU
         results["oIoU"] = results["cIoU"]
@@ -428,14 +427,20 @@ def latest_checkpoint(output_dir: str) -> str | None:
     return str(max(candidates, key=lambda p: json.loads((p / "progress.json").read_text())["completed_steps"]))
 
 
+def write_model(accelerator: Accelerator, model, processor, path: Path, results: dict | None) -> None:
+    """The model folder (weights, processor, figures); called by the main process alone."""
+    path.mkdir(parents=True, exist_ok=True)
+    accelerator.unwrap_model(model).save_pretrained(path)
+    processor.save_pretrained(path)
+    if results is not None:
+        (path / "eval_results.json").write_text(json.dumps(results, indent=2))
+
+
 def save_model(accelerator: Accelerator, model, processor, path: Path, results: dict | None) -> None:
+    """`write_model` by the main process, with every process waiting for it."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        path.mkdir(parents=True, exist_ok=True)
-        accelerator.unwrap_model(model).save_pretrained(path)
-        processor.save_pretrained(path)
-        if results is not None:
-            (path / "eval_results.json").write_text(json.dumps(results, indent=2))
+        write_model(accelerator, model, processor, path, results)
     accelerator.wait_for_everyone()
 
 

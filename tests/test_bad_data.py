@@ -410,3 +410,90 @@ def test_parquet_degenerate_targets_are_counted_warned_and_kept_out_of_training(
     assert "ref_id 100, 200" in caplog.text and "kept (keep_degenerate=True)" in caplog.text
     assert kept["train"]["ref_id"] == [100, 101]
     assert not kept["train"][0]["no_target"] and not np.asarray(kept["train"][0]["mask"]).any()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Records that contradict each other, blank refs, paths out of the data root, nesting
+# --------------------------------------------------------------------------------------------------------------
+
+BAD_RECORDS = {
+    "ann_id_minus_one": ({"ann_id": -1}, r"ref 100: ann_id is -1, naming no annotation, but the ref is not marked"),
+    "ann_id_none": ({"ann_id": None}, r"ref 100: ann_id is None, naming no annotation"),
+    "ann_id_empty": ({"ann_id": []}, r"ref 100: ann_id is \[\], naming no annotation"),
+    "all_blank": (
+        {"sentences": [{"raw": " ", "sent": ""}, "  "]},
+        r"ref 100: all 2 of its sentences are blank",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_RECORDS))
+def test_refs_that_name_nothing_or_say_nothing_are_refused(tmp_path, name):
+    change, match = BAD_RECORDS[name]
+    root = refer_copy(tmp_path / "data", refs=[dict(REFCOCO_REFS[0], **change), *REFCOCO_REFS[1:]])
+    with pytest.raises(ValueError, match=match):
+        load_refer(root, "refcoco", cache_dir=tmp_path / "cache")
+
+
+def _duplicate(key: str, **changes):
+    def edit(data: dict) -> None:
+        data[key].append(dict(data[key][0], **changes))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (_duplicate("images", width=999), r"instances\.json: images\[\d+\] repeats the id 1 .* different content"),
+        (_duplicate("annotations", bbox=[0, 0, 1, 1]), r"annotations\[\d+\] repeats the id 11 .* different content"),
+    ],
+    ids=["image", "annotation"],
+)
+def test_duplicate_ids_with_different_content_are_refused(tmp_path, edit, match):
+    root = refer_copy(tmp_path / "data", edit_instances=edit)
+    with pytest.raises(ValueError, match=match):
+        load_refer(root, "refcoco", cache_dir=tmp_path / "cache")
+
+
+def test_an_identical_duplicate_is_harmless(tmp_path):
+    root = refer_copy(tmp_path / "data", edit_instances=_duplicate("images"))
+    assert len(load_refer(root, "refcoco", cache_dir=tmp_path / "cache")["train"]) > 0
+
+
+@pytest.mark.parametrize("file_name", ["/etc/passwd", "../../../../etc/passwd", "a/../../x.jpg"])
+def test_image_paths_out_of_the_data_root_are_refused(tmp_path, file_name):
+    root = refer_copy(tmp_path / "data", edit_instances=set_image(1, file_name=file_name))
+    with pytest.raises(ValueError, match=r"ref 100: the image path .* is not inside the image folder"):
+        load_refer(root, "refcoco", cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("image_path", ["/etc/passwd", "../../../etc/hostname"])
+def test_parquet_image_paths_out_of_the_root_are_refused(tmp_path, image_path):
+    files, image_root = parquet_copy(tmp_path, image_path=image_path)
+    with pytest.raises(ValueError, match=r"ref 100: the image path .* is not inside the image folder"):
+        load_refer_parquet(files, image_root, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"ann_id": -1}, r"ref 100: ann_id is -1 \(no annotation\) but raw_anns holds 1"),
+        (
+            {"sentences": [{"raw": " ", "sent": "", "sent_id": 1, "tokens": []}]},
+            r"ref 100: all its sentences are blank",
+        ),
+        ({"raw_anns": "[" * 100_000 + "]" * 100_000}, r"ref 100: a JSON column is nested deeper"),
+    ],
+    ids=["ann_id_minus_one", "all_blank", "deep_json"],
+)
+def test_parquet_records_that_contradict_are_refused(tmp_path, change, match):
+    files, image_root = parquet_copy(tmp_path, **change)
+    with pytest.raises(ValueError, match=match):
+        load_refer_parquet(files, image_root, cache_dir=tmp_path / "cache")
+
+
+def test_deeply_nested_json_is_our_error(tmp_path):
+    root = refer_copy(tmp_path / "data", instances_text="[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ValueError, match=r"instances\.json: not readable JSON \(nested deeper"):
+        load_refer(root, "refcoco", cache_dir=tmp_path / "cache")

@@ -144,7 +144,7 @@ MASK = np.zeros((4, 4), dtype=bool)
 MASK[1:3, 1:3] = True
 
 
-@pytest.mark.parametrize("name", ["referring_iou", "grefcoco_iou"])
+@pytest.mark.parametrize("name", ["refcoco", "grefcoco"])
 def test_metrics_refuse_nan_probabilities_and_thresholds_outside_0_1(name):
     metric = metris_metrics.load(name, keep_in_memory=True)
     probabilities = MASK * 0.9
@@ -159,7 +159,7 @@ def test_metrics_refuse_nan_probabilities_and_thresholds_outside_0_1(name):
     with pytest.raises(ValueError, match=r"threshold must lie in \[0, 1\]"):
         metris_metrics.load(name, keep_in_memory=True, threshold=2)
     result = metric.compute(predictions=[MASK * 0.9], references=[MASK], threshold=0.5)  # the valid call works
-    assert result[{"referring_iou": "oIoU", "grefcoco_iou": "cIoU"}[name]] == 1.0
+    assert result[{"refcoco": "oIoU", "grefcoco": "cIoU"}[name]] == 1.0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def loaded(checkpoint) -> tuple[MetrisForReferringSegmentation, torch.Tensor]:
         ({"ce_class_weights": [1.0]}, r"`ce_class_weights` must hold 2 weights \(background, object\), got \[1\.0\]"),
         ({"guidance": "pure_le"}, r"guidance was changed to 'pure_le', but this model was built for 'full'"),
         ({"guidance": "enhanced_le"}, r"guidance was changed to 'enhanced_le', but this model was built for 'full'"),
-        ({"mask_loss": "weighted_ce"}, r"mask_loss was changed to 'weighted_ce', but this model was built for 'bce'"),
+        ({"mask_loss": "bce"}, r"mask_loss was changed to 'bce', but this model was built for 'weighted_ce'"),
     ],
     ids=["t_min_above_init", "t_max_below_init", "heads", "ce_weights", "pure_le", "enhanced_le", "mask_loss"],
 )

@@ -43,8 +43,8 @@ def test_fused_projections_are_split_in_order():
     parts = convert_authors_key("net.cross1.attn.kv.weight", kv)
     assert parts["metris.decoder.blocks.3.attention.k_proj.weight"].flatten().tolist() == [0, 1, 2]
     assert parts["metris.decoder.blocks.3.attention.v_proj.weight"].flatten().tolist() == [3, 4, 5]
-    tau = convert_authors_key("net.VIS.tau", torch.tensor([0.9]))  # their clamp to [0.001, 0.5] comes first
-    assert tau["metris.visual_expression_extractor.log_temperature"].item() == pytest.approx(torch.tensor(0.5).log())
+    tau = convert_authors_key("net.VIS.tau", torch.tensor([0.25]))  # τ itself, shape (1,), as theirs
+    assert tau["metris.visual_expression_extractor.temperature"].tolist() == [0.25]
 
 
 def test_an_unknown_key_is_refused_by_name():

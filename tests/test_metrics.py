@@ -1,12 +1,12 @@
-"""The `referring_iou` and `grefcoco_iou` evaluate metrics: hand-computed values, properties against a direct
-numpy computation, streaming, stored-state size, distributed gathering, input errors and loading."""
+"""The `referring_iou` evaluate metric in its `refcoco` and `grefcoco` configurations: hand-computed values,
+properties against a direct numpy computation, streaming, stored-state size, distributed gathering, input errors
+and loading."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -31,17 +31,17 @@ NAN = math.nan
 
 @pytest.fixture(scope="module")
 def referring() -> evaluate.EvaluationModule:
-    return metrics.load("referring_iou", keep_in_memory=True)
+    return metrics.load("refcoco", keep_in_memory=True)
 
 
 @pytest.fixture(scope="module")
 def grefcoco() -> evaluate.EvaluationModule:
-    return metrics.load("grefcoco_iou", keep_in_memory=True)
+    return metrics.load("grefcoco", keep_in_memory=True)
 
 
 @pytest.fixture(scope="module")
 def both(referring, grefcoco) -> dict[str, evaluate.EvaluationModule]:
-    return {"referring_iou": referring, "grefcoco_iou": grefcoco}
+    return {"refcoco": referring, "grefcoco": grefcoco}
 
 
 def assert_results(actual: dict[str, float], expected: dict[str, float]) -> None:
@@ -67,7 +67,7 @@ LEFT[:, :2] = True  # 8 pixels, 4 shared with TOP
 ROW0 = EMPTY.copy()
 ROW0[0] = True  # 4 pixels, inside TOP
 
-# name: (prediction, reference, referring_iou result, grefcoco_iou result)
+# name: (prediction, reference, refcoco result, grefcoco result)
 CASES = {
     # I = U = 8
     "identical": (
@@ -97,7 +97,7 @@ CASES = {
         dict(oIoU=1 / 3, mIoU=1 / 3, **{"P@0.5": 0.0, "P@0.7": 0.0, "P@0.9": 0.0}),
         {"cIoU": 1 / 3, "gIoU": 1 / 3, "N-acc": NAN, "T-acc": 1.0},
     ),
-    # U = 0: IoU 0 for referring_iou (DESIGN.md); a correct no-target answer for grefcoco_iou
+    # U = 0: IoU 0 for refcoco (LAVT's guard); a correct no-target answer for grefcoco
     "empty/empty": (
         EMPTY,
         EMPTY,
@@ -252,7 +252,7 @@ def random_pairs(seed: int, count: int, empty_every: int = 0) -> list[tuple[np.n
     return pairs
 
 
-@pytest.mark.parametrize("name", metrics.METRIC_NAMES)
+@pytest.mark.parametrize("name", metrics.CONFIG_NAMES)
 def test_streaming_equals_one_compute(both, name):
     metric = both[name]
     pairs = random_pairs(seed=1, count=23, empty_every=4)
@@ -277,7 +277,7 @@ def test_stacked_batches_and_probabilities_with_threshold(referring):
     assert_results(referring.compute(predictions=predictions, references=np.stack([LEFT, TOP])), expected)
     probabilities = torch.from_numpy(predictions).float() * 0.8 + 0.1  # 0.9 inside, 0.1 outside
     assert_results(referring.compute(predictions=probabilities, references=[LEFT, TOP], threshold=0.5), expected)
-    thresholded = metrics.load("referring_iou", keep_in_memory=True, threshold=0.5)
+    thresholded = metrics.load("refcoco", keep_in_memory=True, threshold=0.5)
     assert_results(thresholded.compute(predictions=probabilities.numpy(), references=[LEFT, TOP]), expected)
 
 
@@ -290,7 +290,7 @@ def stored_bytes_after_adding(size: int, samples: int = 5000, batch: int = 50) -
     rng = np.random.default_rng(size)
     pool = [(rng.random((size, size)) < 0.4, rng.random((size, size)) < 0.4) for _ in range(batch)]
     predictions, references = [p for p, _ in pool], [r for _, r in pool]
-    metric = metrics.load("referring_iou", keep_in_memory=True)
+    metric = metrics.load("refcoco", keep_in_memory=True)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for _ in range(samples // batch):
@@ -321,11 +321,11 @@ WORKER = textwrap.dedent(
     import json, sys
     import evaluate, numpy as np
 
-    path, shards, process_id, cache_dir, experiment_id, out = sys.argv[1:]
+    path, config, shards, process_id, cache_dir, experiment_id, out = sys.argv[1:]
     data = np.load(shards)
     keys = sorted({k[1:] for k in data.files}, key=int)
     predictions, references = [data["p" + k] for k in keys], [data["r" + k] for k in keys]
-    metric = evaluate.load(path, num_process=2, process_id=int(process_id), cache_dir=cache_dir,
+    metric = evaluate.load(path, config, num_process=2, process_id=int(process_id), cache_dir=cache_dir,
                            experiment_id=experiment_id)
     if predictions:
         half = len(predictions) // 2
@@ -341,9 +341,7 @@ WORKER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(
-    ("name", "split"), [("referring_iou", 13), ("grefcoco_iou", 13), ("grefcoco_iou", 31)], ids=str
-)
+@pytest.mark.parametrize(("name", "split"), [("refcoco", 13), ("grefcoco", 13), ("grefcoco", 31)], ids=str)
 @pytest.mark.slow
 def test_two_processes_give_the_same_numbers_as_one(both, name, split, tmp_path):
     pairs = random_pairs(seed=7, count=31, empty_every=3)
@@ -364,7 +362,8 @@ def test_two_processes_give_the_same_numbers_as_one(both, name, split, tmp_path)
         command = [
             sys.executable,
             str(script),
-            metrics.metric_path(name),
+            metrics.METRIC_PATH,
+            name,
             str(arrays_file),
             str(process_id),
             str(tmp_path / "cache"),
@@ -386,13 +385,13 @@ def test_two_processes_give_the_same_numbers_as_one(both, name, split, tmp_path)
 # --- errors ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", metrics.METRIC_NAMES)
+@pytest.mark.parametrize("name", metrics.CONFIG_NAMES)
 def test_shape_mismatch_names_the_sample(both, name):
     with pytest.raises(ValueError, match=r"sample 1: prediction shape \(4, 4\) differs from reference shape \(4, 5\)"):
         both[name].compute(predictions=[TOP, TOP], references=[TOP, np.zeros((4, 5), dtype=bool)])
 
 
-@pytest.mark.parametrize("name", metrics.METRIC_NAMES)
+@pytest.mark.parametrize("name", metrics.CONFIG_NAMES)
 def test_non_binary_masks_are_refused(both, name):
     metric = both[name]
     with pytest.raises(ValueError, match=r"reference of sample 2 is not binary \(found value 255\)"):
@@ -408,13 +407,13 @@ def test_non_binary_masks_are_refused(both, name):
         metric.compute(predictions=[TOP], references=[TOP], threshold="0.5")
 
 
-@pytest.mark.parametrize("name", metrics.METRIC_NAMES)
+@pytest.mark.parametrize("name", metrics.CONFIG_NAMES)
 def test_count_mismatch(both, name):
     with pytest.raises(ValueError, match="got 2 predictions and 3 references"):
         both[name].compute(predictions=[TOP, TOP], references=[TOP, TOP, TOP])
 
 
-@pytest.mark.parametrize("name", metrics.METRIC_NAMES)
+@pytest.mark.parametrize("name", metrics.CONFIG_NAMES)
 def test_masks_must_be_2d(both, name):
     metric = both[name]
     with pytest.raises(
@@ -427,7 +426,7 @@ def test_masks_must_be_2d(both, name):
         metric.compute(predictions=TOP, references=TOP)
 
 
-@pytest.mark.parametrize("name", metrics.METRIC_NAMES)
+@pytest.mark.parametrize("name", metrics.CONFIG_NAMES)
 def test_a_bad_batch_stores_nothing(both, name):
     metric = both[name]
     metric.add_batch(predictions=[TOP], references=[TOP])
@@ -444,14 +443,14 @@ def test_a_bad_batch_stores_nothing(both, name):
 # --- loading, cards, and the two copies of the shared helpers ------------------------------------------------
 
 
-@pytest.mark.parametrize("name", metrics.METRIC_NAMES)
+@pytest.mark.parametrize("name", metrics.CONFIG_NAMES)
 def test_loads_with_evaluate_by_path_and_by_name(name):
-    by_file = evaluate.load(metrics.metric_path(name), keep_in_memory=True)
-    by_folder = evaluate.load(str(metrics.METRICS_DIR / name), keep_in_memory=True)
+    by_file = evaluate.load(metrics.METRIC_PATH, name, keep_in_memory=True)
+    by_folder = evaluate.load(str(Path(metrics.METRIC_PATH).parent), name, keep_in_memory=True)
     by_name = metrics.load(name, keep_in_memory=True)
     for metric in (by_file, by_folder, by_name):
         assert isinstance(metric, evaluate.Metric)
-        assert metric.name == name
+        assert (metric.name, metric.config_name) == ("referring_iou", name)
         assert set(metric.features) == {"intersection", "union", "prediction_area", "reference_area"}
         assert "METRIS" in metric.citation and metric.description
     assert by_file.compute(predictions=[TOP], references=[ROW0]) == by_name.compute(
@@ -459,14 +458,24 @@ def test_loads_with_evaluate_by_path_and_by_name(name):
     )
 
 
-def test_unknown_metric_name_lists_the_known_ones():
-    with pytest.raises(ValueError, match="unknown metric 'miou'; known metrics: referring_iou, grefcoco_iou"):
+def test_without_a_configuration_it_is_refcoco():
+    metric = evaluate.load(metrics.METRIC_PATH, keep_in_memory=True)
+    assert metric.config_name == "refcoco"
+    assert set(metric.compute(predictions=[TOP], references=[TOP])) == set(REFERRING_KEYS)
+
+
+def test_unknown_configuration_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown configuration 'miou'; choose one of refcoco, grefcoco"):
         metrics.load("miou")
 
 
-@pytest.mark.parametrize(("name", "keys"), [("referring_iou", REFERRING_KEYS), ("grefcoco_iou", GREFCOCO_KEYS)])
-def test_metric_card_defines_every_key(name, keys):
-    card = (metrics.METRICS_DIR / name / "README.md").read_text()
+def test_iou_thresholds_belong_to_refcoco_only(grefcoco):
+    with pytest.raises(ValueError, match="unexpected arguments"):
+        grefcoco.compute(predictions=[TOP], references=[TOP], iou_thresholds=[0.5])
+
+
+def test_metric_card_defines_every_key():
+    card = (Path(metrics.METRIC_PATH).parent / "README.md").read_text()
     front_matter = card.split("---")[1]
     for field in ("title:", "tags:", "description:"):
         assert field in front_matter
@@ -481,18 +490,6 @@ def test_metric_card_defines_every_key(name, keys):
     ):
         assert section in card, section
     outputs = card.split("## Output Values")[1].split("\n## ")[0]
-    for key in keys:
+    for key in REFERRING_KEYS + GREFCOCO_KEYS:
         assert f"**{key}**" in outputs, key
-    assert "LAVT" in card and "METRIS" in card and ("GRES" in card or name == "referring_iou")
-
-
-def test_the_two_scripts_share_the_same_mask_code():
-    """Each script must stand alone for `evaluate.load`, so the mask-to-counts code is written twice."""
-
-    def shared_part(name: str) -> str:
-        source = Path(metrics.metric_path(name)).read_text()
-        helpers = source.split("# --- masks -> counts")[1].split("# --- the metric")[0]
-        methods = re.search(r"    def __init__\(self, \*args.*?(?=    def _info)", source, re.S).group(0)
-        return helpers.split("\n", 1)[1] + methods
-
-    assert shared_part("referring_iou") == shared_part("grefcoco_iou")
+    assert "LAVT" in card and "METRIS" in card and "GRES" in card

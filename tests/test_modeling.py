@@ -164,14 +164,104 @@ def test_every_ablation_runs_and_changes_the_output(overrides):
 
 
 def test_early_fusion_off_and_contrastive_off():
-    model = build(early_fusion=False, contrastive_loss_weight=0.0)
+    model = build(early_fusion=False, contrastive_loss_weight=0.0, mask_loss="bce")
     assert model.metris.vision_encoder.fusions is None
     batch = make_batch(2)
     out = model(**batch)
     upsampled = torch.nn.functional.interpolate(out.logits, size=(IMAGE, IMAGE), mode="bilinear", align_corners=True)
     mask_only = torch.nn.functional.binary_cross_entropy_with_logits(upsampled[:, 0], batch["labels"].float())
+    assert set(out.loss_terms) == {"mask"}
+    torch.testing.assert_close(out.loss_terms["mask"], mask_only)
     torch.testing.assert_close(out.loss, model.config.mask_loss_weight * mask_only)
-    assert "log_temperature" not in dict(model.named_parameters())  # λ = 0: τ is no parameter DDP would wait for
+    # τ stays a parameter with λ = 0, so raising λ later trains it (train.py freezes it while λ = 0)
+    assert "metris.visual_expression_extractor.temperature" in dict(model.named_parameters())
+
+
+def test_default_loss_is_the_authors():
+    """2 × class-weighted 2-class cross-entropy + 0.4 × BCE(S_c[cls] / τ), both upsampled with align_corners."""
+    model = build()
+    assert (model.config.mask_loss, model.config.mask_loss_weight, model.config.contrastive_loss_weight) == (
+        "weighted_ce",
+        2.0,
+        0.4,
+    )
+    batch = make_batch(2)
+    out = model(**batch)
+    labels = batch["labels"].float()
+    size = (IMAGE, IMAGE)
+    # two classes: the cross-entropy depends on the logit difference only, which `logits` is
+    difference = torch.nn.functional.interpolate(out.logits, size=size, mode="bilinear", align_corners=True)[:, 0]
+    weights = torch.where(labels > 0, 1.1, 0.9)
+    per_pixel = torch.nn.functional.binary_cross_entropy_with_logits(difference, labels, reduction="none")
+    mask = (weights * per_pixel).sum() / weights.sum()
+    grid = IMAGE // 32
+    scores = (out.relevance_scores[:, 0] / out.temperature).reshape(2, 1, grid, grid)
+    scores = torch.nn.functional.interpolate(scores, size=size, mode="bilinear", align_corners=True)[:, 0]
+    contrastive = torch.nn.functional.binary_cross_entropy_with_logits(scores, labels)
+    torch.testing.assert_close(out.loss_terms["mask"], mask)
+    torch.testing.assert_close(out.loss_terms["contrastive"], contrastive)
+    torch.testing.assert_close(out.loss, 2 * mask + 0.4 * contrastive)
+
+
+def test_tau_is_stored_as_tau_and_clamped_in_place():
+    model = build()
+    tau = model.metris.visual_expression_extractor.temperature
+    assert tau.shape == (1,) and tau.item() == pytest.approx(0.1)
+    with torch.no_grad():
+        tau.fill_(5.0)  # as an optimiser step past the bound would
+    out = model(**make_batch(2))
+    assert tau.item() == pytest.approx(0.5) and out.temperature.item() == pytest.approx(0.5)
+    out.loss.backward()
+    assert tau.grad is not None and tau.grad.abs().item() > 0
+    old = build(temperature_parametrization="log_tau")
+    names = dict(old.named_parameters())
+    assert "metris.visual_expression_extractor.log_temperature" in names
+    assert "metris.visual_expression_extractor.temperature" not in names
+
+
+def _fusion_gates(model):
+    return [fusion.gate for fusion in model.metris.vision_encoder.fusions if fusion.gate is not None]
+
+
+def _assert_gates_open_and_learning(model):
+    gates = _fusion_gates(model)
+    assert gates
+    for gate in gates:
+        for layer in (gate[0], gate[2]):
+            assert layer.weight.abs().max() > 0  # two zero layers would never get a gradient
+    model.train()
+    model(**make_batch(2)).loss.backward()
+    for gate in gates:
+        assert gate[0].weight.grad.abs().max() > 0 and gate[2].weight.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("weight_init", ["authors", "trunc_normal"])
+def test_weight_init_options(weight_init):
+    model = build(weight_init=weight_init)
+    classifier_bias = model.classifier.bias
+    conv = model.metris.decoder.fuse[0][0]
+    fan_in = conv.weight[0].numel()
+    if weight_init == "authors":  # PyTorch's default: kaiming-uniform(a=√5), bound 1/√fan_in; biases too
+        assert conv.weight.abs().max() <= 1 / fan_in**0.5 + 1e-6
+        assert conv.weight.std().item() == pytest.approx((1 / fan_in**0.5) / 3**0.5, rel=0.1)
+        assert classifier_bias.abs().max() > 0
+    else:
+        assert conv.weight.std().item() == pytest.approx(model.config.initializer_range, rel=0.15)
+        assert classifier_bias.abs().max() == 0
+    _assert_gates_open_and_learning(model)
+
+
+def test_gates_are_initialised_on_every_loading_path(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    build().save_pretrained(tmp_path / "full")
+    _assert_gates_open_and_learning(AutoModel.from_config(tiny_metris_config()))
+    weights = load_file(str(tmp_path / "full" / "model.safetensors"))
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text((tmp_path / "full" / "config.json").read_text())
+    save_file({k: v for k, v in weights.items() if ".gate." not in k}, str(partial / "model.safetensors"))
+    _assert_gates_open_and_learning(MetrisForReferringSegmentation.from_pretrained(partial))
 
 
 def full_size_parameters(**overrides) -> int:

@@ -56,14 +56,17 @@ def weights(folder):
 
 
 def accelerate_launch(num_processes: int, script: str, *args: str):
+    # `--cpu --num_processes 2` starts ONE process (accelerate reads --cpu as "no distribution"); several CPU
+    # processes need the multi-GPU launcher with ACCELERATE_USE_CPU, which then uses gloo.
+    topology = ["--multi_gpu"] if num_processes > 1 else ["--cpu"]
     return run(
         [
             sys.executable,
             "-m",
             "accelerate.commands.launch",
+            *topology,
             "--num_processes",
             str(num_processes),
-            "--cpu",
             "--num_machines",
             "1",
             "--mixed_precision",
@@ -72,7 +75,8 @@ def accelerate_launch(num_processes: int, script: str, *args: str):
             "no",
             script,
             *args,
-        ]
+        ],
+        env_extra={"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"} if num_processes > 1 else None,
     )
 
 
@@ -140,12 +144,21 @@ def test_evaluate_prints_and_writes_the_table(trained, tmp_path):
     assert results.with_suffix(".md").read_text().startswith("**")
 
 
+def test_evaluate_refuses_fp16_on_cpu(trained, tmp_path):
+    args = [*evaluate_args(trained, tmp_path / "eval"), "--mixed_precision", "fp16"]
+    result = run([sys.executable, str(SCRIPTS / "run_evaluation.py"), *args], expect=1)
+    assert "--mixed_precision fp16 needs a GPU" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.slow
 def test_evaluate_on_two_processes_gives_the_figures_of_one(trained, tmp_path):
     accelerate_launch(1, str(SCRIPTS / "run_evaluation.py"), *evaluate_args(trained, tmp_path / "one"))
     accelerate_launch(2, str(SCRIPTS / "run_evaluation.py"), *evaluate_args(trained, tmp_path / "two"))
-    one = json.loads(next((tmp_path / "one").glob("results_synthetic_model_*.json")).read_text())["splits"]
-    two = json.loads(next((tmp_path / "two").glob("results_synthetic_model_*.json")).read_text())["splits"]
+    one = json.loads(next((tmp_path / "one").glob("results_synthetic_model_*.json")).read_text())
+    two = json.loads(next((tmp_path / "two").glob("results_synthetic_model_*.json")).read_text())
+    assert (one["num_processes"], two["num_processes"]) == (1, 2)
+    one, two = one["splits"], two["splits"]
     assert one.keys() == two.keys()
     for split in one:
         assert one[split]["samples"] == two[split]["samples"]

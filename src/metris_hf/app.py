@@ -25,8 +25,9 @@ import numpy as np
 from PIL import Image
 
 from . import embedded_checkpoint
-from .image_processing_metris import load_local_image
-from .visualization import outline_overlay
+from .folders import run_command
+from .image_processing_metris import open_local_image
+from .visualization import DISPLAY_SIDE, outline_overlay
 
 EMBEDDED = "embedded: metris-tiny-synthetic"
 EXAMPLE_SEED = 2024  # the embedded checkpoint was trained and tested on seeds 0 and 1
@@ -96,6 +97,19 @@ class Segmenter:
         return stack_rows(rows)
 
 
+def display_image(path: str | os.PathLike) -> Image.Image:
+    """The picture the overlays are drawn on: RGB, oriented, and for a photo more than twice `DISPLAY_SIDE` on its
+    longer side, decoded at a reduced scale (a JPEG by its decoder) or reduced in uint8 by an integer factor that
+    keeps it above `DISPLAY_SIDE`: the full-size decode is dropped at once, and the overlays are drawn at display
+    size anyway."""
+    side = 2 * DISPLAY_SIDE
+    image, _ = open_local_image(path, draft_to=(side, side))
+    factor = max(image.size) // side
+    if factor >= 2 and image.mode in ("L", "RGB", "RGBA", "LA"):
+        image = image.reduce(factor)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 @functools.lru_cache(maxsize=2)
 def load_segmenter(name: str) -> Segmenter:
     """Models are loaded once per name (switching back and forth between two costs nothing)."""
@@ -123,7 +137,7 @@ def segment(
     if len(expressions) > MAX_EXPRESSIONS:
         return (*nothing, f"Error: At most {MAX_EXPRESSIONS} expressions at once (got {len(expressions)}).")
     try:
-        image = load_local_image(image_path).convert("RGB")
+        image = display_image(image_path)
     except ValueError as error:
         return (*nothing, f"Error: Could not read the image: {str(error).split(': ', 1)[-1]}")
     try:
@@ -131,7 +145,8 @@ def segment(
     except Exception as error:  # noqa: BLE001 - any loading failure becomes a message, not a trace
         return (*nothing, f"Error: Could not load the model {model_name!r}: {type(error).__name__}: {error}")
     try:
-        results = segmenter.run(image, expressions, threshold=float(threshold))
+        # the model reads the file itself, decoded no larger than it needs; masks come at the file's own size
+        results = segmenter.run(image_path, expressions, threshold=float(threshold))
         sheet = segmenter.attention_sheet(image, expressions, float(threshold)) if show_attention else None
     except ValueError as error:
         return (*nothing, f"Error: {error}")
@@ -139,12 +154,14 @@ def segment(
     folder.mkdir(parents=True, exist_ok=True)
     overlays, files, lines = [], [], []
     for index, (expression, result) in enumerate(zip(expressions, results)):
-        mask = np.asarray(result["mask"]) > 0
+        mask = np.asarray(result["mask"])  # 0/255 uint8: no boolean copy of a photo-sized mask
+        histogram = result["mask"].histogram()
+        area = 1 - histogram[0] / max(1, sum(histogram))
         overlays.append((outline_overlay(image, mask), f"{expression} — score {result['score']:.3f}"))
         path = folder / f"mask_{index}.png"
         result["mask"].save(path)
         files.append(str(path))
-        lines.append(f"| {index + 1} | {expression} | {result['score']:.3f} | {100 * mask.mean():.1f} % |")
+        lines.append(f"| {index + 1} | {expression} | {result['score']:.3f} | {100 * area:.1f} % |")
     status = "\n".join(
         [
             f"Done: {len(expressions)} expression(s), model `{segmenter.name}` ({segmenter.backend})",
@@ -204,7 +221,12 @@ def build_demo(default_model: str = EMBEDDED, examples_dir: str | os.PathLike | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The console script: builds the page and serves it until interrupted."""
+    """The console script: builds the page and serves it until interrupted. Bad input (a port in use, an unreadable
+    examples folder) ends in one line and exit status 2 (`run_command`), not a traceback."""
+    return run_command(_serve, "metris-app", argv)
+
+
+def _serve(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="metris-app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

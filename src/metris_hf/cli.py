@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _HAS_TRANSFORMERS, embedded_checkpoint
-from .folders import check_model_source
+from .folders import check_model_source, run_command
 
 DTYPES = {
     "float32": "float32",
@@ -28,7 +28,13 @@ DTYPES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The console script's entry point: returns the exit status (console scripts pass it to `sys.exit`)."""
+    """The console script's entry point: returns the exit status (console scripts pass it to `sys.exit`). Bad input
+    ends in one line and a non-zero status, never a traceback: 2 for the arguments and what `run_command` catches,
+    1 when the model cannot be loaded or run on the image."""
+    return run_command(_segment, "metris-segment", argv)
+
+
+def _segment(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="metris-segment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -111,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
             result = segmenter(args.image, args.text, threshold=args.threshold)
         except (ValueError, OSError) as error:  # our checks and transformers' loading errors: one line, no traceback
             parser.exit(1, f"metris-segment: error: {error}\n")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    result["mask"].save(output, format="PNG")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        result["mask"].save(output, format="PNG")
+    except OSError as error:
+        parser.exit(1, f"metris-segment: error: cannot write {output}: {error}\n")
     area = float(np.asarray(result["mask"]).astype(bool).mean())
     print(
         f"{output}: {result['mask'].width}×{result['mask'].height}, {100 * area:.1f}% of the image, "

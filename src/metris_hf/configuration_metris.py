@@ -23,6 +23,8 @@ logger = logging.get_logger(__name__)
 GUIDANCE_MODES = ("full", "pure_le", "enhanced_le", "ve_only", "all_pixels")
 LINGUISTIC_CUES = ("all", "global", "local")
 MASK_LOSSES = ("bce", "weighted_ce")
+TEMPERATURE_PARAMETRIZATIONS = ("tau", "log_tau")
+WEIGHT_INITS = ("authors", "trunc_normal")
 
 # Keys that `PreTrainedConfig` takes besides its fields (what `from_pretrained` / `from_dict` / copies pass on).
 _PRETRAINED_KWARGS = {
@@ -152,6 +154,13 @@ class MetrisConfig(PreTrainedConfig):
             backbone has its own, 0.2 in `backbone_config`).
         layer_norm_eps: of every METRIS LayerNorm (1e-5, PyTorch's default, which the authors' blocks use).
         temperature_init / temperature_min / temperature_max: learnable τ of Eq. 4 and its clamp.
+        temperature_parametrization: "tau" (the authors': τ itself is the parameter `temperature`, clamped in
+            place to [min, max] at every forward and weight-decayed like the decoder) or "log_tau" (the parameter
+            `log_temperature`, τ = exp(·) clamped; checkpoints of metris-hf 0.1 need this).
+        weight_init: "authors" (the decoder's convolutions, the pixel-word attention and the classifier keep
+            PyTorch's default init, as the authors' code leaves them; every other linear is truncated normal with
+            `initializer_range`) or "trunc_normal" (every linear and convolution truncated normal, zero biases:
+            metris-hf 0.1's init).
 
     Ablations (paper table in brackets):
         guidance: guidance set of the decoder [Table 5]: "full" (Q̂_L + Q̂_V), "pure_le" (Q_L),
@@ -163,12 +172,14 @@ class MetrisConfig(PreTrainedConfig):
             Eq. 4 on the global token whatever the cues.
         curation_ratio: r of Eq. 2, share of the F4 pixels curated per cue [Fig. 6].
         dynamic_mask_normalization: the dynamic mask M inside the softmax of Eq. 5 [Table 8b].
-        contrastive_loss_weight: weight λ of Eq. 4; 0 turns it off (τ is then a buffer) [Table 8a].
+        contrastive_loss_weight: weight λ of Eq. 4; 0 turns it off [Table 8a] (τ stays a parameter, so the weight
+            can be raised later; `scripts/train.py` freezes τ while the weight is 0).
         equal_size_ablations: without step 2 (or 3) the VEE gets that step's blocks in the other step, so the
             model keeps the full model's parameter count, as §4.4 says of Table 6 ("we added more attention
             layers into the ablation models"). False removes them outright.
         ignore_articles: articles (`article_token_ids`) are not cues [Table 9].
-        mask_loss: "bce" (paper, one logit) or "weighted_ce" (released code: 2-class CE, weights 0.9/1.1).
+        mask_loss: "weighted_ce" (the authors' code: 2-class cross-entropy, class weights `ce_class_weights`, on
+            logits upsampled bilinearly with align_corners to the label size) or "bce" (one logit).
         mask_loss_weight: weight of the mask loss (2, as the released code's `2 * criterion(...)`; the paper
             gives no weights).
 
@@ -219,7 +230,9 @@ class MetrisConfig(PreTrainedConfig):
     temperature_min: float | int = 0.001
     temperature_max: float | int = 0.5
     contrastive_loss_weight: float | int = 0.4
-    mask_loss: str = "bce"
+    mask_loss: str = "weighted_ce"
+    temperature_parametrization: str = "tau"
+    weight_init: str = "authors"
     mask_loss_weight: float | int = 2.0
     ce_class_weights: list[float] | tuple[float, ...] = (0.9, 1.1)
 
@@ -375,6 +388,8 @@ _SINGLE_FIELD_CHECKS = {
     "guidance": _one_of(GUIDANCE_MODES),
     "linguistic_cues": _one_of(LINGUISTIC_CUES),
     "mask_loss": _one_of(MASK_LOSSES),
+    "temperature_parametrization": _one_of(TEMPERATURE_PARAMETRIZATIONS),
+    "weight_init": _one_of(WEIGHT_INITS),
     "curation_ratio": _number(0, 1, low_open=True),
     **{
         name: _number(0)
@@ -433,4 +448,6 @@ __all__ = [
     "GUIDANCE_MODES",
     "LINGUISTIC_CUES",
     "MASK_LOSSES",
+    "TEMPERATURE_PARAMETRIZATIONS",
+    "WEIGHT_INITS",
 ]

@@ -71,8 +71,8 @@ AUTHORS_MODULES = {
 
 
 def authors_config(**overrides) -> MetrisConfig:
-    """Their model: Swin-B (window 12) + BERT-base, early fusion, 2-class weighted cross-entropy."""
-    return MetrisConfig(**{"mask_loss": "weighted_ce", **overrides})
+    """Their model: Swin-B (window 12) + BERT-base, early fusion, 2-class weighted cross-entropy, τ stored as τ."""
+    return MetrisConfig(**{"mask_loss": "weighted_ce", "temperature_parametrization": "tau", **overrides})
 
 
 def _split_halves(prefix: str, tensor: torch.Tensor, names: tuple[str, ...], suffix: str) -> dict[str, torch.Tensor]:
@@ -85,8 +85,8 @@ def convert_authors_key(key: str, tensor: torch.Tensor) -> dict[str, torch.Tenso
     if key.startswith("text_encoder."):
         return {f"metris.{key}": tensor}
     module, _, suffix = key.rpartition(".")
-    if key == "net.VIS.tau":  # we learn log τ; their τ is clamped to [0.001, 0.5] before every use
-        return {"metris.visual_expression_extractor.log_temperature": tensor.clamp(0.001, 0.5).log().reshape(())}
+    if key == "net.VIS.tau":  # τ itself, shape (1,), as theirs
+        return {"metris.visual_expression_extractor.temperature": tensor.reshape(1)}
 
     match = re.fullmatch(r"backbone\.layers\.(\d+)\.(.+)", module)
     if match:

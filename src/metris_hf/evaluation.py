@@ -4,13 +4,14 @@ Protocol (LAVT, METRIS, ReLA): every sentence of every object is one sample; the
 480×480 and compared with the ground truth resized to 480×480 with nearest neighbour (`resolution="model"`).
 `resolution="original"` compares at the image's own size instead (CGFormer/CRIS style), and says so.
 
-Distributed: each process evaluates its own contiguous shard (no sample is duplicated to even out batches)
-and the `evaluate` metric combines the per-sample counts of all processes.
+Distributed: the loader is prepared by the accelerator (each process predicts its share), the masks are gathered
+with `gather_for_metrics` (which drops the samples repeated to even out the last batch), and the main process
+scores them.
 """
 
 from __future__ import annotations
 
-import uuid
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -48,38 +49,24 @@ def evaluate_referring(
     processor: Any,
     dataset,
     *,
-    metric_name: str = "referring_iou",
+    metric_config: str = "refcoco",
     resolution: str = "model",
     batch_size: int = 16,
     num_workers: int = 0,
     threshold: float = 0.5,
     accelerator=None,
-    experiment_id: str | None = None,
     progress: bool = True,
 ) -> dict[str, float] | None:
     """Runs the model over one row per sentence and returns the metric's figures (None on non-main processes).
 
     `dataset` rows need `image` (PIL), `sentence` (str) and `mask` (H×W binary); see `metris_hf.data`.
+    `metric_config` is "refcoco" (oIoU, mIoU, P@t) or "grefcoco" (cIoU, gIoU, N-acc, T-acc).
     """
     if resolution not in RESOLUTIONS:
         raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
-    num_processes = accelerator.num_processes if accelerator is not None else 1
-    process_index = accelerator.process_index if accelerator is not None else 0
+    is_main = accelerator is None or accelerator.is_main_process
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    # A fresh id per call keeps concurrent evaluations apart; every process of one call must share it so the
-    # metric finds the others' shards, hence the broadcast from the main process.
-    token = [uuid.uuid4().hex]
-    if num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        broadcast_object_list(token)
-        dataset = dataset.shard(num_shards=num_processes, index=process_index, contiguous=True)
-    metric = metris_metrics.load(
-        metric_name,
-        num_process=num_processes,
-        process_id=process_index,
-        experiment_id=f"{experiment_id or 'metris-eval'}-{token[0]}",
-    )
+    metric = metris_metrics.load(metric_config, keep_in_memory=True) if is_main else None
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -87,25 +74,32 @@ def evaluate_referring(
         num_workers=num_workers,
         collate_fn=EvalCollator(processor, keep_original=resolution == "original"),
     )
+    if accelerator is not None:
+        loader = accelerator.prepare_data_loader(loader)
     was_training = model.training
     model.eval()
     dtype = next(model.parameters()).dtype
-    for batch in tqdm(loader, desc="evaluating", disable=not progress or process_index != 0):
-        outputs = model(
-            pixel_values=batch["pixel_values"].to(device, dtype),
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-        )
+    for batch in tqdm(loader, desc="evaluating", disable=not progress or not is_main):
+        with accelerator.autocast() if accelerator is not None else nullcontext():
+            outputs = model(
+                pixel_values=batch["pixel_values"].to(device, dtype),
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+            )
         if resolution == "model":
             references = [label.bool().cpu().numpy() for label in batch["labels"]]
         else:
             references = [mask.astype(bool) for mask in batch["original_masks"]]
         sizes = [ref.shape for ref in references]
         predictions = processor.post_process_referring_segmentation(outputs, target_sizes=sizes, threshold=threshold)
-        metric.add_batch(predictions=[p.cpu().numpy() for p in predictions], references=references)
+        pairs = [(p.cpu().numpy(), r) for p, r in zip(predictions, references)]
+        if accelerator is not None:
+            pairs = accelerator.gather_for_metrics(pairs, use_gather_object=True)
+        if is_main:
+            metric.add_batch(predictions=[p for p, _ in pairs], references=[r for _, r in pairs])
     model.train(was_training)
-    result = metric.compute()
-    if result is not None:
-        result = {key: float(value) for key, value in result.items()}
-        result["resolution"] = resolution
+    if not is_main:
+        return None
+    result = {key: float(value) for key, value in metric.compute().items()}
+    result["resolution"] = resolution
     return result

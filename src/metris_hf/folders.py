@@ -9,7 +9,11 @@ state as a wall of missing keys. The checks here say what the folder is and what
 from __future__ import annotations
 
 import os
+import pickle
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 MODEL = "a model checkpoint (config.json + weights, written by save_pretrained)"
 TRAINING_STATE = (
@@ -91,3 +95,31 @@ def check_training_state(path: str, what: str = "--resume_from_checkpoint") -> N
 
 
 __all__ = ["check_local_path", "check_model_source", "check_training_state", "folder_kind"]
+
+
+def bad_input_errors() -> tuple[type[BaseException], ...]:
+    """The error classes docs/errors.md promises for bad input: bad values and malformed files (`ValueError`), a
+    config field of the wrong type or value (huggingface_hub's strict-dataclass errors, which `MetrisConfig`'s
+    own classes derive from), missing or unreadable files (`OSError`, which holds `FileNotFoundError`) and unsafe
+    pickles (`UnpicklingError`, which holds `UnsafePickleError`)."""
+    from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
+
+    return (
+        ValueError,
+        OSError,
+        pickle.UnpicklingError,
+        StrictDataclassFieldValidationError,
+        StrictDataclassClassValidationError,
+    )
+
+
+def run_command(main: Callable[[list[str] | None], Any], prog: str, argv: list[str] | None = None) -> int:
+    """Runs a command line's `main`; bad input (`bad_input_errors`) ends in one line on stderr and exit status 2,
+    never a traceback. Anything else (a bug) still raises with its traceback; `SystemExit` passes through."""
+    try:
+        result = main(argv)
+    except bad_input_errors() as error:
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        print(f"{prog}: error: {lines[0]}{' …' if len(lines) > 1 else ''}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -48,6 +48,10 @@ if is_torchvision_available():
 _SCORE_CHUNK_ELEMENTS = 1 << 22
 _ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_EXIF_ORIENTATION = 0x0112
+# The largest mask `post_process_referring_segmentation` makes (2^28 pixels, e.g. 16384×16384: a 256 MB boolean
+# mask): past PIL's own decompression-bomb limit (2 × 89,478,485 pixels), so no image PIL opens is refused.
+MAX_TARGET_PIXELS = 1 << 28
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -61,6 +65,18 @@ def load_local_image(path: str | os.PathLike) -> PIL.Image.Image:
     URLs are refused: nothing here touches the network, so a model folder can be used offline and a service
     built on it cannot be made to fetch arbitrary addresses.
     """
+    return open_local_image(path)[0]
+
+
+def open_local_image(
+    path: str | os.PathLike, draft_to: tuple[int, int] | None = None
+) -> tuple[PIL.Image.Image, tuple[int, int]]:
+    """`load_local_image`, also returning the (height, width) the image has once oriented.
+
+    With `draft_to` (width, height), a JPEG is decoded at the smallest of 1/1 … 1/8 of its size that still covers
+    it (PIL's `draft`, done by the JPEG decoder itself): a 12000×12000 photo needed at 1440×1440 costs 6.75 MB
+    instead of 432 MB. A file past PIL's decompression-bomb limit is a ValueError naming it and the limit.
+    """
     text = os.fspath(path)
     if text.lower().startswith(("http://", "https://")):
         raise ValueError(f"Images given by URL are not supported (got {text!r}); download the file and pass its path.")
@@ -68,11 +84,21 @@ def load_local_image(path: str | os.PathLike) -> PIL.Image.Image:
         raise ValueError(f"Image path {text!r} is not an existing file.")
     try:
         image = PIL.Image.open(text)
+        width, height = image.size
+        if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # turned by a quarter: the sides swap
+            width, height = height, width
+        if draft_to is not None and image.format == "JPEG" and image.mode in ("RGB", "L"):
+            image.draft(image.mode, draft_to)
         image.load()  # reads the pixels and closes the file (single-frame images)
-        image = PIL.ImageOps.exif_transpose(image)
+        PIL.ImageOps.exif_transpose(image, in_place=True)  # no copy of the photo
+    except PIL.Image.DecompressionBombError as error:
+        raise ValueError(
+            f"Image {text!r} is too large: {error} (PIL's decompression-bomb limit is 2 × PIL.Image.MAX_IMAGE_PIXELS "
+            f"= {2 * PIL.Image.MAX_IMAGE_PIXELS:,} pixels; raise PIL.Image.MAX_IMAGE_PIXELS for files you trust)"
+        ) from error
     except (OSError, SyntaxError) as error:  # PIL signals undecodable files with these
         raise ValueError(f"Could not read an image from {text!r}: {error}") from error
-    return image
+    return image, (height, width)
 
 
 def _pil_to_array(
@@ -448,15 +474,17 @@ class MetrisImageProcessingMixin:
         for index in range(batch):
             field = logits[index : index + 1].float()
             height, width = sizes[index]
+            empty = no_target is not None and float(no_target.reshape(-1)[index]) > 0
+            if height * width > _SCORE_CHUNK_ELEMENTS and height >= field.shape[-2] and width >= field.shape[-1]:
+                mask, score = _large_mask(field, height, width, cut, empty)
+                results.append({"mask": mask, "score": score} if return_scores else mask)
+                continue
             # upsampling is bilinear with align_corners=True, as in training (and the authors' code); a target
             # smaller than h×w (a tiny image) is antialiased, so that it averages the logits it covers
             shrink = height < field.shape[-2] or width < field.shape[-1]
             field = F.interpolate(field, size=(height, width), mode="bilinear", align_corners=True, antialias=shrink)
             field = field[0, 0]
-            if no_target is not None and float(no_target.reshape(-1)[index]) > 0:
-                mask = torch.zeros((height, width), dtype=torch.bool, device=field.device)
-            else:
-                mask = field > cut
+            mask = torch.zeros((height, width), dtype=torch.bool, device=field.device) if empty else field > cut
             if return_scores:
                 results.append({"mask": mask, "score": _mask_score(field, mask)})
             else:
@@ -480,8 +508,41 @@ class MetrisImageProcessingMixin:
             height, width = (int(v) for v in size)
             if height <= 0 or width <= 0:
                 raise ValueError(f"target sizes must be positive, got {tuple(size)}")
+            if height * width > MAX_TARGET_PIXELS:
+                raise ValueError(
+                    f"target size {height}×{width} ({height * width:,} pixels) is past the limit of "
+                    f"{MAX_TARGET_PIXELS:,} pixels per mask (MAX_TARGET_PIXELS, 2^28)"
+                )
             sizes.append((height, width))
         return sizes
+
+
+def _large_mask(field: torch.Tensor, height: int, width: int, cut: float, empty: bool) -> tuple[torch.Tensor, float]:
+    """The mask and score of a large target, upsampled a band of rows at a time: bilinear with align_corners=True
+    is separable, so the logits are first upsampled along the rows' width only (h × width floats), then each band
+    of output rows blends its two source rows. Memory: the boolean mask (height × width bytes) plus 16 MB, where a
+    whole float32 field would be 4 bytes per pixel more (576 MB for a 12000×12000 image)."""
+    rows_in = field.shape[-2]
+    wide = F.interpolate(field, size=(rows_in, width), mode="bilinear", align_corners=True)[0, 0]  # (h, width)
+    scale = (rows_in - 1) / (height - 1) if height > 1 else 0.0
+    mask = torch.zeros((height, width), dtype=torch.bool, device=field.device)
+    band = max(1, _SCORE_CHUNK_ELEMENTS // width)
+    total, count, best = 0.0, 0, -math.inf
+    for start in range(0, height, band):
+        source = torch.arange(start, min(start + band, height), device=field.device, dtype=torch.float32) * scale
+        below = source.floor().long().clamp_(max=rows_in - 1)
+        above = (below + 1).clamp_(max=rows_in - 1)
+        weight = (source - below)[:, None]
+        values = wide[below] * (1 - weight) + wide[above] * weight
+        best = max(best, float(values.max()))
+        if empty:
+            continue
+        inside = values > cut
+        mask[start : start + inside.shape[0]] = inside
+        count += int(torch.count_nonzero(inside))
+        total += float(torch.sigmoid(values).mul_(inside).sum())
+    score = total / count if count else float(torch.sigmoid(torch.tensor(best)))
+    return mask, score
 
 
 def _mask_score(field: torch.Tensor, mask: torch.Tensor) -> float:

@@ -90,6 +90,9 @@ class MetrisReferringSegmentationOutput(ModelOutput):
         `sigmoid(logits)` is the probability that the pixel belongs to the referred object. With
         `mask_loss="weighted_ce"` it is the difference of the two class logits. Upsample with
         `MetrisImageProcessor.post_process_referring_segmentation` to get masks at the image size.
+    loss_terms (`dict[str, torch.FloatTensor]`, returned when `labels` are given):
+        The unweighted terms of `loss`: "mask", "contrastive" (when its weight is > 0), "no_target" (with
+        `config.no_target_head`); `loss` is their sum weighted by the config's `*_loss_weight` fields.
     no_target_logits (`torch.FloatTensor` of shape `(B,)`, with `config.no_target_head`):
         Logit of "the expression refers to nothing" (gRefCOCO).
     The other fields are those of [`MetrisModelOutput`].
@@ -97,6 +100,7 @@ class MetrisReferringSegmentationOutput(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    loss_terms: dict[str, torch.FloatTensor] | None = None
     no_target_logits: torch.FloatTensor | None = None
     relevance_scores: torch.FloatTensor | None = None
     curation_mask: torch.LongTensor | None = None
@@ -315,12 +319,31 @@ def instance_norm(hidden_states: torch.Tensor, eps: float = 1e-5) -> torch.Tenso
 # --------------------------------------------------------------------------------------------------------------
 
 
+def keep_pytorch_init(module: nn.Module) -> None:
+    """Marks the linears and convolutions under `module` as the ones the authors' code leaves at PyTorch's default
+    init (decoder convolutions, pixel-word attention, classifier): `weight_init="authors"` initialises them so."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            layer._pytorch_default_init = True
+
+
+def pytorch_default_init(layer: nn.Linear | nn.Conv2d) -> None:
+    """`reset_parameters` of nn.Linear / nn.Conv2d, through transformers' init functions, which leave loaded
+    weights alone: kaiming-uniform(a=√5) weights, biases uniform in ±1/√fan_in."""
+    init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
+    if layer.bias is not None:
+        fan_in = layer.weight[0].numel()
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+        init.uniform_(layer.bias, -bound, bound)
+
+
 class MetrisPixelWordAttention(nn.Module):
     """LAVT's pixel-word attention module (PWAM), one per backbone stage with `dim // 64` heads.
 
     Pixels attend to words (query and output InstanceNorm-ed over the pixels, scaled by 1/√dim as LAVT does); the
-    result multiplies the projected pixels, then a projection. A tanh gate (two linears, initialised at zero so
-    fusion starts closed) adds it back into the visual stream after every stage but the last.
+    result multiplies the projected pixels, then a projection. A tanh gate (Linear, ReLU, Linear, Tanh) adds it
+    back into the visual stream after every stage but the last. The gate is never initialised at zero: two zero
+    layers would give each other zero gradients forever, and language would never reach the backbone.
     """
 
     def __init__(self, config: MetrisConfig, dim: int, gated: bool):
@@ -341,6 +364,7 @@ class MetrisPixelWordAttention(nn.Module):
             if gated
             else None
         )
+        keep_pytorch_init(self)
 
     def forward(
         self, pixels: torch.Tensor, words: torch.Tensor, word_bias: torch.Tensor
@@ -467,13 +491,12 @@ class MetrisVisualExpressionExtractor(nn.Module):
         dim = config.hidden_size
         self.vision_proj = nn.Linear(dim, config.joint_dim)  # φ^V of Eq. 1
         self.text_proj = nn.Linear(dim, config.joint_dim)  # φ^L of Eq. 1
-        # τ of Eq. 4 is learnt as log τ so it stays positive; clamped in `temperature`. Without the contrastive
-        # loss nothing trains it: a buffer then, so that DDP finds no parameter without a gradient.
-        log_tau = torch.tensor(math.log(config.temperature_init))
-        if config.contrastive_loss_weight > 0:
-            self.log_temperature = nn.Parameter(log_tau)
+        # τ of Eq. 4, always a parameter (a later `contrastive_loss_weight` > 0 must find it trainable). The authors
+        # store τ itself and clamp it in place at every forward; "log_tau" (metris-hf 0.1) stores log τ.
+        if config.temperature_parametrization == "tau":
+            self.temperature = nn.Parameter(torch.full((1,), float(config.temperature_init)))
         else:
-            self.register_buffer("log_temperature", log_tau)
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(config.temperature_init)))
         self.refinement = nn.ModuleList(
             [MetrisAttentionBlock(config, config.mlp_ratio) for _ in range(config.num_refinement_blocks)]
         )
@@ -481,9 +504,15 @@ class MetrisVisualExpressionExtractor(nn.Module):
             [MetrisAttentionBlock(config, config.mlp_ratio) for _ in range(config.num_relation_blocks)]
         )
 
-    @property
-    def temperature(self) -> torch.Tensor:
-        return self.log_temperature.exp().clamp(self.config.temperature_min, self.config.temperature_max)
+    def tau(self) -> torch.Tensor:
+        """τ as a 0-d tensor in [temperature_min, temperature_max]; with "tau" the parameter itself is clamped in
+        place first, as the authors' `tau.clamp_(0.001, 0.5)` (so an optimiser step past the bounds is undone)."""
+        low, high = self.config.temperature_min, self.config.temperature_max
+        if self.config.temperature_parametrization == "tau":
+            with torch.no_grad():
+                self.temperature.clamp_(low, high)
+            return self.temperature[0]
+        return self.log_temperature.exp().clamp(low, high)
 
     def num_curated(self, num_pixels: int) -> int:
         """N_p of Eq. 5: k = max(1, int(r·N)) pixels per cue (67 of 225 at 480² with r = 0.3)."""
@@ -539,6 +568,7 @@ class MetrisFuseConv(nn.Sequential):
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
+        keep_pytorch_init(self)
 
 
 class MetrisDecoder(nn.Module):
@@ -663,7 +693,9 @@ class MetrisPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
+        if self.config.weight_init == "authors" and getattr(module, "_pytorch_default_init", False):
+            pytorch_default_init(module)
+        elif isinstance(module, nn.Linear):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -674,22 +706,17 @@ class MetrisPreTrainedModel(PreTrainedModel):
                 init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            if isinstance(module, nn.BatchNorm2d):
-                init.zeros_(module.running_mean)
-                init.ones_(module.running_var)
-                init.zeros_(module.num_batches_tracked)
-        elif isinstance(module, MetrisPixelWordAttention) and module.gate is not None:
-            init.zeros_(module.gate[0].weight)  # fusion starts closed: tanh(0) = 0
-            init.zeros_(module.gate[2].weight)
         elif isinstance(module, MetrisVisualExpressionExtractor):
-            init.constant_(module.log_temperature, math.log(self.config.temperature_init))
+            if self.config.temperature_parametrization == "tau":
+                init.constant_(module.temperature, self.config.temperature_init)
+            else:
+                init.constant_(module.log_temperature, math.log(self.config.temperature_init))
         elif isinstance(module, MetrisModel):
             init.copy_(module.article_ids, torch.tensor(list(self.config.article_token_ids), dtype=torch.long))
         elif isinstance(module, MetrisLoss):
             init.copy_(module.class_weights, torch.tensor(list(self.config.ce_class_weights)))
+        else:  # LayerNorm, BatchNorm (running statistics included)
+            super()._init_weights(module)
 
 
 class MetrisModel(MetrisPreTrainedModel):
@@ -816,7 +843,7 @@ class MetrisModel(MetrisPreTrainedModel):
         visual = scores = curated = temperature = None
         if self.visual_expression_extractor is not None:
             visual, scores, curated = self.visual_expression_extractor(pixels, linguistic, cues)
-            temperature = self.visual_expression_extractor.temperature
+            temperature = self.visual_expression_extractor.tau()
 
         guidance, guidance_mask = self.guidance_set(text_states, linguistic, visual, pixels, word_mask, cues)
         guidance_bias = attention_bias(guidance_mask[:, None, None, :], guidance.dtype)
@@ -841,10 +868,11 @@ class MetrisModel(MetrisPreTrainedModel):
 
 
 class MetrisLoss(nn.Module):
-    """`mask_loss_weight`·mask loss + λ·Eq. 4 on the [CLS] row of S_c (+ the no-target loss), all at label size.
+    """The loss terms, unweighted and at label size: the mask loss, Eq. 4 on the [CLS] row of S_c, the no-target loss.
 
-    The authors' code trains 2 × weighted cross-entropy + 0.4 × the contrastive BCE, upsampling both maps to the
-    label size with `align_corners=True`; the paper's single-logit BCE is the default mask loss.
+    The head weighs them with `mask_loss_weight` (2), `contrastive_loss_weight` (0.4) and `no_target_loss_weight`, as
+    the authors' code trains 2 × weighted cross-entropy + 0.4 × the contrastive BCE, upsampling both maps to the
+    label size with `align_corners=True`.
     """
 
     def __init__(self, config: MetrisConfig):
@@ -859,16 +887,15 @@ class MetrisLoss(nn.Module):
         relevance_scores: torch.Tensor | None = None,
         temperature: torch.Tensor | None = None,
         no_target_logits: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> dict[str, torch.Tensor]:
         config = self.config
         size = labels.shape[-2:]
         target = labels.float()
         upsampled = F.interpolate(class_logits, size=size, mode="bilinear", align_corners=True).float()
         if config.mask_loss == "weighted_ce":
-            mask_loss = F.cross_entropy(upsampled, labels.long(), weight=self.class_weights.float())
+            terms = {"mask": F.cross_entropy(upsampled, labels.long(), weight=self.class_weights.float())}
         else:
-            mask_loss = F.binary_cross_entropy_with_logits(upsampled[:, 0], target)
-        loss = config.mask_loss_weight * mask_loss
+            terms = {"mask": F.binary_cross_entropy_with_logits(upsampled[:, 0], target)}
         if relevance_scores is not None and config.contrastive_loss_weight > 0:
             # Eq. 4 on s = S_c[cls] / τ, upsampled to the label size as in the released code.
             batch, _, num_pixels = relevance_scores.shape
@@ -877,13 +904,11 @@ class MetrisLoss(nn.Module):
                 raise ValueError(f"relevance scores hold {num_pixels} pixels, not the {grid} grid of stride 32")
             global_scores = (relevance_scores[:, 0] / temperature).reshape(batch, 1, *grid)
             global_scores = F.interpolate(global_scores, size=size, mode="bilinear", align_corners=True).float()
-            contrastive = F.binary_cross_entropy_with_logits(global_scores[:, 0], target)
-            loss = loss + config.contrastive_loss_weight * contrastive
+            terms["contrastive"] = F.binary_cross_entropy_with_logits(global_scores[:, 0], target)
         if no_target_logits is not None:
             is_empty = (labels.flatten(1).sum(1) == 0).float()
-            no_target = F.binary_cross_entropy_with_logits(no_target_logits.float(), is_empty)
-            loss = loss + config.no_target_loss_weight * no_target
-        return loss
+            terms["no_target"] = F.binary_cross_entropy_with_logits(no_target_logits.float(), is_empty)
+        return terms
 
 
 class MetrisForReferringSegmentation(MetrisPreTrainedModel):
@@ -895,6 +920,7 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
         dim = config.hidden_size
         num_classes = 2 if config.mask_loss == "weighted_ce" else 1
         self.classifier = nn.Conv2d(dim, num_classes, kernel_size=1)
+        keep_pytorch_init(self.classifier)
         self.no_target_classifier = (
             nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, 1)) if config.no_target_head else None
         )
@@ -959,15 +985,22 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
             pooled = (source * weights).sum(1) / weights.sum(1)
             no_target_logits = self.no_target_classifier(torch.cat([linguistic[:, 0], pooled], dim=-1)).squeeze(-1)
 
-        loss = None
+        loss = loss_terms = None
         if labels is not None:
-            loss = self.criterion(
+            loss_terms = self.criterion(
                 class_logits, labels, outputs.relevance_scores, outputs.temperature, no_target_logits
             )
+            weights = {
+                "mask": self.config.mask_loss_weight,
+                "contrastive": self.config.contrastive_loss_weight,
+                "no_target": self.config.no_target_loss_weight,
+            }
+            loss = sum(weights[name] * term for name, term in loss_terms.items())
 
         return MetrisReferringSegmentationOutput(
             loss=loss,
             logits=logits,
+            loss_terms=loss_terms,
             no_target_logits=no_target_logits,
             relevance_scores=outputs.relevance_scores,
             curation_mask=outputs.curation_mask,

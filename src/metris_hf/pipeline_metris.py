@@ -24,8 +24,8 @@ from transformers import AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 from transformers.utils import logging
 
-from .image_processing_metris import check_threshold, load_local_image, to_rgb_uint8
-from .processing_metris import check_tokenizer_vocabulary
+from .image_processing_metris import check_threshold, load_local_image, open_local_image, to_rgb_uint8
+from .processing_metris import check_processor_for_model, check_tokenizer_vocabulary
 
 logger = logging.get_logger(__name__)
 
@@ -65,7 +65,9 @@ class ReferringImageSegmentationPipeline(Pipeline):
         if self.processor is None:
             raise ValueError(f"the {TASK} pipeline needs the checkpoint's processor (MetrisProcessor)")
         text_config = getattr(self.model.config, "text_config", None)
-        check_tokenizer_vocabulary(self.processor.tokenizer, "pipeline", getattr(text_config, "vocab_size", None))
+        where = f"pipeline ({self.model.name_or_path})" if getattr(self.model, "name_or_path", "") else "pipeline"
+        check_tokenizer_vocabulary(self.processor.tokenizer, where, getattr(text_config, "vocab_size", None))
+        check_processor_for_model(self.processor, self.model.config, where)
         check_finite_weights(self.model)
 
     def __call__(self, image: Any, text: str | list[str] | None = None, **kwargs: Any) -> Any:
@@ -105,11 +107,28 @@ class ReferringImageSegmentationPipeline(Pipeline):
                 return super().__call__(self._checked({"image": image, "text": text}, "input"), **kwargs)
             if not isinstance(text, (list, tuple)) or not text:
                 raise ValueError("text must be a string or a non-empty list of strings")
-            image = self._load(image, "input")  # read a path once, not once per expression
-            examples = [self._checked({"image": image, "text": t}, f"expression {n}") for n, t in enumerate(text)]
+            image, original = self._open(image, "input")  # read a path once, not once per expression
+            examples = [
+                {**self._checked({"image": image, "text": t}, f"expression {n}"), _ORIGINAL_SIZE: original}
+                for n, t in enumerate(text)
+            ]
             return super().__call__(examples, **kwargs)
         # generators and datasets of {"image", "text"} dicts stream through; each item is checked in preprocess
         return super().__call__(image, **kwargs)
+
+    def _open(self, image: Any, where: str) -> tuple[Any, tuple[int, int] | None]:
+        """A path → (the image decoded no larger than the model needs, reduced in uint8, and its own (H, W)); any
+        other image → (itself, None). One image's peak memory is then its decoded uint8 bytes (a JPEG's much
+        less, decoded at a reduced scale) plus a constant, whatever its size."""
+        if not isinstance(image, (str, os.PathLike)):
+            return self._load(image, where), None
+        target = _model_size(self.processor)
+        draft_to = None if target is None else (3 * target[1], 3 * target[0])
+        try:
+            opened, original = open_local_image(image, draft_to)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from error
+        return _reduced_early(opened, target), original
 
     @staticmethod
     def _load(image: Any, where: str, decode: bool = True) -> Any:
@@ -158,12 +177,14 @@ class ReferringImageSegmentationPipeline(Pipeline):
     def preprocess(self, inputs: dict[str, Any], max_length: int | None = None) -> dict[str, torch.Tensor]:
         if not isinstance(inputs, dict) or "image" not in inputs or "text" not in inputs:
             raise ValueError(f"each input must be a dict with 'image' and 'text', got {type(inputs).__name__}")
-        image = self._load(inputs["image"], "input")
+        image, original = self._open(inputs["image"], "input")
+        original = inputs.get(_ORIGINAL_SIZE) or original
         text = _check_expression(inputs["text"], "input")
         if isinstance(image, PIL.Image.Image):
             if image.width == 0 or image.height == 0:
                 raise ValueError(f"input: the image has zero size ({image.width}×{image.height})")
-            original = (image.height, image.width)
+            original = original or (image.height, image.width)
+            image = _reduced_early(image, _model_size(self.processor))
         else:
             try:  # arrays and tensors: settle their layout once, so the size reported is the one processed
                 image = to_rgb_uint8(image)
@@ -189,8 +210,34 @@ class ReferringImageSegmentationPipeline(Pipeline):
         (result,) = self.processor.post_process_referring_segmentation(
             model_outputs, target_sizes=model_outputs["target_size"], threshold=threshold, return_scores=True
         )
-        mask = PIL.Image.fromarray(result["mask"].cpu().numpy().astype(np.uint8) * 255)  # mode "L", 0/255
+        # 0/1 → 0/255 in place on the mask's own bytes (a bool is a byte): the H×W mask is the only copy made
+        values = result.pop("mask").cpu().contiguous().view(torch.uint8).mul_(255)
+        mask = PIL.Image.fromarray(values.numpy())  # mode "L", 0/255
         return {"mask": mask, "score": result["score"]}
+
+
+_ORIGINAL_SIZE = "_original_size"  # (H, W) of an image decoded at a reduced scale, carried to the mask's size
+_REDUCIBLE_MODES = ("L", "RGB", "RGBA", "LA", "I", "F", "I;16")
+
+
+def _model_size(processor: Any) -> tuple[int, int] | None:
+    """(height, width) the image processor resizes to, or None when it does not resize to a fixed size."""
+    image_processor = getattr(processor, "image_processor", None)
+    size = getattr(image_processor, "size", None) or {}
+    height, width = size.get("height"), size.get("width")
+    if not getattr(image_processor, "do_resize", True) or not height or not width:
+        return None
+    return int(height), int(width)
+
+
+def _reduced_early(image: Any, target: tuple[int, int] | None) -> Any:
+    """A PIL image at least 6× the model's input on both sides, shrunk in uint8 by an integer factor that keeps it
+    ≥ 3× the input (PIL's box filter, the first step of `Image.resize(reducing_gap=3)` and the same reduction the
+    image processor makes): done here, before any mode conversion or float copy, it bounds what follows."""
+    if target is None or not isinstance(image, PIL.Image.Image) or image.mode not in _REDUCIBLE_MODES:
+        return image
+    factor = min(image.height // (3 * target[0]), image.width // (3 * target[1]))
+    return image.reduce(factor) if factor >= 2 else image
 
 
 def check_finite_weights(model: torch.nn.Module) -> None:

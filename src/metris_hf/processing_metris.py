@@ -7,6 +7,8 @@ expressions may want more), so every batch has the same shape and batching never
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,6 +72,92 @@ def check_tokenizer_vocabulary(tokenizer: Any, where: str, vocab_size: int | Non
         raise ValueError(
             f"{where}: the tokenizer's ids reach {max(vocabulary.values())} but the model's text encoder has "
             f"{vocab_size} embeddings (text_config.vocab_size): the tokenizer belongs to another model"
+        )
+
+
+# The largest side `check_processor_for_model` lets a processor resize to: 4096² is 36× the paper's 480² input (a
+# 10⁶ size would ask the backbone for terabytes).
+MAX_INPUT_SIDE = 4096
+JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "processor_config.json")
+
+
+def check_json_files(folder: Path) -> None:
+    """A ValueError naming the file when one of a checkpoint folder's processor files is not valid JSON (truncated
+    by an interrupted copy, say), where transformers would raise a bare `JSONDecodeError`."""
+    for name in (*JSON_FILES, "preprocessor_config.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            with open(path, encoding="utf-8") as handle:
+                json.load(handle)
+        except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+            raise ValueError(f"{path}: not valid JSON ({reason}); the file is truncated or corrupt") from error
+
+
+def check_processor_for_model(processor: Any, config: Any, where: str) -> None:
+    """A ValueError naming the file and field when a processor's settings cannot feed `config`'s model, checked once
+    when a pipeline (or the app, or `metris-segment`) is built rather than found as a tensor-size error, NaN logits
+    or a terabyte allocation at the first call:
+
+    - the expression length (`max_length`, tokenizer_config.json): at least 2 ([CLS] and [SEP]), at most the text
+      encoder's position table (`text_config.max_position_embeddings`);
+    - the input size (processor_config.json, `image_processor.size`): whole, 1 … `MAX_INPUT_SIDE` pixels a side,
+      and one the backbone was built for (`MetrisConfig.check_input_size`);
+    - `image_mean`, `image_std` (finite, the std > 0) and `rescale_factor` (finite, in (0, 1]): anything else makes
+      NaN or huge pixel values and so NaN logits.
+    """
+    tokenizer = getattr(processor, "tokenizer", None)
+    max_length = getattr(tokenizer, "init_kwargs", {}).get("max_length")  # 0 is read as unset by `max_length`
+    max_length = getattr(processor, "max_length", None) if max_length is None else max_length
+    text_config = getattr(config, "text_config", None)
+    positions = getattr(text_config, "max_position_embeddings", None)
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ValueError(
+            f"{where}: tokenizer_config.json max_length is {max_length!r}; an expression needs at least 2 tokens "
+            "([CLS] and [SEP])"
+        )
+    if positions is not None and max_length > positions:
+        raise ValueError(
+            f"{where}: tokenizer_config.json max_length {max_length} is longer than the text encoder's position "
+            f"table (config.json text_config.max_position_embeddings = {positions})"
+        )
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        return
+    field = "processor_config.json image_processor"
+    size = getattr(image_processor, "size", None) or {}
+    height, width = size.get("height"), size.get("width")
+    if getattr(image_processor, "do_resize", True):
+        for name, value in (("height", height), ("width", width)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INPUT_SIDE:
+                raise ValueError(
+                    f"{where}: {field}.size[{name!r}] is {value!r}; a whole number of pixels in 1 … {MAX_INPUT_SIDE} "
+                    "is needed"
+                )
+        try:
+            config.check_input_size(height, width)
+        except ValueError as error:
+            raise ValueError(f"{where}: {field}.size {height}×{width}: {error}") from error
+    checks = [("image_mean", lambda v: math.isfinite(v)), ("image_std", lambda v: math.isfinite(v) and v > 0)]
+    if getattr(image_processor, "do_normalize", True):
+        for name, good in checks:
+            values = getattr(image_processor, name, None)
+            values = list(values) if isinstance(values, (list, tuple)) else [values]
+            if not values or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and good(v) for v in values
+            ):
+                raise ValueError(
+                    f"{where}: {field}.{name} is {getattr(image_processor, name, None)!r}; finite numbers are "
+                    f"needed{' (and > 0: the pixels are divided by it)' if name == 'image_std' else ''}"
+                )
+    factor = getattr(image_processor, "rescale_factor", None)
+    if getattr(image_processor, "do_rescale", True) and not (
+        isinstance(factor, (int, float)) and not isinstance(factor, bool) and 0 < factor <= 1 and math.isfinite(factor)
+    ):
+        raise ValueError(
+            f"{where}: {field}.rescale_factor is {factor!r}; it must lie in (0, 1] (1/255 maps uint8 pixels to [0, 1])"
         )
 
 
@@ -201,6 +289,8 @@ class MetrisProcessor(ProcessorMixin):
                 f"{folder}: no tokenizer vocabulary ({' or '.join(TOKENIZER_FILES)}) in the checkpoint folder; "
                 "save the processor with the model (`processor.save_pretrained(folder)`) or copy the file there"
             )
+        if folder.is_dir():
+            check_json_files(folder)
         loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         processor = loaded[0] if isinstance(loaded, tuple) else loaded
         check_tokenizer_vocabulary(processor.tokenizer, str(pretrained_model_name_or_path))
@@ -215,4 +305,4 @@ class MetrisProcessor(ProcessorMixin):
         return ["pixel_values", "input_ids", "attention_mask"]
 
 
-__all__ = ["MetrisProcessor", "check_tokenizer_vocabulary"]
+__all__ = ["MetrisProcessor", "check_processor_for_model", "check_tokenizer_vocabulary"]

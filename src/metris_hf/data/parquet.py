@@ -35,6 +35,7 @@ from .schema import (
     default_cache_root,
     file_signature,
     fingerprint,
+    image_within,
     mask_to_png,
     sort_splits,
     union_bbox,
@@ -102,15 +103,18 @@ def _refer_split_name(parquet_split: str, all_splits: list[str], split_column: l
 def _load_json(text: Any) -> Any:
     if text is None or text == "":
         return None
-    return json.loads(text) if isinstance(text, str) else text
+    try:
+        return json.loads(text) if isinstance(text, str) else text
+    except RecursionError:
+        raise ValueError("a JSON column is nested deeper than Python's recursion limit") from None
 
 
 def _image_path(row: dict, image_root: Path) -> str:
     """The local file for a row: `image_root/image_path`, else `image_root/<its file name>`, else the COCO pattern."""
     candidates = []
     if row.get("image_path"):
-        relative = Path(row["image_path"])
-        candidates += [image_root / relative, image_root / relative.name]
+        inside = image_within(image_root, row["image_path"])  # absolute or `..` paths are refused
+        candidates += [inside, image_root / inside.name]
     info = _load_json(row.get("raw_image_info")) or {}
     if info.get("file_name"):
         candidates.append(image_root / Path(info["file_name"]).name)
@@ -143,8 +147,13 @@ def _convert(row: dict, image_path: str) -> dict:
     anns = [] if anns is None else ([anns] if isinstance(anns, dict) else anns)
     if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
         raise ValueError(f"raw_anns must hold COCO annotation dicts, got {row.get('raw_anns')!r:.80}")
-    if not anns and row.get("ann_id") is not None and row["ann_id"] >= 0:
-        raise ValueError(f"raw_anns is empty but ann_id is {row['ann_id']}: the target's annotation is missing")
+    ann_id = row.get("ann_id")
+    if ann_id is not None and (isinstance(ann_id, bool) or not isinstance(ann_id, int)):
+        raise ValueError(f"ann_id must be an integer, got {ann_id!r:.80}")
+    if not anns and ann_id is not None and ann_id >= 0:
+        raise ValueError(f"raw_anns is empty but ann_id is {ann_id}: the target's annotation is missing")
+    if anns and ann_id is not None and ann_id < 0:
+        raise ValueError(f"ann_id is {ann_id} (no annotation) but raw_anns holds {len(anns)} annotation(s)")
     info = _load_json(row.get("raw_image_info")) or {}
     if not isinstance(info, dict):
         raise ValueError(f"raw_image_info must be a COCO image dict, got {row.get('raw_image_info')!r:.80}")
@@ -190,7 +199,7 @@ def _convert_batch(batch: dict[str, list], source: str = "parquet") -> dict[str,
         except (ValueError, TypeError, KeyError) as error:
             raise ValueError(f"{source}: ref {row.get('ref_id')}: {error}") from None
         if not converted["sentences"]:
-            continue
+            raise ValueError(f"{source}: ref {row.get('ref_id')}: all its sentences are blank (no expression)")
         for name, value in converted.items():
             out[name].append(value)
     return out
@@ -274,9 +283,14 @@ def load_refer_parquet(
         all_splits = list(raw)
         paths_per_split = {}
         for split, table in raw.items():
-            columns = [c for c in ("image_path", "raw_image_info", "image_id") if c in table.column_names]
-            rows = table.select_columns(columns).to_list()
-            paths_per_split[split] = [_image_path(row, root) for row in rows]
+            columns = [c for c in ("image_path", "raw_image_info", "image_id", "ref_id") if c in table.column_names]
+            paths = []
+            for row in table.select_columns(columns).to_list():
+                try:
+                    paths.append(_image_path(row, root))
+                except (ValueError, TypeError) as error:
+                    raise ValueError(f"{label} ({split}): ref {row.get('ref_id')}: {error}") from None
+            paths_per_split[split] = paths
         every_path = [p for paths in paths_per_split.values() for p in paths]
         bad, found = check_images(
             every_path, skip_missing=skip_missing_images, verify=verify_images, num_proc=num_proc, source=label

@@ -48,6 +48,7 @@ from .schema import (
     default_cache_root,
     file_signature,
     fingerprint,
+    image_within,
     mask_to_png,
     segmentation_area,
     sort_splits,
@@ -298,6 +299,8 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not readable JSON ({error})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not readable JSON (nested deeper than Python's recursion limit)") from None
 
 
 def load_refs(path: Path) -> list[dict]:
@@ -329,7 +332,11 @@ def _ann_ids(ref: dict) -> list[int]:
     ids = raw if isinstance(raw, (list, tuple)) else [raw]
     if not all(a is None or _is_id(a) for a in ids):
         raise ValueError(f"ann_id(s) must be integers, got {raw!r:.80}")
-    return [a for a in ids if a is not None and a >= 0]  # gRefCOCO marks no-target with [-1]
+    valid = [a for a in ids if a is not None and a >= 0]  # gRefCOCO marks no-target with [-1]
+    if not valid and not ref.get("no_target", False):
+        # -1, None or [] on a ref that does not say it refers to nothing: a broken copy, not a no-target ref
+        raise ValueError(f"ann_id is {raw!r:.80}, naming no annotation, but the ref is not marked no_target")
+    return valid
 
 
 def _verify_image(path: str) -> str | None:
@@ -381,7 +388,12 @@ def index_instances(instances: Any, path: str) -> tuple[dict[int, dict], dict[in
         for position, entry in enumerate(entries):
             if not isinstance(entry, dict) or not _is_id(entry.get("id")):
                 raise ValueError(f"{path}: {key}[{position}] is not a dict with an integer 'id': {entry!r:.120}")
-            by_id[int(entry["id"])] = entry
+            earlier = by_id.setdefault(int(entry["id"]), entry)
+            if earlier is not entry and earlier != entry:  # a repeated identical entry is harmless
+                raise ValueError(
+                    f"{path}: {key}[{position}] repeats the id {entry['id']} of an earlier entry with different "
+                    "content: which one a ref means is ambiguous"
+                )
         indexed.append(by_id)
     return indexed[0], indexed[1]
 
@@ -445,20 +457,20 @@ def build_tasks(
                 raise ValueError(f"names annotation(s) {absent}, absent from {instances_source}")
             facts = [_annotation_facts(annotations[a], image_id, height, width) for a in ann_ids]
             sentences = clean_sentences(ref["sentences"])
+            if not sentences:
+                raise ValueError(f"all {len(ref['sentences'])} of its sentences are blank (no expression to train on)")
+            image_path = image_within(image_root, info.get("file_name") or COCO_FILE_PATTERN % image_id)
         except (ValueError, TypeError) as error:
             raise ValueError(f"{source}: ref {ref_id}: {error}") from None
         anns = [annotations[a] for a in ann_ids]
         dropped += len(ref["sentences"]) - len(sentences)
-        if not sentences:
-            continue
         no_target = bool(ref.get("no_target", False)) or not anns
         if not no_target and not any(area for _, _, area in facts):
             degenerate.append(ref_id)
         categories = {category for _, category, _ in facts}
-        file_name = info.get("file_name") or COCO_FILE_PATTERN % image_id
         tasks[str(ref["split"])].append(
             {
-                "image_path": str(image_root / file_name),
+                "image_path": str(image_path),
                 "height": height,
                 "width": width,
                 "annotations": [{"id": a["id"], "segmentation": a["segmentation"]} for a in anns],

@@ -268,6 +268,18 @@ def clean_sentences(sentences: Any) -> list[str]:
     return texts
 
 
+def image_within(root: Path, name: Any) -> Path:
+    """`root / name` for an image named by a dataset copy, or a ValueError when the name is not a relative path
+    staying inside `root` (absolute, or climbing out with `..`): a downloaded copy must not make the loader read any
+    file on the machine. Checked on the text of the path (symbolic links the user made under `root` still work)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"the image file name must be a non-empty text, got {name!r:.80}")
+    relative = Path(name)
+    if relative.is_absolute() or relative.drive or os.path.normpath(relative).split(os.sep)[0] == os.pardir:
+        raise ValueError(f"the image path {name!r:.200} is not inside the image folder {str(root)!r} (refused)")
+    return root / relative
+
+
 def sort_splits(names: Iterable[str]) -> list[str]:
     """Split names in REFER's usual order (train, val, testA, testB, test), unknown ones last."""
     names = list(dict.fromkeys(names))

@@ -1,7 +1,8 @@
-"""The project's `evaluate` metrics, each a folder with its script and card.
+"""The project's `evaluate` metric: one script and card, with a configuration per protocol.
 
-`load("referring_iou")` is `evaluate.load(<this folder>/referring_iou/referring_iou.py)`: the scripts ship
-inside the package (package data), so no Hub access is needed and the installed copy is the one used.
+`load("refcoco")` is `evaluate.load(<this folder>/referring_iou/referring_iou.py, "refcoco")` (LAVT's oIoU, mIoU,
+P@t); `load("grefcoco")` gives ReLA's cIoU, gIoU, N-acc and T-acc. The script ships inside the package (package
+data), so no Hub access is needed and the installed copy is the one used.
 """
 
 from __future__ import annotations
@@ -11,21 +12,14 @@ from typing import Any
 
 import evaluate
 
-METRICS_DIR = Path(__file__).resolve().parent
-METRIC_NAMES = ("referring_iou", "grefcoco_iou")
+METRIC_PATH = str(Path(__file__).resolve().parent / "referring_iou" / "referring_iou.py")
+CONFIG_NAMES = ("refcoco", "grefcoco")
 
 
-def metric_path(name: str) -> str:
-    """The local script path of a metric, for `evaluate.load` (or for copying it to a Hub space)."""
-    if name not in METRIC_NAMES:
-        raise ValueError(f"unknown metric {name!r}; known metrics: {', '.join(METRIC_NAMES)}")
-    return str(METRICS_DIR / name / f"{name}.py")
-
-
-def load(name: str, **kwargs: Any) -> evaluate.EvaluationModule:
-    """`evaluate.load` on the local copy of a metric; kwargs go to `evaluate.load` (e.g. `num_process`,
+def load(config_name: str = "refcoco", **kwargs: Any) -> evaluate.EvaluationModule:
+    """`evaluate.load` on the local copy of the metric; kwargs go to `evaluate.load` (e.g. `num_process`,
     `process_id`, `experiment_id`, `cache_dir`, `keep_in_memory`) or to the metric (`threshold`)."""
-    return evaluate.load(metric_path(name), **kwargs)
+    return evaluate.load(METRIC_PATH, config_name, **kwargs)
 
 
-__all__ = ["METRICS_DIR", "METRIC_NAMES", "load", "metric_path"]
+__all__ = ["CONFIG_NAMES", "METRIC_PATH", "load"]

@@ -1,27 +1,37 @@
-"""`referring_iou`: oIoU, mIoU and P@t for referring image segmentation, as an `evaluate` metric.
+"""`referring_iou`: the referring-segmentation figures of LAVT/METRIS and of gRefCOCO, as one `evaluate` metric.
 
-The protocol is LAVT's (reused by METRIS): one sample per sentence, each a pair of binary masks.
+Two configurations, chosen as GLUE chooses its tasks (`evaluate.load(path, "grefcoco")`); both are computed from
+the same four integers per sample (intersection, union, prediction area, reference area), reduced from the masks
+as soon as they are added, so the Arrow cache that `evaluate` writes (and gathers across processes in distributed
+evaluation) holds 32 bytes per sample whatever the mask size. Users pass masks: `add`, `add_batch` and `compute`
+do the reduction before `evaluate` stores anything.
 
-- **oIoU** = Σ intersections / Σ unions over all samples (large objects weigh more).
-- **mIoU** = the mean of the per-sample IoUs.
-- **P@t** = the share of samples whose IoU is **≥ t** (LAVT's `seg_correct += (iou >= t)`; METRIS reports
-  LAVT's numbers next to its own, so the comparison must be the same). CGFormer/CRIS count IoU > t instead.
-- A sample whose prediction and reference are both empty has an empty union: its IoU is **0** (DESIGN.md
-  "Evaluation protocol": "IoU 0 when the union is empty", which is also LAVT's guard). If every union is
-  empty, oIoU is 0 for the same reason, so every value stays a float in [0, 1].
+`refcoco` (the default; RefCOCO, RefCOCO+, RefCOCOg): LAVT's protocol, reused by METRIS; one sample per sentence.
+- **oIoU** = Σ intersections / Σ unions over all samples (large objects weigh more); **mIoU** = the mean
+  per-sample IoU.
+- **P@t** = the share of samples whose IoU is **≥ t** (LAVT's `seg_correct += (iou >= t)`; METRIS reports LAVT's
+  numbers next to its own, so the comparison must be the same). CGFormer/CRIS count IoU > t instead.
+- A sample whose prediction and reference are both empty has an empty union: its IoU is **0** (LAVT's guard,
+  which METRIS's evaluation keeps). If every union is empty, oIoU is 0 for the same reason.
 
-Memory: masks are reduced to four integers per sample (intersection, union, prediction area, reference
-area) as soon as they are added, so the Arrow cache that `evaluate` writes (and gathers across processes
-in distributed evaluation) holds 32 bytes per sample whatever the mask size. Users still pass masks:
-`add`, `add_batch` and `compute` are overridden to do the reduction before `evaluate` stores anything.
+`grefcoco`: ReLA/GRES's evaluator (Liu et al., CVPR 2023), with the "no target" decision read off the predicted
+mask: **an empty predicted mask means "nothing is referred"** (METRIS's no-target head zeroes the mask). A sample
+whose reference is empty is a *no-target* sample.
+- **gIoU**: the mean per-sample score; a target sample scores its IoU, a no-target sample 1 if the prediction is
+  empty, else 0. **cIoU** = Σ I / Σ U over all samples; a no-target sample adds 0 to Σ I and its predicted area
+  to Σ U, so a wrong non-empty prediction there is penalised, as in ReLA.
+- **N-acc** = TP / (TP + FN) over no-target samples (an empty prediction is a positive); **T-acc** = TN / (TN +
+  FP) over target samples (a non-empty prediction is a negative).
+- Undefined ratios are **NaN** (N-acc without no-target samples, T-acc without target samples, cIoU when every
+  union is empty): ReLA prints 0, NaN keeps "not measured" apart from "all wrong".
 
-This file is self-contained on purpose: `evaluate.load(path)` copies a metric script into its own module
-cache, so it cannot import helpers from elsewhere in `metris_hf` (the same helpers live in
-`grefcoco_iou.py`; the tests check that both agree).
+All values are fractions in [0, 1]. The file imports nothing from `metris_hf`: `evaluate.load(path)` copies a
+metric script into its own module cache.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,32 +51,46 @@ _CITATION = """\
   booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
   year      = {2022}
 }
+@inproceedings{liu2023gres,
+  title     = {GRES: Generalized Referring Expression Segmentation},
+  author    = {Liu, Chang and Ding, Henghui and Jiang, Xudong},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2023}
+}
 """
 
 _DESCRIPTION = """\
-Overall IoU (oIoU = sum of intersections / sum of unions), mean IoU (mIoU) and precision at IoU thresholds
-(P@t = share of samples with IoU >= t) for referring image segmentation, following LAVT's evaluation code
-(also used by METRIS). Each sample is one (predicted mask, reference mask) pair of binary H x W masks; a
-sample whose union is empty has IoU 0. Masks are reduced to per-sample counts when added, so the memory
-held does not grow with the mask size.
+Referring image segmentation figures from per-sample (predicted mask, reference mask) pairs of binary H x W masks.
+Configuration "refcoco" (default): overall IoU (oIoU = sum of intersections / sum of unions), mean IoU (mIoU) and
+precision at IoU thresholds (P@t = share of samples with IoU >= t), following LAVT's evaluation code (also used by
+METRIS); a sample whose union is empty has IoU 0. Configuration "grefcoco": cumulative IoU (cIoU), generalized IoU
+(gIoU), no-target accuracy (N-acc) and target accuracy (T-acc), following ReLA/GRES's evaluator; an empty
+reference marks a no-target sample and an empty prediction means "no target". Masks are reduced to per-sample
+counts when added, so the memory held does not grow with the mask size.
 """
 
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (`list` of H x W masks, or an N x H x W array/tensor): predicted binary masks, numpy arrays
-        or torch tensors (any device) of bool or of 0/1 values. Probability maps are accepted when
-        `threshold` is given.
+        or torch tensors (any device) of bool or of 0/1 values; for "grefcoco" an empty mask is the "no target"
+        answer. Probability maps are accepted when `threshold` is given.
     references (`list` of H x W masks, or an N x H x W array/tensor): ground-truth binary masks, always bool
-        or 0/1 (never thresholded). Each must have the shape of its prediction; shapes may differ between
-        samples.
+        or 0/1 (never thresholded); for "grefcoco" an empty mask marks a no-target sample. Each must have the
+        shape of its prediction; shapes may differ between samples.
     threshold (`float`, *optional*): when set, a non-boolean prediction pixel is foreground if its value is
         > threshold (e.g. 0.5 on sigmoid probabilities). Can be given to `evaluate.load(..., threshold=...)`
         or per call to `add`, `add_batch` and `compute`. Default None: predictions must be binary.
-    iou_thresholds (`sequence` of `float`, *optional*, `compute` only): the t of P@t, default (0.5, 0.7, 0.9).
-Returns:
+    iou_thresholds (`sequence` of `float`, *optional*, "refcoco", `compute` only): the t of P@t, default
+        (0.5, 0.7, 0.9).
+Returns ("refcoco"):
     oIoU (`float`): sum of intersections / sum of unions, in [0, 1].
     mIoU (`float`): mean per-sample IoU (0 for an empty union), in [0, 1].
     P@t (`float`): share of samples with IoU >= t, one key per threshold ("P@0.5", "P@0.7", "P@0.9").
+Returns ("grefcoco"):
+    cIoU (`float`): sum of intersections / sum of unions (NaN if every union is empty).
+    gIoU (`float`): mean per-sample score: IoU on target samples, 1 or 0 on no-target samples.
+    N-acc (`float`): share of no-target samples predicted empty (NaN without no-target samples).
+    T-acc (`float`): share of target samples predicted non-empty (NaN without target samples).
 Examples:
     >>> import numpy as np, evaluate
     >>> metric = evaluate.load("src/metris_hf/metrics/referring_iou/referring_iou.py")
@@ -74,13 +98,19 @@ Examples:
     >>> ref = np.zeros((4, 4), dtype=bool); ref[:, :2] = True     # 8 pixels, 4 shared
     >>> metric.compute(predictions=[pred, ref], references=[ref, ref])
     {'oIoU': 0.6, 'mIoU': 0.6666666666666666, 'P@0.5': 0.5, 'P@0.7': 0.5, 'P@0.9': 0.5}
+    >>> gres = evaluate.load("src/metris_hf/metrics/referring_iou/referring_iou.py", "grefcoco")
+    >>> empty = np.zeros((4, 4), dtype=bool)
+    >>> wrong = empty.copy(); wrong[0, :2] = True                 # 2 pixels on a no-target sample
+    >>> gres.compute(predictions=[pred, empty, wrong], references=[pred, empty, empty])
+    {'cIoU': 0.8, 'gIoU': 0.6666666666666666, 'N-acc': 0.5, 'T-acc': 1.0}
 """
 
+CONFIG_NAMES = ("refcoco", "grefcoco")
 _COUNT_COLUMNS = ("intersection", "union", "prediction_area", "reference_area")
 _DEFAULT_IOU_THRESHOLDS = (0.5, 0.7, 0.9)
 
 
-# --- masks -> counts (identical in grefcoco_iou.py: each evaluate script must stand alone) -------------------
+# --- masks -> counts ---------------------------------------------------------------------------------------------
 
 
 def _is_tensor(x: Any) -> bool:
@@ -192,19 +222,20 @@ def _batch_counts(predictions: Any, references: Any, threshold: float | None) ->
 # --- the metric ------------------------------------------------------------------------------------------------
 
 
-def _threshold_key(threshold: float) -> str:
-    return f"P@{threshold:g}"
+def _ratio(numerator: int, denominator: int) -> float:
+    """numerator / denominator, NaN when nothing was measured."""
+    return numerator / denominator if denominator > 0 else math.nan
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ReferringIou(evaluate.Metric):
-    """oIoU / mIoU / P@t of LAVT's protocol; see the module docstring for the conventions and why."""
+    """LAVT's oIoU / mIoU / P@t ("refcoco") or ReLA's cIoU / gIoU / N-acc / T-acc ("grefcoco"); see the module
+    docstring for the conventions and why."""
 
-    _compute_kwargs = ("iou_thresholds",)
-
-    def __init__(self, *args: Any, threshold: float | None = None, **kwargs: Any) -> None:
+    def __init__(self, config_name: str | None = None, *args: Any, threshold: float | None = None, **kwargs: Any):
         self.threshold = _check_threshold(threshold)
-        super().__init__(*args, **kwargs)
+        super().__init__(config_name or "refcoco", *args, **kwargs)
+        self._compute_kwargs = ("iou_thresholds",) if self.config_name == "refcoco" else ()
 
     def _threshold(self, threshold: Any) -> float | None:
         return self.threshold if threshold is None else _check_threshold(threshold)
@@ -257,6 +288,8 @@ class ReferringIou(evaluate.Metric):
         return super().compute(**kwargs)
 
     def _info(self) -> evaluate.MetricInfo:
+        if self.config_name not in CONFIG_NAMES:
+            raise ValueError(f"unknown configuration {self.config_name!r}; choose one of {', '.join(CONFIG_NAMES)}")
         return evaluate.MetricInfo(
             module_type="metric",
             description=_DESCRIPTION,
@@ -264,8 +297,8 @@ class ReferringIou(evaluate.Metric):
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features({name: datasets.Value("int64") for name in _COUNT_COLUMNS}),
             format="numpy",
-            codebase_urls=["https://github.com/yz93/LAVT-RIS"],
-            reference_urls=["https://arxiv.org/abs/2112.02244"],
+            codebase_urls=["https://github.com/yz93/LAVT-RIS", "https://github.com/henghuiding/ReLA"],
+            reference_urls=["https://arxiv.org/abs/2112.02244", "https://arxiv.org/abs/2306.00968"],
         )
 
     def _compute(
@@ -276,19 +309,27 @@ class ReferringIou(evaluate.Metric):
         reference_area: np.ndarray,
         iou_thresholds: Sequence[float] = _DEFAULT_IOU_THRESHOLDS,
     ) -> dict[str, float]:
-        thresholds = [float(t) for t in iou_thresholds]
-        if not thresholds or any(not 0.0 <= t <= 1.0 for t in thresholds):
-            raise ValueError(f"iou_thresholds must be a non-empty list of numbers in [0, 1], got {iou_thresholds!r}")
         inter = np.asarray(intersection, dtype=np.int64)
         uni = np.asarray(union, dtype=np.int64)
         if inter.size == 0:
             raise ValueError("no samples to evaluate: add predictions and references first")
         iou = np.divide(inter, uni, out=np.zeros(inter.shape, dtype=np.float64), where=uni > 0)
+        if self.config_name == "grefcoco":
+            has_target = np.asarray(reference_area, dtype=np.int64) > 0  # its union holds it: never 0 there
+            predicted_empty = np.asarray(prediction_area, dtype=np.int64) == 0
+            no_target, hit = ~has_target, ~predicted_empty
+            return {
+                # no-target samples have I = 0 and U = predicted area: ReLA's rule, with no special case needed
+                "cIoU": _ratio(int(inter.sum()), int(uni.sum())),
+                "gIoU": float(np.where(has_target, iou, predicted_empty.astype(np.float64)).mean()),
+                "N-acc": _ratio(int(np.count_nonzero(no_target & predicted_empty)), int(np.count_nonzero(no_target))),
+                "T-acc": _ratio(int(np.count_nonzero(has_target & hit)), int(np.count_nonzero(has_target))),
+            }
+        thresholds = [float(t) for t in iou_thresholds]
+        if not thresholds or any(not 0.0 <= t <= 1.0 for t in thresholds):
+            raise ValueError(f"iou_thresholds must be a non-empty list of numbers in [0, 1], got {iou_thresholds!r}")
         total_union = int(uni.sum())
-        result = {
-            "oIoU": int(inter.sum()) / total_union if total_union > 0 else 0.0,
-            "mIoU": float(iou.mean()),
-        }
+        result = {"oIoU": int(inter.sum()) / total_union if total_union > 0 else 0.0, "mIoU": float(iou.mean())}
         for t in thresholds:
-            result[_threshold_key(t)] = float(np.mean(iou >= t))
+            result[f"P@{t:g}"] = float(np.mean(iou >= t))
         return result
