@@ -6,7 +6,7 @@ Schema (one row per referred object, "ref"):
 | --- | --- | --- |
 | `image` | `Image()` | COCO: the file path only (read lazily, nothing embedded); synthetic: embedded PNG bytes |
 | `mask` | `Image()` | 1-bit PNG (PIL mode "1"): `np.asarray(row["mask"])` is the boolean H×W mask |
-| `sentences` | list of str | every expression of the object (REFER's `sent` text, `raw` where `sent` is blank; `sentence_field="raw"` swaps them) |
+| `sentences` | list of str | every expression of the object (REFER's `sent`, or `raw` with `sentence_field="raw"`) |
 | `ref_id`, `image_id` | int64 | ids from the annotation files (synthetic: unique per split) |
 | `ann_ids` | list of int64 | the COCO annotations whose union is the mask (empty for no-target) |
 | `category_id` | int64 | the COCO category (-1 for no-target, or several targets of different categories) |
