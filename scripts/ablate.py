@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--synthetic_seed", type=int, default=0)
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--max_train_steps", type=int, default=1000)
-    parser.add_argument("--per_device_train_batch_size", type=int, default=16)
+    parser.add_argument("--train_batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=3e-4)
     parser.add_argument("--output_dir", default="runs/ablate")
     parser.add_argument("--train_args", default="", help="more train.py arguments, as one string")
@@ -84,8 +84,8 @@ def train_row(args: argparse.Namespace, row: str, seed: int, run_dir: Path) -> N
         str(args.image_size),
         "--max_train_steps",
         str(args.max_train_steps),
-        "--per_device_train_batch_size",
-        str(args.per_device_train_batch_size),
+        "--train_batch_size",
+        str(args.train_batch_size),
         "--learning_rate",
         str(args.learning_rate),
         "--seed",
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         curves[ROWS[row][0]] = pr_curve(positives, negatives)
     table = format_table(results)
     budget = (
-        f"{args.max_train_steps} steps × batch {args.per_device_train_batch_size} at {args.image_size}², "
+        f"{args.max_train_steps} steps × batch {args.train_batch_size} at {args.image_size}², "
         f"{args.num_seeds} seed(s), synthetic train {args.synthetic_size[0]} objects, "
         f"test {len(test)} expressions"
     )

@@ -42,6 +42,7 @@ from metris_hf.data import (
     synthetic_vocabulary,
 )
 from metris_hf.data import refer as refer_module
+from metris_hf.data.schema import clean_sentences
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,6 +115,22 @@ def test_images_are_lazy_paths(refcoco, refer_root):
     assert stored["bytes"] is None and stored["path"].endswith("COCO_train2014_000000000001.jpg")
     assert Path(stored["path"]).is_absolute() and Path(stored["path"]).is_file()
     assert refcoco["train"][0]["image"].size == IMAGE_SIZES[1]
+
+
+def test_sentence_field_picks_sent_by_default_and_raw_on_request(refer_root, cache):
+    entries = [
+        {"raw": "The man, on the LEFT!", "sent": "the man on the left"},
+        {"raw": "  ", "sent": "blank raw"},
+        {"raw": "blank sent", "sent": ""},
+    ]
+    assert clean_sentences(entries) == ["the man on the left", "blank raw", "blank sent"]
+    assert clean_sentences(entries, "raw") == ["The man, on the LEFT!", "blank raw", "blank sent"]
+    with pytest.raises(ValueError, match="sentence_field"):
+        clean_sentences(entries, "tokens")
+    with pytest.raises(ValueError, match="sentence_field"):
+        load_refer(refer_root, "refcoco", cache_dir=cache, sentence_field="tokens")
+    raw = load_refer(refer_root, "refcoco", cache_dir=cache, sentence_field="raw")  # a build of its own
+    assert raw["train"][1]["sentences"] == ["small triangle", "the triangle top right"]
 
 
 def test_sentence_rows(refcoco):
@@ -484,6 +501,7 @@ def test_train_transform_shapes_and_collate(processor, synthetic_train):
     batch = next(iter(loader))
     assert batch["pixel_values"].shape == (4, 3, 32, 32) and batch["input_ids"].shape == (4, 12)
     assert batch["labels"].shape == (4, 32, 32) and batch["labels"].sum() > 0
+    assert batch["ref_ids"].tolist() == synthetic_train.select(range(4))["ref_id"]
     text = processor.tokenizer.decode(row["input_ids"], skip_special_tokens=True)
     assert text in synthetic_train[0]["sentences"]
 

@@ -204,7 +204,7 @@ def test_ablate_runs_rows_and_draws_the_curves(tmp_path):
             "64",
             "--max_train_steps",
             "2",
-            "--per_device_train_batch_size",
+            "--train_batch_size",
             "4",
             "--output_dir",
             str(out),

@@ -161,7 +161,7 @@ RULES = [
         "ten rows of 1,000 steps take 50 min: one row of 2 steps, tiny model",
         slow=True,
         append="--rows full --config_name tiny --synthetic_size 16 4 8 --image_size 64 "
-        "--max_train_steps 2 --per_device_train_batch_size 4",
+        "--max_train_steps 2 --train_batch_size 4",
         expect=("runs/ablate/results.md",),
     ),
     # docs/app.md
@@ -261,7 +261,7 @@ masks[:, 100:300, 150:350] = 1
         "scripts/train.py --dataset synthetic",
         "10,000 steps take 42 min: 2 steps on 24 objects",
         slow=True,
-        append="--synthetic_size 24 6 6 --max_train_steps 2 --per_device_train_batch_size 4 --max_eval_samples 8",
+        append="--synthetic_size 24 6 6 --max_train_steps 2 --train_batch_size 4 --max_eval_samples 8",
         expect=("runs/small-synthetic/best/model.safetensors",),
     ),
     Rule(

@@ -27,7 +27,7 @@ QUICK = [
     "tiny",
     "--image_size",
     "64",
-    "--per_device_train_batch_size",
+    "--train_batch_size",
     "4",
     "--per_device_eval_batch_size",
     "8",

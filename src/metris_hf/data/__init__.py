@@ -59,6 +59,7 @@ def load_dataset_by_name(
     num_proc: int | None = None,
     skip_missing_images: bool = False,
     keep_degenerate: bool = False,
+    sentence_field: str = "sent",
 ) -> DatasetDict:
     """A dataset by the name the scripts take (`DATASET_NAMES`).
 
@@ -68,7 +69,8 @@ def load_dataset_by_name(
       `<data_root>/<name>/` holds the REFER files; otherwise, if that folder holds `*.parquet` files (the
       jxu124 layout), `load_refer_parquet` on them with `image_root` (default: the REFER image folder). The
       REFER files win when both are there: they are the reference the peers' numbers come from.
-      `skip_missing_images` and `keep_degenerate` go to either loader.
+      `skip_missing_images`, `keep_degenerate` and `sentence_field` (`sent`, the authors' choice, or `raw`) go to
+      either loader.
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}")
@@ -83,6 +85,7 @@ def load_dataset_by_name(
         "num_proc": num_proc,
         "skip_missing_images": skip_missing_images,
         "keep_degenerate": keep_degenerate,
+        "sentence_field": sentence_field,
     }
     refer_name = f"grefs({split_by or SPLIT_BYS[name][0]}).json" if name == "grefcoco" else None
     refs_present = (root / name / refer_name).is_file() if refer_name else any((root / name).glob("refs(*).p"))

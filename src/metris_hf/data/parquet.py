@@ -31,6 +31,7 @@ from .schema import (
     cached_build,
     check_bbox,
     check_image_size,
+    check_sentence_field,
     clean_sentences,
     default_cache_root,
     file_signature,
@@ -141,7 +142,7 @@ def check_columns(columns: list[str], where: str) -> None:
         )
 
 
-def _convert(row: dict, image_path: str) -> dict:
+def _convert(row: dict, image_path: str, sentence_field: str = "sent") -> dict:
     """One jxu124 row → one row of the schema; every field checked (the caller adds which ref it is)."""
     anns = _load_json(row.get("raw_anns"))
     anns = [] if anns is None else ([anns] if isinstance(anns, dict) else anns)
@@ -177,7 +178,7 @@ def _convert(row: dict, image_path: str) -> dict:
     return {
         "image": {"path": image_path, "bytes": None},
         "mask": {"path": None, "bytes": mask_to_png(mask)},
-        "sentences": clean_sentences(row["sentences"]),
+        "sentences": clean_sentences(row["sentences"], sentence_field),
         "ref_id": row["ref_id"],
         "image_id": row["image_id"],
         "ann_ids": ann_ids if anns else [],
@@ -189,13 +190,13 @@ def _convert(row: dict, image_path: str) -> dict:
     }
 
 
-def _convert_batch(batch: dict[str, list], source: str = "parquet") -> dict[str, list]:
+def _convert_batch(batch: dict[str, list], source: str = "parquet", sentence_field: str = "sent") -> dict[str, list]:
     out: dict[str, list] = {name: [] for name in _BUILD_FEATURES}
     names = list(batch)
     for i in range(len(batch[names[0]])):
         row = {name: batch[name][i] for name in names}
         try:
-            converted = _convert(row, batch["_image_path"][i])
+            converted = _convert(row, batch["_image_path"][i], sentence_field)
         except (ValueError, TypeError, KeyError) as error:
             raise ValueError(f"{source}: ref {row.get('ref_id')}: {error}") from None
         if not converted["sentences"]:
@@ -231,6 +232,7 @@ def load_refer_parquet(
     skip_missing_images: bool = False,
     verify_images: bool = False,
     keep_degenerate: bool = False,
+    sentence_field: str = "sent",
 ) -> DatasetDict:
     """RefCOCO-family Parquet files (jxu124 layout) + a COCO train2014 folder → the `load_refer` schema and splits.
 
@@ -243,7 +245,9 @@ def load_refer_parquet(
             `<cache_dir>/parquet/<hash of the files' paths, sizes and mtimes>`.
         keep_degenerate: as for `load_refer`: refs whose target mask is empty (polygons of < 3 points, empty, or
             outside the image) are counted and named in a warning, and left out of the train split unless this.
+        sentence_field: as for `load_refer`: `sent` (default) or `raw` from each entry of `sentences`.
     """
+    sentence_field = check_sentence_field(sentence_field)
     data_files = parquet_data_files(data_files_or_hub_id)
     root = Path(image_root)
     if not root.is_dir():
@@ -261,6 +265,7 @@ def load_refer_parquet(
             "skip_missing_images": skip_missing_images,
             "verify_images": verify_images,
             "keep_degenerate": keep_degenerate,
+            "sentence_field": sentence_field,
         }
     )
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
@@ -305,7 +310,7 @@ def load_refer_parquet(
                 table = table.select(keep)
             name = _refer_split_name(split, all_splits, table.unique("split") if "split" in table.column_names else [])
             built[name] = table.map(
-                functools.partial(_convert_batch, source=f"{label} ({split})"),
+                functools.partial(_convert_batch, source=f"{label} ({split})", sentence_field=sentence_field),
                 batched=True,
                 remove_columns=table.column_names,
                 features=_BUILD_FEATURES,

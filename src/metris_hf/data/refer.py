@@ -44,6 +44,7 @@ from .schema import (
     cached_build,
     check_bbox,
     check_image_size,
+    check_sentence_field,
     clean_sentences,
     default_cache_root,
     file_signature,
@@ -431,7 +432,12 @@ def _annotation_facts(ann: dict, image_id: int, height: int, width: int) -> tupl
 
 
 def build_tasks(
-    refs: list[dict], instances: Any, image_root: Path, source: str, instances_source: str = "instances.json"
+    refs: list[dict],
+    instances: Any,
+    image_root: Path,
+    source: str,
+    instances_source: str = "instances.json",
+    sentence_field: str = "sent",
 ) -> tuple[dict[str, list[dict]], int, list[int]]:
     """Refs + COCO instances → per split, the self-contained description of each row; the number of blank
     sentences dropped; and the ids of degenerate refs (a target whose mask is empty: polygons of < 3 points or
@@ -456,7 +462,7 @@ def build_tasks(
             if absent:
                 raise ValueError(f"names annotation(s) {absent}, absent from {instances_source}")
             facts = [_annotation_facts(annotations[a], image_id, height, width) for a in ann_ids]
-            sentences = clean_sentences(ref["sentences"])
+            sentences = clean_sentences(ref["sentences"], sentence_field)
             if not sentences:
                 raise ValueError(f"all {len(ref['sentences'])} of its sentences are blank (no expression to train on)")
             image_path = image_within(image_root, info.get("file_name") or COCO_FILE_PATTERN % image_id)
@@ -611,6 +617,7 @@ def load_refer(
     skip_missing_images: bool = False,
     verify_images: bool = False,
     keep_degenerate: bool = False,
+    sentence_field: str = "sent",
 ) -> DatasetDict:
     """One REFER dataset (all its splits, named as in the refs file) → `DatasetDict` in the `metris_hf.data` schema.
 
@@ -629,8 +636,12 @@ def load_refer(
             than when training reaches it.
         keep_degenerate: keep refs whose target mask is empty (polygons of < 3 points or outside the image) in
             the train split; by default they are left out of it (and always counted and named in a warning).
+        sentence_field: which text of each REFER sentence the rows hold: `sent` (REFER's cleaned, lowercased
+            copy; what the authors of METRIS train and test on) or `raw` (as typed; LAVT's choice). Where it is
+            blank the other is used.
     """
     dataset = check_dataset(dataset)
+    sentence_field = check_sentence_field(sentence_field)
     split_by = check_split_by(dataset, split_by)
     refs_path, instances_path = refer_files(data_root, dataset, split_by)
     root = Path(image_root) if image_root is not None else default_image_root(data_root)
@@ -647,6 +658,7 @@ def load_refer(
             "skip_missing_images": skip_missing_images,
             "verify_images": verify_images,
             "keep_degenerate": keep_degenerate,
+            "sentence_field": sentence_field,
         }
     )
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
@@ -656,7 +668,9 @@ def load_refer(
         logger.info("%s: building from %s (first load; later loads use the cache)", what, refs_path)
         refs = load_refs(refs_path)
         instances = read_json(instances_path)
-        tasks, dropped, degenerate = build_tasks(refs, instances, root, str(refs_path), str(instances_path))
+        tasks, dropped, degenerate = build_tasks(
+            refs, instances, root, str(refs_path), str(instances_path), sentence_field
+        )
         if not tasks:
             raise ValueError(f"{refs_path}: no refs with a non-blank sentence")
         tasks = drop_degenerate(tasks, degenerate, keep_degenerate)

@@ -6,7 +6,7 @@ Schema (one row per referred object, "ref"):
 | --- | --- | --- |
 | `image` | `Image()` | COCO: the file path only (read lazily, nothing embedded); synthetic: embedded PNG bytes |
 | `mask` | `Image()` | 1-bit PNG (PIL mode "1"): `np.asarray(row["mask"])` is the boolean H×W mask |
-| `sentences` | list of str | every expression of the object (REFER's `raw` text, `sent` where `raw` is blank) |
+| `sentences` | list of str | every expression of the object (REFER's `sent`, or `raw` with `sentence_field="raw"`) |
 | `ref_id`, `image_id` | int64 | ids from the annotation files (synthetic: unique per split) |
 | `ann_ids` | list of int64 | the COCO annotations whose union is the mask (empty for no-target) |
 | `category_id` | int64 | the COCO category (-1 for no-target, or several targets of different categories) |
@@ -236,26 +236,38 @@ def check_bbox(bbox: Any) -> list[float]:
     return [float(v) for v in bbox]
 
 
-def clean_sentences(sentences: Any) -> list[str]:
+SENTENCE_FIELDS = ("sent", "raw")
+
+
+def check_sentence_field(field: str) -> str:
+    """`sent` (REFER's cleaned, lowercased text, what the authors of METRIS train and test on) or `raw`."""
+    if field not in SENTENCE_FIELDS:
+        raise ValueError(f"sentence_field must be one of {', '.join(SENTENCE_FIELDS)}, got {field!r}")
+    return field
+
+
+def clean_sentences(sentences: Any, field: str = "sent") -> list[str]:
     """REFER sentence entries (dicts with `raw`/`sent`, or plain strings) → non-blank strings.
 
-    `raw` is the text as the annotator typed it (what LAVT feeds its tokenizer); `sent` is REFER's cleaned,
-    lowercased copy, used where `raw` is blank. Blank expressions are dropped: the processor refuses them.
-    Anything else (a bare string, which would split into characters; numbers; None; a non-text `raw`) is a
-    ValueError: the caller adds which ref it is.
+    `field` picks the text: `sent` (default) is REFER's cleaned, lowercased copy, the one the authors of METRIS
+    tokenise; `raw` is the text as the annotator typed it (what LAVT feeds its tokenizer). Where the chosen field
+    is blank the other one is used. Blank expressions are dropped: the processor refuses them. Anything else (a
+    bare string, which would split into characters; numbers; None; a non-text `raw`) is a ValueError: the caller
+    adds which ref it is.
     """
+    other = "raw" if check_sentence_field(field) == "sent" else "sent"
     if isinstance(sentences, (str, bytes)) or not isinstance(sentences, (list, tuple)):
         raise ValueError(f"`sentences` must be a list of sentences, got {type(sentences).__name__} {sentences!r:.80}")
     texts = []
     for index, entry in enumerate(sentences):
         if isinstance(entry, dict):
-            raw, sent = entry.get("raw"), entry.get("sent")
-            for name, value in (("raw", raw), ("sent", sent)):
+            for name in ("raw", "sent"):
+                value = entry.get(name)
                 if value is not None and not isinstance(value, str):
                     raise ValueError(
                         f"sentence {index}: `{name}` must be text, got {type(value).__name__} {value!r:.80}"
                     )
-            text = (raw or "").strip() or (sent or "").strip()
+            text = (entry.get(field) or "").strip() or (entry.get(other) or "").strip()
         elif isinstance(entry, str):
             text = entry.strip()
         else:

@@ -55,7 +55,7 @@ class RefTrainTransform:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         """A batch of object rows (decoded by `datasets`) → per-row `pixel_values`, `input_ids`,
-        `attention_mask`, `labels` tensors."""
+        `attention_mask`, `labels` tensors, and each row's `ref_id` (so a failing batch can be named)."""
         texts = [
             sentences[self.sentence_index(ref_id, len(sentences))]
             for ref_id, sentences in zip(batch["ref_id"], batch["sentences"])
@@ -73,14 +73,18 @@ class RefTrainTransform:
             "input_ids": list(encoded["input_ids"]),
             "attention_mask": list(encoded["attention_mask"]),
             "labels": list(encoded["labels"]),
+            "ref_id": list(batch["ref_id"]),
         }
 
     @staticmethod
     def collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Rows from `__call__` → one batch: each field stacked along a new first dimension."""
+        """Rows from `__call__` → one batch: each field stacked along a new first dimension, the rows' ref ids
+        as `ref_ids` (int64; not a model input: the training loop takes it out before the forward)."""
         if not rows:
             raise ValueError("cannot collate an empty batch")
-        return {
+        batch = {
             key: torch.stack([row[key] for row in rows])
             for key in ("pixel_values", "input_ids", "attention_mask", "labels")
         }
+        batch["ref_ids"] = torch.tensor([int(row["ref_id"]) for row in rows], dtype=torch.long)
+        return batch
