@@ -219,6 +219,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with several GPU processes, normalise the decoder's BatchNorm over the global batch, as the "
         "authors do (torch's SyncBatchNorm runs on GPUs only: CPU processes each normalise over their own batch)",
     )
+    optim.add_argument(
+        "--torch_compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        choices=["inductor", "aot_eager", "eager", "cudagraphs"],
+        help="torch.compile the whole model through Accelerate (no value: inductor; aot_eager traces the forward "
+        "and backward graphs without generating code); None: what `accelerate config` says",
+    )
 
     # ----------------------------------------------------------------------------------------------------------
     # Run: where results go, checkpoints, validation, tracking, the Hub
@@ -385,6 +394,7 @@ def main(argv: list[str] | None = None) -> None:
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
+        dynamo_backend=args.torch_compile,
         log_with=args.report_to if args.with_tracking else None,
         project_config=project,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),

@@ -769,7 +769,10 @@ class MetrisModel(MetrisPreTrainedModel):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Q_L = [q_cls, q_1 .. q_{L-1}] at width D. CLIP has no [CLS]: its pooled EOS token takes position 0."""
-        outputs = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
+        # An encoder keeps no key/value cache. Saying so spares BERT's "use_cache is incompatible with gradient
+        # checkpointing" warning, a logging call that breaks torch.compile's graph once per forward.
+        no_cache = {"use_cache": False} if hasattr(self.config.text_config, "use_cache") else {}
+        outputs = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask, **no_cache)
         words = outputs.last_hidden_state
         if self.config.text_config.model_type != "bert" and getattr(outputs, "pooler_output", None) is not None:
             words = torch.cat([outputs.pooler_output[:, None], words[:, 1:]], dim=1)
