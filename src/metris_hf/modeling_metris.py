@@ -511,7 +511,9 @@ class MetrisVisualExpressionExtractor(nn.Module):
         if self.config.temperature_parametrization == "tau":
             with torch.no_grad():
                 self.temperature.clamp_(low, high)
-            return self.temperature[0]
+            # a 0-d copy, not a view: a view of a parameter made under no_grad claims requires_grad without a
+            # grad_fn, which autograd hooks (torch's FLOP counter, module trackers) refuse
+            return self.temperature.sum()
         return self.log_temperature.exp().clamp(low, high)
 
     def num_curated(self, num_pixels: int) -> int:
