@@ -192,6 +192,10 @@ def peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
+def progress(what: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {what} (peak RSS so far {peak_gb():.1f} GB)", file=sys.stderr, flush=True)
+
+
 def training_batch() -> dict[str, torch.Tensor]:
     """Two 480² images, expressions of 21 and 9 tokens ([CLS] … [SEP], then padding), two different masks."""
     generator = torch.Generator().manual_seed(0)
@@ -302,7 +306,9 @@ def authors_step(source: Path, batch: dict, lr: float, work_dir: Path) -> dict:
     batch_statistics_only(theirs)
     recompute_in_backward(theirs, AUTHORS_BLOCKS)
     target = batch["labels"]
+    progress("theirs built")
     logits, scores = theirs(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])  # training=True
+    progress("theirs: forward done")
     weight = torch.tensor([0.9, 1.1], dtype=torch.float64)
     terms = {
         "mask": F.cross_entropy(logits, target, weight=weight),
@@ -311,6 +317,7 @@ def authors_step(source: Path, batch: dict, lr: float, work_dir: Path) -> dict:
     loss = 2 * terms["mask"] + 0.4 * terms["contrastive"]
     del logits, scores
     loss.backward()
+    progress("theirs: backward done")
     decay, index = {}, {}
     for group in authors_parameter_groups(theirs):
         for name, param in group["params"].items():
@@ -355,11 +362,14 @@ def our_step(source: Path, batch: dict, lr: float, theirs: dict, work_dir: Path)
     train.freeze_text_embeddings(ours, "none")
     batch_statistics_only(ours)
     recompute_in_backward(ours, OUR_BLOCKS)
+    progress("ours built")
     outputs = ours(**batch)
+    progress("ours: forward done")
     terms = {name: value.item() for name, value in outputs.loss_terms.items()}
     loss = outputs.loss
     del outputs
     loss.backward()
+    progress("ours: backward done")
     names = {id(param): name for name, param in ours.named_parameters()}
     decay, gradients, updates = {}, {}, {}
     for group in train.parameter_groups(ours, WEIGHT_DECAY):
