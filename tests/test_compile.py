@@ -23,6 +23,13 @@ from transformers import CLIPTextConfig, TimmBackboneConfig
 from metris_hf import MetrisForReferringSegmentation
 from metris_hf.testing_utils import tiny_metris_config
 
+# Measured on torch 2.9 (the oldest supported): its dynamo skips inlining the vision encoder's forward (10–14
+# graphs where 2.14 traces one), so "no graph break" is a claim about torch >= 2.14 only.
+pytestmark = pytest.mark.skipif(
+    tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2]) < (2, 14),
+    reason="torch < 2.14 breaks the graph in MetrisVisionEncoder.forward (skipped inlining)",
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = 64
 
