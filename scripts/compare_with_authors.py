@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
 # One training step
 # ------------------------------------------------------------------------------------------------------------
 LEARNING_RATE, WEIGHT_DECAY = 3e-5, 0.01
+# A gradient whose norm is below this share of the largest one is rounding noise: zero by construction.
+ZERO_GRADIENT = 1e-10
 # Their blocks, by class name, whose activations are recomputed in the backward pass (none holds a BatchNorm).
 AUTHORS_BLOCKS = ("SwinTransformerBlock", "PWAM", "Block", "QLBlock", "TopKBlock", "BertLayer")
 OUR_BLOCKS = ("SwinLayer", "MetrisPixelWordAttention", "MetrisAttentionBlock", "BertLayer")
@@ -318,7 +320,7 @@ def authors_step(source: Path, batch: dict, lr: float, work_dir: Path) -> dict:
     del logits, scores
     loss.backward()
     progress("theirs: backward done")
-    decay, index = {}, {}
+    decay, index, norms = {}, {}, {}
     for group in authors_parameter_groups(theirs):
         for name, param in group["params"].items():
             grad = param.grad
@@ -326,6 +328,7 @@ def authors_step(source: Path, batch: dict, lr: float, work_dir: Path) -> dict:
             grads, updates = convert_authors_key(name, grad), convert_authors_key(name, update)
             for ours_name in grads:
                 decay[ours_name] = group["weight_decay"]
+                norms[ours_name] = grads[ours_name].norm().item()
                 index[ours_name] = f"{len(index)}.pt"
                 torch.save(
                     {"grad": grads[ours_name].clone(), "update": updates[ours_name].clone()},
@@ -337,6 +340,7 @@ def authors_step(source: Path, batch: dict, lr: float, work_dir: Path) -> dict:
         "terms": {k: v.item() for k, v in terms.items()},
         "weight_decay": decay,
         "index": index,
+        "gradient_norms": norms,
         "tau": theirs.net.VIS.tau.item(),
     }
     del theirs, loss, terms
@@ -350,9 +354,13 @@ def relative(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return difference / scale if scale > 0 else difference
 
 
-def our_step(source: Path, batch: dict, lr: float, theirs: dict, work_dir: Path) -> dict:
+def our_step(source: Path, batch: dict, lr: float, theirs: dict, work_dir: Path, zero: set[str]) -> dict:
     """Our model with their weights (their model rebuilt with the same seed, converted, freed), train.py's
-    parameter groups; each gradient and update compared at once with theirs, read back from `work_dir`."""
+    parameter groups; each gradient and update compared at once with theirs, read back from `work_dir`.
+
+    `zero` names the parameters whose gradient is zero by construction (e.g. attention key biases: softmax ignores
+    a shift shared by a query's scores): rounding noise in both, so their relative difference means nothing and
+    AdamW's first update (≈ lr · g / (|g| + ε)) magnifies the noise. Their gradient norms are kept instead."""
     authors = perturbed_authors_model(source)
     ours = MetrisForReferringSegmentation(authors_config()).double()
     ours.load_state_dict(convert_authors_state_dict(authors.state_dict()), strict=True)
@@ -371,19 +379,28 @@ def our_step(source: Path, batch: dict, lr: float, theirs: dict, work_dir: Path)
     loss.backward()
     progress("ours: backward done")
     names = {id(param): name for name, param in ours.named_parameters()}
-    decay, gradients, updates = {}, {}, {}
+    decay, gradients, updates, zero_norms = {}, {}, {}, {}
     for group in train.parameter_groups(ours, WEIGHT_DECAY):
         for param in group["params"]:
             name = names[id(param)]
             decay[name] = group["weight_decay"]
             grad = param.grad
             update = first_adamw_step(param, lr, group["weight_decay"])
-            if name in theirs["index"]:
+            if name in zero:
+                zero_norms[name] = grad.norm().item()
+            elif name in theirs["index"]:
                 reference = torch.load(work_dir / theirs["index"][name])
                 gradients[name] = relative(grad, reference["grad"])
                 updates[name] = relative(update, reference["update"])
             param.grad = None
-    return {"loss": loss.item(), "terms": terms, "weight_decay": decay, "gradients": gradients, "updates": updates}
+    return {
+        "loss": loss.item(),
+        "terms": terms,
+        "weight_decay": decay,
+        "gradients": gradients,
+        "updates": updates,
+        "zero_gradient_norms": zero_norms,
+    }
 
 
 def compare_training_step(args: argparse.Namespace) -> dict:
@@ -395,7 +412,9 @@ def compare_training_step(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         theirs = authors_step(source, batch, rates["theirs"][0], Path(work))
         theirs_seconds, theirs_peak = time.perf_counter() - start, peak_gb()
-        ours = our_step(source, batch, rates["ours"][0], theirs, Path(work))
+        largest = max(theirs["gradient_norms"].values())
+        zero = {name for name, norm in theirs["gradient_norms"].items() if norm <= ZERO_GRADIENT * largest}
+        ours = our_step(source, batch, rates["ours"][0], theirs, Path(work), zero)
         ours_seconds = time.perf_counter() - start - theirs_seconds
     term_differences = {name: abs(ours["terms"][name] - value) / abs(value) for name, value in theirs["terms"].items()}
     term_differences["total"] = abs(ours["loss"] - theirs["loss"]) / abs(theirs["loss"])
@@ -419,6 +438,11 @@ def compare_training_step(args: argparse.Namespace) -> dict:
         "no_decay_parameters": sum(1 for v in ours["weight_decay"].values() if v == 0.0),
         "max_gradient_difference": [worst_gradient, ours["gradients"][worst_gradient]],
         "max_update_difference": [worst_update, ours["updates"][worst_update]],
+        # zero by construction: their gradient norm and ours, each ÷ the largest gradient norm of theirs
+        "zero_gradient_parameters": {
+            name: [theirs["gradient_norms"][name] / largest, norm / largest]
+            for name, norm in ours["zero_gradient_norms"].items()
+        },
         "learning_rates": rates,
         "max_learning_rate_difference": lr_difference,
         "seconds": {"theirs": theirs_seconds, "ours": ours_seconds},
@@ -433,6 +457,9 @@ def compare_training_step(args: argparse.Namespace) -> dict:
     )
     print(f"largest gradient difference: {ours['gradients'][worst_gradient]:.2e} ({worst_gradient})")
     print(f"largest update difference: {ours['updates'][worst_update]:.2e} ({worst_update})")
+    zero_report = report["zero_gradient_parameters"]
+    worst_zero = max((max(norms) for norms in zero_report.values()), default=0.0)
+    print(f"zero by construction: {len(zero_report)} gradients, largest norm {worst_zero:.1e} of the largest gradient")
     print(f"learning rates {rates['ours']} vs {rates['theirs']}: largest relative difference {lr_difference:.2e}")
     print(f"{theirs_seconds:.0f} s theirs, {ours_seconds:.0f} s ours; peak RSS {peak_gb():.1f} GB")
     if args.output_json:

@@ -33,6 +33,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
+from huggingface_hub.errors import StrictDataclassError
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoProcessor, get_scheduler
@@ -311,8 +312,8 @@ def build_config_checked(args):
             config = MetrisConfig(**args.config_overrides)
         else:
             config = MetrisConfig.from_pretrained(args.config_name, **args.config_overrides)
-    except (TypeError, ValueError) as error:
-        raise SystemExit(f"--config_overrides: {error}") from None
+    except (TypeError, ValueError, StrictDataclassError) as error:  # strict's message spans two lines
+        raise SystemExit(f"--config_overrides: {' '.join(str(error).split())}") from None
     try:
         config.check_input_size(args.image_size)
     except ValueError as error:

@@ -50,4 +50,7 @@ def test_a_training_step_equals_the_authors(tmp_path):
     assert report["no_decay_parameters"] > 0 and report["trained_parameters"] > report["no_decay_parameters"]
     assert report["max_gradient_difference"][1] < 1e-4, report["max_gradient_difference"]
     assert report["max_update_difference"][1] < 1e-4, report["max_update_difference"]
+    # gradients zero by construction (attention key biases): zero in ours too, not compared relatively
+    for name, (_, ours_norm) in report["zero_gradient_parameters"].items():
+        assert ours_norm < 1e-10, (name, ours_norm)
     assert report["max_learning_rate_difference"] < 1e-12

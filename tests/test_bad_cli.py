@@ -183,7 +183,7 @@ def test_train_checks_image_size_against_the_backbone(train, tmp_path, config_na
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [("use_curation=no", r"`use_curation` must be of type bool"), ("guidance=bogus", r"guidance.*bogus")],
+    [("use_curation=no", r"field 'use_curation': TypeError: .*expected bool"), ("guidance=bogus", r"guidance.*bogus")],
 )
 def test_train_names_a_bad_config_override(train, tmp_path, overrides, message):
     args = train.parse_args(

@@ -368,25 +368,6 @@ def test_default_config_is_the_paper_model():
     assert config.use_curation and config.use_refinement and config.use_relation and config.early_fusion
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("curation_ratio", 0.0),
-        ("curation_ratio", 1.5),
-        ("guidance", "everything"),
-        ("linguistic_cues", "some"),
-        ("mask_loss", "dice"),
-        ("temperature_init", 0.9),
-        ("contrastive_loss_weight", -1.0),
-        ("num_attention_heads", 5),
-        ("ce_class_weights", [1.0]),
-    ],
-)
-def test_bad_config_values_raise(field, value):
-    with pytest.raises(ValueError, match=field):
-        tiny_metris_config(**{field: value})
-
-
 def test_sub_configs_survive_dict_round_trip():
     config = tiny_metris_config()
     again = MetrisConfig.from_dict(config.to_dict())

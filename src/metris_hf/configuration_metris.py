@@ -5,26 +5,32 @@
 import difflib
 import json
 import math
-import os
-import types
-import typing
-from typing import Any
+from typing import Literal, get_args
 
-from huggingface_hub.dataclasses import strict
-from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
+from huggingface_hub.dataclasses import as_validated_field, strict
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.utils import logging
-
-from .folders import check_local_path
+from transformers.utils.type_validators import interval, probability
 
 logger = logging.get_logger(__name__)
 
-GUIDANCE_MODES = ("full", "pure_le", "enhanced_le", "ve_only", "all_pixels")
-LINGUISTIC_CUES = ("all", "global", "local")
-MASK_LOSSES = ("bce", "weighted_ce")
-TEMPERATURE_PARAMETRIZATIONS = ("tau", "log_tau")
-WEIGHT_INITS = ("authors", "trunc_normal")
+Guidance = Literal["full", "pure_le", "enhanced_le", "ve_only", "all_pixels"]
+LinguisticCues = Literal["all", "global", "local"]
+MaskLoss = Literal["bce", "weighted_ce"]
+TemperatureParametrization = Literal["tau", "log_tau"]
+WeightInit = Literal["authors", "trunc_normal"]
+GUIDANCE_MODES, LINGUISTIC_CUES, MASK_LOSSES, TEMPERATURE_PARAMETRIZATIONS, WEIGHT_INITS = (
+    get_args(choice) for choice in (Guidance, LinguisticCues, MaskLoss, TemperatureParametrization, WeightInit)
+)
+
+# Upper bounds far above any METRIS (the paper's is 768 wide with 2 enhancer rounds and 4 + 4 VEE blocks), so that a
+# typo such as `hidden_size=10**6` is refused in one line instead of allocating terabytes.
+MAX_WIDTH = 8192
+MAX_BLOCKS = 64
+MAX_LOSS_WEIGHT = 1000.0
+# τ divides cosine scores in [-1, 1]: at 1e-4 they stay within float16's range (65504), below it the loss overflows.
+MIN_TEMPERATURE = 1e-4
 
 # Keys that `PreTrainedConfig` takes besides its fields (what `from_pretrained` / `from_dict` / copies pass on).
 _PRETRAINED_KWARGS = {
@@ -55,72 +61,13 @@ SWIN_B_22K_384 = {
 }
 
 
-class MetrisConfigTypeError(StrictDataclassFieldValidationError, TypeError):
-    """A `MetrisConfig` field given a value of the wrong type.
-
-    A `TypeError`, Python's exception for a wrong type, so `except TypeError` catches it; still huggingface_hub's
-    `StrictDataclassFieldValidationError` (what `@strict` raises for transformers' own configs) for code that
-    catches that. `field` names the field."""
-
-    def __init__(self, message: str, field: str | None = None):
-        Exception.__init__(self, message)  # not the parent's (field, cause) signature: our message is one line
-        self.field = field
+@as_validated_field
+def class_weights(value: list | tuple) -> None:
+    """Two finite, non-negative weights (background, object), not both zero."""
+    if len(value) != 2 or not all(math.isfinite(w) and w >= 0 for w in value) or not sum(value) > 0:
+        raise ValueError(f"must hold 2 finite weights >= 0 (background, object), not both 0, got {list(value)}")
 
 
-class MetrisConfigValueError(StrictDataclassClassValidationError, ValueError):
-    """`MetrisConfig.validate()` (run by `save_pretrained`) found fields that contradict each other.
-
-    A `ValueError`, like every bad config value, and still huggingface_hub's `StrictDataclassClassValidationError`."""
-
-    def __init__(self, message: str):
-        Exception.__init__(self, message)
-
-
-def _type_text(annotation: Any) -> str:
-    """`float | int`, `list[int] | tuple[int, ...]`, `bool`: a field's annotation as a reader writes it."""
-    if isinstance(annotation, str):
-        return annotation
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return " | ".join(_type_text(arg) for arg in typing.get_args(annotation))
-    if annotation is type(None):
-        return "None"
-    if typing.get_origin(annotation) is not None:
-        return repr(annotation)
-    return getattr(annotation, "__name__", repr(annotation))
-
-
-def _standard_exceptions(cls: type) -> type:
-    """Makes `@strict`'s exceptions also the standard ones: a wrong type a `MetrisConfigTypeError` (a TypeError), a
-    failed `validate()` a `MetrisConfigValueError` (a ValueError). Applied on top of `@strict`, whose own wrappers
-    raise exceptions that derive from `Exception` only."""
-    strict_setattr, strict_validate = cls.__setattr__, cls.validate
-
-    def __setattr__(self: Any, name: str, value: Any) -> None:
-        try:
-            strict_setattr(self, name, value)
-        except StrictDataclassFieldValidationError as error:
-            if isinstance(error, TypeError) or not isinstance(error.__cause__, TypeError):
-                raise
-            field = self.__dataclass_fields__.get(name)
-            expected = _type_text(field.type) if field is not None else "another type"
-            raise MetrisConfigTypeError(
-                f"`{name}` must be of type {expected}, got {type(value).__name__} {value!r:.80}", name
-            ) from error.__cause__
-
-    def validate(self: Any) -> None:
-        try:
-            strict_validate(self)
-        except StrictDataclassClassValidationError as error:
-            if isinstance(error, ValueError) or error.__cause__ is None:
-                raise
-            raise MetrisConfigValueError(str(error.__cause__)) from error.__cause__
-
-    validate.__is_defined_by_strict_decorator__ = True  # lets a subclass be decorated with `@strict` again
-    cls.__setattr__, cls.validate = __setattr__, validate
-    return cls
-
-
-@_standard_exceptions
 @strict
 class MetrisConfig(PreTrainedConfig):
     r"""
@@ -136,7 +83,7 @@ class MetrisConfig(PreTrainedConfig):
             `{"img_size": 480}` to accept 480×480 inputs and timm does not store it in its own config.
         text_config: text encoder (`BertConfig` by default; a `CLIPTextConfig` works too, appendix B).
 
-    Architecture facts from the authors' released code (DESIGN.md):
+    Architecture facts from the authors' released code:
         early_fusion: LAVT's pixel-word attention after every backbone stage, tanh-gated residual into
             the visual stream after stages 1-3. False reads the paper literally (plain backbone).
         hidden_size / num_attention_heads: width and heads of the enhancer, VEE and decoder (768 / 12).
@@ -199,45 +146,45 @@ class MetrisConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
 
     early_fusion: bool = True
-    hidden_size: int = 768
-    num_attention_heads: int = 12
-    mlp_ratio: float | int = 4.0
-    decoder_mlp_ratio: float | int = 4.0
+    hidden_size: int = interval(min=1, max=MAX_WIDTH)(default=768)
+    num_attention_heads: int = interval(min=1, max=MAX_WIDTH)(default=12)
+    mlp_ratio: float | int = interval(min=0, max=16, exclude_min=True)(default=4.0)
+    decoder_mlp_ratio: float | int = interval(min=0, max=16, exclude_min=True)(default=4.0)
     mix_ffn: bool = True
     attention_bias: bool = False
-    attention_dropout: float | int = 0.0
-    drop_path_rate: float | int = 0.1
-    enhancer_rounds: int = 2
-    joint_dim: int = 256
-    refinement_layers: int = 4
-    relation_layers: int = 4
-    dropout: float | int = 0.0
-    layer_norm_eps: float | int = 1e-5
-    initializer_range: float | int = 0.02
+    attention_dropout: float | int = probability(default=0.0)
+    drop_path_rate: float | int = interval(min=0, max=1, exclude_max=True)(default=0.1)
+    enhancer_rounds: int = interval(min=0, max=MAX_BLOCKS)(default=2)
+    joint_dim: int = interval(min=1, max=MAX_WIDTH)(default=256)
+    refinement_layers: int = interval(min=0, max=MAX_BLOCKS)(default=4)
+    relation_layers: int = interval(min=0, max=MAX_BLOCKS)(default=4)
+    dropout: float | int = probability(default=0.0)
+    layer_norm_eps: float | int = interval(min=0, max=1, exclude_min=True)(default=1e-5)
+    initializer_range: float | int = interval(min=0, max=1)(default=0.02)
 
-    guidance: str = "full"
+    guidance: Guidance = "full"
     use_curation: bool = True
     use_refinement: bool = True
     use_relation: bool = True
-    linguistic_cues: str = "all"
-    curation_ratio: float | int = 0.3
+    linguistic_cues: LinguisticCues = "all"
+    curation_ratio: float | int = interval(min=0, max=1, exclude_min=True)(default=0.3)
     dynamic_mask_normalization: bool = True
     ignore_articles: bool = False
     equal_size_ablations: bool = True
     article_token_ids: list[int] | tuple[int, ...] = (1037, 2019, 1996)  # "a", "an", "the" in bert-base-uncased
 
-    temperature_init: float | int = 0.1
-    temperature_min: float | int = 0.001
-    temperature_max: float | int = 0.5
-    contrastive_loss_weight: float | int = 0.4
-    mask_loss: str = "weighted_ce"
-    temperature_parametrization: str = "tau"
-    weight_init: str = "authors"
-    mask_loss_weight: float | int = 2.0
-    ce_class_weights: list[float] | tuple[float, ...] = (0.9, 1.1)
+    temperature_init: float | int = interval(min=MIN_TEMPERATURE, max=1)(default=0.1)
+    temperature_min: float | int = interval(min=MIN_TEMPERATURE, max=1)(default=0.001)
+    temperature_max: float | int = interval(min=MIN_TEMPERATURE, max=1)(default=0.5)
+    contrastive_loss_weight: float | int = interval(min=0, max=MAX_LOSS_WEIGHT)(default=0.4)
+    mask_loss: MaskLoss = "weighted_ce"
+    temperature_parametrization: TemperatureParametrization = "tau"
+    weight_init: WeightInit = "authors"
+    mask_loss_weight: float | int = interval(min=0, max=MAX_LOSS_WEIGHT)(default=2.0)
+    ce_class_weights: list[float | int] | tuple[float | int, ...] = class_weights(default=(0.9, 1.1))
 
     no_target_head: bool = False
-    no_target_loss_weight: float | int = 1.0
+    no_target_loss_weight: float | int = interval(min=0, max=MAX_LOSS_WEIGHT)(default=1.0)
 
     def __post_init__(self, **kwargs):
         unknown = sorted(set(kwargs) - _PRETRAINED_KWARGS)
@@ -252,60 +199,22 @@ class MetrisConfig(PreTrainedConfig):
                 f"MetrisConfig: unknown key(s) {', '.join(hints)}: not MetrisConfig fields, kept but unused"
             )
         super().__post_init__(**kwargs)
-        # Checked here as well as in `validate_architecture` so a bad value raises a plain `ValueError`
-        # naming the field (strict's class validators wrap it in their own exception type).
-        self._check_metris_fields()
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        """Type-checked by `@strict` (a wrong type raises `MetrisConfigTypeError`, a TypeError); a METRIS
-        field assigned after construction is value-checked too, so `config.guidance = "bogus"` fails here rather
-        than running a model silently. Fields that bound each other (the temperatures, `hidden_size` /
-        `num_attention_heads`) are checked together, not here, so they can be changed one after the other: by
-        `validate()` / `save_pretrained`, when a model is built, and at the top of every model forward."""
-        # `_name_or_path` appears late in `PreTrainedConfig.__post_init__`: before it, fields are being filled in
-        # by the constructor, and `__post_init__` checks them all at its end
-        if name in _SINGLE_FIELD_CHECKS and "_name_or_path" in self.__dict__:
-            _SINGLE_FIELD_CHECKS[name](name, value)
-        super().__setattr__(name, value)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
-        """As `PreTrainedConfig.from_pretrained`, but a missing local path is named so (see `check_local_path`)."""
-        check_local_path(pretrained_model_name_or_path, f"{cls.__name__}.from_pretrained")
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def validate_architecture(self):
+        """Fields that bound each other (each field's own range is checked by its validator, on every assignment).
+        Run by `@strict` after construction and by `save_pretrained`; `MetrisPreTrainedModel` runs it before
+        building, so a config changed field by field is checked whole once, where it is used."""
         super().validate_architecture()
-        self._check_metris_fields()
-
-    def _check_metris_fields(self) -> None:
-        for field, check in _SINGLE_FIELD_CHECKS.items():
-            check(field, getattr(self, field))
-        self._check_cross_fields()
-        self._check_backbone_outputs()
-
-    def _check_cross_fields(self) -> None:
-        """The fields that bound each other. Every model forward runs this, so it reads the fields from `__dict__`
-        in one go (`PreTrainedConfig.__getattribute__` costs microseconds per attribute); the backbone's outputs
-        are checked in `_check_metris_fields`, since a built backbone keeps its own."""
-        fields = self.__dict__
-        t_min, t_init, t_max = fields["temperature_min"], fields["temperature_init"], fields["temperature_max"]
-        if not 0 < t_min <= t_init <= t_max:
+        if not self.temperature_min <= self.temperature_init <= self.temperature_max:
             raise ValueError(
-                "`temperature_init` must lie in [`temperature_min`, `temperature_max`] with `temperature_min` > 0, "
-                f"got {t_init} in [{t_min}, {t_max}]"
+                "`temperature_init` must lie in [`temperature_min`, `temperature_max`], "
+                f"got {self.temperature_init} in [{self.temperature_min}, {self.temperature_max}]"
             )
-        if fields["hidden_size"] % fields["num_attention_heads"]:
+        if self.hidden_size % self.num_attention_heads:
             raise ValueError(
-                f"`hidden_size` ({fields['hidden_size']}) must be divisible by `num_attention_heads` "
-                f"({fields['num_attention_heads']})"
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})"
             )
-        if len(fields["ce_class_weights"]) != 2:
-            raise ValueError(
-                f"`ce_class_weights` must hold 2 weights (background, object), got {fields['ce_class_weights']}"
-            )
-
-    def _check_backbone_outputs(self) -> None:
         out = getattr(self.backbone_config, "out_features", None) or getattr(self.backbone_config, "out_indices", None)
         if out is not None and len(out) != 4:
             raise ValueError(f"`backbone_config` must return 4 feature maps (strides 4-32), it returns {list(out)}")
@@ -354,70 +263,6 @@ class MetrisConfig(PreTrainedConfig):
         return self.relation_layers + extra
 
 
-def _one_of(allowed: tuple[str, ...]):
-    def check(field: str, value: Any) -> None:
-        if value not in allowed:
-            raise ValueError(f"`{field}` must be one of {allowed}, got {value!r}")
-
-    return check
-
-
-def _number(low: float, high: float = math.inf, low_open: bool = False):
-    """A finite real number (not a bool) in [low, high], or (low, high] with `low_open`."""
-
-    def check(field: str, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"`{field}` must be a finite number, got {value!r}")
-        if value > high or value < low or (low_open and value == low):
-            bracket = "(" if low_open else "["
-            raise ValueError(f"`{field}` must be in {bracket}{low}, {high}], got {value}")
-
-    return check
-
-
-def _whole(low: int):
-    def check(field: str, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"`{field}` must be an integer >= {low}, got {value!r}")
-
-    return check
-
-
-# One check per field that can be judged on its own (run at construction and on every later assignment).
-_SINGLE_FIELD_CHECKS = {
-    "guidance": _one_of(GUIDANCE_MODES),
-    "linguistic_cues": _one_of(LINGUISTIC_CUES),
-    "mask_loss": _one_of(MASK_LOSSES),
-    "temperature_parametrization": _one_of(TEMPERATURE_PARAMETRIZATIONS),
-    "weight_init": _one_of(WEIGHT_INITS),
-    "curation_ratio": _number(0, 1, low_open=True),
-    **{
-        name: _number(0)
-        for name in (
-            "contrastive_loss_weight",
-            "no_target_loss_weight",
-            "mask_loss_weight",
-            "dropout",
-            "attention_dropout",
-            "drop_path_rate",
-        )
-    },
-    **{
-        name: _number(0, low_open=True)
-        for name in (
-            "mlp_ratio",
-            "decoder_mlp_ratio",
-            "layer_norm_eps",
-            "temperature_min",
-            "temperature_init",
-            "temperature_max",
-        )
-    },
-    **{name: _whole(1) for name in ("hidden_size", "num_attention_heads", "joint_dim")},
-    **{name: _whole(0) for name in ("enhancer_rounds", "refinement_layers", "relation_layers")},
-}
-
-
 def parse_config_overrides(text: str | None) -> dict:
     """`"a=1,b=x"` → `{"a": 1, "b": "x"}` for command lines; values are read as JSON where they parse.
 
@@ -442,8 +287,6 @@ def parse_config_overrides(text: str | None) -> dict:
 
 __all__ = [
     "MetrisConfig",
-    "MetrisConfigTypeError",
-    "MetrisConfigValueError",
     "parse_config_overrides",
     "GUIDANCE_MODES",
     "LINGUISTIC_CUES",

@@ -3,7 +3,8 @@ anything loads.
 
 transformers reads a missing local folder as a Hub id ("Repo id must be in the form …"), a folder without
 `config.json` as an unknown model ("Unrecognized model …"), and Accelerate reads a model folder given as a training
-state as a wall of missing keys. The checks here say what the folder is and what was expected instead.
+state as a wall of missing keys. The checks here, run on command-line arguments, say what the folder is and
+what was expected instead.
 """
 
 from __future__ import annotations
@@ -42,25 +43,6 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or os.path.exists(name)
 
 
-def check_local_path(name_or_path: str | os.PathLike | None, what: str) -> None:
-    """A FileNotFoundError naming `name_or_path` when it is a local path (a `Path`, or text starting with `.`, `/`
-    or `~`, or with more than one `/`) that does not exist; a Hub id (`owner/name`) and None pass.
-
-    Why: transformers reads a missing local path as a Hub id and says "Repo id must use alphanumeric chars", which
-    hides the typo. Our classes' `from_pretrained` run this first; `pipeline(model=...)` and the Auto classes resolve
-    the config in transformers before any of our code runs, so check there with this function or `os.path.isdir`.
-    """
-    if name_or_path is None:
-        return
-    name = os.fspath(name_or_path)
-    if not (isinstance(name_or_path, os.PathLike) or _looks_local(name)) or os.path.exists(name):
-        return
-    hint = ""
-    if os.path.exists(os.path.expanduser(name)):
-        hint = f"; {os.path.expanduser(name)} exists: expand the ~ (os.path.expanduser), transformers does not"
-    raise FileNotFoundError(f"{what}: {name}: no such file or folder (a local path, not a Hub id){hint}")
-
-
 def check_model_source(name_or_path: str, what: str = "--model") -> None:
     """Raises FileNotFoundError / ValueError when `name_or_path` is a local path but not a model checkpoint folder;
     a Hub id (`owner/name`) passes unchecked."""
@@ -94,7 +76,7 @@ def check_training_state(path: str, what: str = "--resume_from_checkpoint") -> N
         raise ValueError(f"{what} {path} is not {TRAINING_STATE} (no progress.json, optimizer.bin or random states)")
 
 
-__all__ = ["check_local_path", "check_model_source", "check_training_state", "folder_kind"]
+__all__ = ["check_model_source", "check_training_state", "folder_kind"]
 
 
 def bad_input_errors() -> tuple[type[BaseException], ...]:
@@ -119,7 +101,9 @@ def run_command(main: Callable[[list[str] | None], Any], prog: str, argv: list[s
     try:
         result = main(argv)
     except bad_input_errors() as error:
-        lines = str(error).strip().splitlines() or [type(error).__name__]
-        print(f"{prog}: error: {lines[0]}{' …' if len(lines) > 1 else ''}", file=sys.stderr)
+        lines = [line.strip() for line in str(error).strip().splitlines()] or [type(error).__name__]
+        # a first line ending in ':' announces the cause on the next (the config's strict-validation errors)
+        shown = 2 if len(lines) > 1 and lines[0].endswith(":") else 1
+        print(f"{prog}: error: {' '.join(lines[:shown])}{' …' if len(lines) > shown else ''}", file=sys.stderr)
         return 2
     return result if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -39,8 +39,6 @@ from transformers.image_utils import (
 )
 from transformers.utils import TensorType, is_torchvision_available
 
-from .folders import check_local_path
-
 if is_torchvision_available():
     from torchvision.transforms.v2 import functional as tvF
 
@@ -355,12 +353,6 @@ class MetrisImageProcessingMixin:
     do_center_crop = None
     crop_size = None
     _mask_resample: Any = PILImageResampling.NEAREST  # ground truth: nearest neighbour (the evaluation protocol)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
-        """As transformers' `from_pretrained`, but a missing local path is named as such (see `check_local_path`)."""
-        check_local_path(pretrained_model_name_or_path, f"{cls.__name__}.from_pretrained")
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def _converts_rgb(self, do_convert_rgb: bool | None) -> bool:
         return bool(self.do_convert_rgb if do_convert_rgb is None else do_convert_rgb)

@@ -14,10 +14,8 @@ Boolean masks use True = "may be attended / is a real token"; attention takes th
 """
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +28,6 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_metris import MetrisConfig
-from .folders import check_local_path
 
 # --------------------------------------------------------------------------------------------------------------
 # Outputs
@@ -633,30 +630,9 @@ class MetrisPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
 
     def __init__(self, config: MetrisConfig, *inputs, **kwargs):
-        # assignment checks each field alone: a config changed since construction is checked whole before building
-        config._check_metris_fields()
+        # each field is checked on assignment; a config changed field by field is checked whole once, here
+        config.validate()
         super().__init__(config, *inputs, **kwargs)
-
-    @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike | None, *args: Any, **kwargs: Any
-    ) -> Any:
-        """As `PreTrainedModel.from_pretrained`, but a missing local path is named as such (see `check_local_path`)."""
-        check_local_path(pretrained_model_name_or_path, f"{cls.__name__}.from_pretrained")
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-
-    def check_config(self) -> None:
-        """A ValueError when `self.config` was changed, after this model was built, into a state it cannot run.
-
-        Assignment checks each field alone; fields that bound each other (the temperatures, `hidden_size` /
-        `num_attention_heads`) and fields the built modules must match (`guidance`, `mask_loss`) are checked here,
-        at the top of every forward: a few comparisons. Fields read only at build time (widths, layer counts,
-        the backbone) no longer change a built model.
-        """
-        try:
-            self.config._check_cross_fields()
-        except ValueError as error:
-            raise ValueError(f"model.config was changed into an inconsistent state: {error}") from None
 
     def enable_input_require_grads(self) -> None:
         """As `PreTrainedModel`'s, for every sub-model's input embeddings (each once), but the Swin's patch
@@ -739,9 +715,8 @@ class MetrisModel(MetrisPreTrainedModel):
         self.stage4_block = MetrisAttentionBlock(config, config.mlp_ratio, mix_ffn=config.mix_ffn)
         uses_enhancer = config.guidance != "pure_le"
         uses_vee = config.guidance in ("full", "ve_only")
-        # `check_config` compares: another guidance on these modules would be neither ablation (a "pure_le" run
-        # of a "full" model still feeds the decoder enhanced pixels)
-        self.built_guidance = config.guidance
+        # read at forward from here, not the config: these modules run this guidance and no other
+        self.guidance = config.guidance
         self.language_enhancer = MetrisLanguageEnhancer(config) if uses_enhancer else None
         self.visual_expression_extractor = MetrisVisualExpressionExtractor(config) if uses_vee else None
         self.decoder = MetrisDecoder(config, channels[-2::-1])
@@ -753,16 +728,6 @@ class MetrisModel(MetrisPreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Module:
         return self.text_encoder.get_input_embeddings()
-
-    def check_config(self) -> None:
-        super().check_config()
-        if self.config.guidance != self.built_guidance:
-            raise ValueError(
-                f"model.config.guidance was changed to {self.config.guidance!r}, but this model was built for "
-                f"{self.built_guidance!r} (its modules run that guidance): set it back, or build a model for "
-                f"{self.config.guidance!r} (MetrisForReferringSegmentation(config), or from_pretrained(..., "
-                f"guidance={self.config.guidance!r}))"
-            )
 
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.text_encoder.set_input_embeddings(value)
@@ -796,7 +761,7 @@ class MetrisModel(MetrisPreTrainedModel):
 
     def guidance_set(self, text_states, linguistic, visual, pixels, word_mask, cue_mask):
         """G of §3.3 and its key mask, laid out by `config.guidance` (Table 5)."""
-        mode = self.config.guidance
+        mode = self.guidance
         if mode == "pure_le":
             return text_states, word_mask
         if mode == "enhanced_le":
@@ -823,7 +788,6 @@ class MetrisModel(MetrisPreTrainedModel):
         pixel_values (`(B, 3, H, W)`): normalised images, H and W multiples of 32 (480×480 in the paper).
         input_ids, attention_mask (`(B, L)`): the tokenised expressions; padding is masked everywhere.
         """
-        self.check_config()
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -872,6 +836,11 @@ class MetrisModel(MetrisPreTrainedModel):
         )
 
 
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Losses run in float32 under bf16/fp16 autocast, and keep float64 when the model runs in float64."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 class MetrisLoss(nn.Module):
     """The loss terms, unweighted and at label size: the mask loss, Eq. 4 on the [CLS] row of S_c, the no-target loss.
 
@@ -895,10 +864,10 @@ class MetrisLoss(nn.Module):
     ) -> dict[str, torch.Tensor]:
         config = self.config
         size = labels.shape[-2:]
-        target = labels.float()
-        upsampled = F.interpolate(class_logits, size=size, mode="bilinear", align_corners=True).float()
-        if config.mask_loss == "weighted_ce":
-            terms = {"mask": F.cross_entropy(upsampled, labels.long(), weight=self.class_weights.float())}
+        upsampled = at_least_float32(F.interpolate(class_logits, size=size, mode="bilinear", align_corners=True))
+        target = labels.to(upsampled.dtype)
+        if class_logits.shape[1] == 2:  # the head built for weighted_ce
+            terms = {"mask": F.cross_entropy(upsampled, labels.long(), weight=self.class_weights.to(upsampled.dtype))}
         else:
             terms = {"mask": F.binary_cross_entropy_with_logits(upsampled[:, 0], target)}
         if relevance_scores is not None and config.contrastive_loss_weight > 0:
@@ -908,11 +877,14 @@ class MetrisLoss(nn.Module):
             if grid[0] * grid[1] != num_pixels:
                 raise ValueError(f"relevance scores hold {num_pixels} pixels, not the {grid} grid of stride 32")
             global_scores = (relevance_scores[:, 0] / temperature).reshape(batch, 1, *grid)
-            global_scores = F.interpolate(global_scores, size=size, mode="bilinear", align_corners=True).float()
+            global_scores = at_least_float32(
+                F.interpolate(global_scores, size=size, mode="bilinear", align_corners=True)
+            )
             terms["contrastive"] = F.binary_cross_entropy_with_logits(global_scores[:, 0], target)
         if no_target_logits is not None:
-            is_empty = (labels.flatten(1).sum(1) == 0).float()
-            terms["no_target"] = F.binary_cross_entropy_with_logits(no_target_logits.float(), is_empty)
+            no_target_logits = at_least_float32(no_target_logits)
+            is_empty = (labels.flatten(1).sum(1) == 0).to(no_target_logits.dtype)
+            terms["no_target"] = F.binary_cross_entropy_with_logits(no_target_logits, is_empty)
         return terms
 
 
@@ -936,18 +908,6 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.metris.get_input_embeddings()
 
-    def check_config(self) -> None:
-        self.metris.check_config()
-        self._check_mask_loss()
-
-    def _check_mask_loss(self) -> None:
-        built = "weighted_ce" if self.classifier.out_channels == 2 else "bce"
-        if self.config.mask_loss != built:
-            raise ValueError(
-                f"model.config.mask_loss was changed to {self.config.mask_loss!r}, but this model was built for "
-                f"{built!r} ({self.classifier.out_channels} output class(es)): set it back, or build a new model"
-            )
-
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.metris.set_input_embeddings(value)
 
@@ -969,7 +929,6 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
         labels (`(B, H, W)`, optional): binary target masks at the `pixel_values` size; an all-zero mask is a
             no-target sample (gRefCOCO).
         """
-        self._check_mask_loss()  # `self.metris` checks the rest of the config in its own forward
         outputs: MetrisModelOutput = self.metris(
             pixel_values,
             input_ids,

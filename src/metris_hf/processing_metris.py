@@ -18,7 +18,6 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import is_torchvision_available
 
-from .folders import check_local_path
 from .image_processing_metris import MetrisImageProcessor, MetrisImageProcessorPil, make_list
 
 DEFAULT_MAX_LENGTH = 20
@@ -281,8 +280,7 @@ class MetrisProcessor(ProcessorMixin):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
         """Loads as `ProcessorMixin` does, then refuses a tokenizer without its vocabulary: transformers builds
         one from `tokenizer_config.json` alone, which knows only the special tokens (see
-        `check_tokenizer_vocabulary`); a missing local path is named as such (see `check_local_path`)."""
-        check_local_path(pretrained_model_name_or_path, f"{cls.__name__}.from_pretrained")
+        `check_tokenizer_vocabulary`)."""
         folder = Path(pretrained_model_name_or_path)
         if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
             raise ValueError(
