@@ -10,10 +10,10 @@ Parts:
              product's rate. Every model row is also given as a fraction of it (GMACs ÷ seconds ÷ GEMM rate), with
              the product timed again in the row's own process, alternating with the model round by round, so
              that a machine whose speed drifts (shared cores, clocks) moves both alike.
-  inference  full METRIS forward, the plain Swin-B backbone alone and the text encoder alone, at each batch
-             size, dtype and torch.compile setting: seconds per batch, GMACs (the counter of
-             scripts/count_macs.py), peak memory, the fraction of the GEMM peak, and the efficiency ratio
-             (METRIS seconds per GMAC) / (Swin-B seconds per GMAC).
+  inference  full METRIS forward (on CPU with the pipeline's `optimize_for_cpu_inference`), the plain Swin-B
+             backbone alone and the text encoder alone, at each batch size, dtype and torch.compile setting:
+             seconds per batch, GMACs (the counter of scripts/count_macs.py), peak memory, the fraction of the
+             GEMM peak, and the efficiency ratio (METRIS seconds per GMAC) / (Swin-B seconds per GMAC).
   train      forward + backward + AdamW step: samples/s, peak memory and fraction of the peak, counting the
              backward as twice the forward's MACs (CPU: batch 2, float32 and bfloat16 autocast, and float32 with
              gradient checkpointing; GPU: batch 16 bf16 with and without gradient checkpointing).
@@ -193,6 +193,10 @@ def inference_worker(job: dict) -> dict:
     device, dtype = job["device"], DTYPES[job["dtype"]]
     set_matmul_precision(device)
     model = build(job["kind"], job["tiny"], device).to(dtype=dtype).eval()
+    if job["kind"] == "metris" and device == "cpu":  # as the pipeline runs it
+        from metris_hf.cpu_kernels import optimize_for_cpu_inference
+
+        optimize_for_cpu_inference(model)
     inputs = make_inputs(job["kind"], max(job["batch_sizes"]), job["image_size"], job["max_length"], device, dtype)
     gmacs = gmacs_per_sample(model, inputs)
     runner = torch.compile(model) if job["compile"] else model

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--num_scenes must be at least 1")
 
     model_path = args.model or str(embedded_checkpoint())
-    model = AutoModel.from_pretrained(model_path).eval()
+    model = AutoModel.from_pretrained(model_path, attn_implementation="eager").eval()  # for the attention maps
     processor = AutoProcessor.from_pretrained(model_path)
     segmenter = pipeline("referring-image-segmentation", model=model, processor=processor)
     image_size = processor.image_processor.size["height"]

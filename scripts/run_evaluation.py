@@ -23,6 +23,7 @@ from accelerate import Accelerator
 from transformers import AutoModel, AutoProcessor
 
 import metris_hf  # noqa: F401  (registers the Auto classes)
+from metris_hf.cpu_kernels import optimize_for_cpu_inference
 from metris_hf.data import DATASET_NAMES, SPLIT_BYS, load_dataset_by_name, sentence_rows
 from metris_hf.evaluation import RESOLUTIONS, evaluate_referring
 from metris_hf.folders import check_model_source, run_command
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = AutoModel.from_pretrained(args.model_name_or_path).to(accelerator.device).eval()
     processor = AutoProcessor.from_pretrained(args.model_name_or_path)
     check_processor_for_model(processor, model.config, args.model_name_or_path)
+    if accelerator.device.type == "cpu":
+        optimize_for_cpu_inference(model)
     if args.mixed_precision == "bf16":
         model = model.to(torch.bfloat16)
     metric = "grefcoco" if args.dataset == "grefcoco" else "refcoco"

@@ -60,7 +60,7 @@ def target_mask(expression: str) -> np.ndarray | None:
 
 
 def rebuild_demo(model_path: str, folder: Path) -> None:
-    model = AutoModel.from_pretrained(model_path).eval()
+    model = AutoModel.from_pretrained(model_path, attn_implementation="eager").eval()  # for the attention maps
     processor = AutoProcessor.from_pretrained(model_path)
     segmenter = pipeline("referring-image-segmentation", model=model, processor=processor)
     _, image = quick_start_scene(folder)

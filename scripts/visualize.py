@@ -47,7 +47,7 @@ def parse_pairs(argv: list[str] | None) -> tuple[argparse.Namespace, list[tuple[
 def main(argv: list[str] | None = None) -> Path:
     args, pairs = parse_pairs(argv)
     path = args.model or str(embedded_checkpoint())
-    model = AutoModel.from_pretrained(path).to(args.device).eval()
+    model = AutoModel.from_pretrained(path, attn_implementation="eager").to(args.device).eval()  # the maps
     processor = AutoProcessor.from_pretrained(path)
     rows = []
     for image_path, expressions in pairs:

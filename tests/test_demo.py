@@ -151,6 +151,22 @@ def test_visualize_draws_a_row_per_expression(tmp_path):
     assert all(p["box"][2] - p["box"][0] == 192 for p in panels if p["kind"] != "colourbar")
 
 
+def test_attention_maps_need_eager_attention_and_say_so():
+    from transformers import AutoModel, AutoProcessor
+
+    from metris_hf.visualization import explain
+
+    folder = embedded_checkpoint()
+    processor = AutoProcessor.from_pretrained(folder)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8))
+    fused = AutoModel.from_pretrained(folder, attn_implementation="sdpa").eval()
+    with pytest.raises(ValueError, match='attn_implementation="eager"'):
+        explain(fused, processor, image, ["the red circle"])
+    eager = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+    ((mask, maps),) = explain(eager, processor, image, ["the red circle"])
+    assert mask.shape == (96, 96) and set(maps) == {"linguistic", "visual"}
+
+
 def test_row_outlines_masks_without_tinting_and_has_colour_bars():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8))
     target, predicted = np.zeros((96, 96), bool), np.zeros((96, 96), bool)

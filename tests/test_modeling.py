@@ -39,7 +39,8 @@ def build(seed=0, **overrides):
 
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_output_shapes(batch_size):
-    model = build()
+    torch.manual_seed(0)
+    model = MetrisForReferringSegmentation._from_config(tiny_metris_config(), attn_implementation="eager").eval()
     batch = make_batch(batch_size)
     out = model(**batch, output_attentions=True, output_hidden_states=True)
     n = (IMAGE // 32) ** 2
@@ -56,6 +57,38 @@ def test_output_shapes(batch_size):
     assert torch.all(out.decoder_attentions[-1].masked_select(pad[:, None, None, :]) == 0)
     # the relevance scores are cosine similarities
     assert out.relevance_scores.abs().max() <= 1 + 1e-5
+
+
+def test_attention_maps_come_from_eager_attention_only():
+    """SDPA computes no weights: with it `output_attentions=True` gives an empty tuple (and the library's warning),
+    not a silent switch to eager; the same weights then come from `attn_implementation="eager"`."""
+    batch = make_batch(2)
+    batch.pop("labels")
+    model = build()
+    assert model.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        fused = model(**batch, output_attentions=True)
+        model.set_attn_implementation("eager")
+        eager = model(**batch, output_attentions=True)
+    assert fused.decoder_attentions == ()
+    assert len(eager.decoder_attentions) == 4
+    torch.testing.assert_close(fused.logits, eager.logits, rtol=1e-4, atol=1e-5)
+
+
+def test_task_output_carries_every_base_field():
+    model = build()
+    batch = make_batch(2)
+    with torch.no_grad():
+        out = model(**batch, output_hidden_states=True)
+        base = model.metris(
+            batch["pixel_values"], batch["input_ids"], batch["attention_mask"], output_hidden_states=True
+        )
+    assert out.cue_mask is not None and out.last_hidden_state is not None
+    for name, value in base.items():
+        expected = value if isinstance(value, tuple) else (value,)
+        got = out[name] if isinstance(out[name], tuple) else (out[name],)
+        for left, right in zip(got, expected, strict=True):
+            torch.testing.assert_close(left, right, rtol=0, atol=0, msg=name)
 
 
 def test_tuple_output_and_no_labels():

@@ -24,6 +24,7 @@ from helpers import (
     save_tiny_checkpoint,
 )
 from metris_hf import MetrisForReferringSegmentation
+from metris_hf.cpu_kernels import MetrisCpuConvLinear, MetrisInplaceGELU
 from metris_hf.image_processing_metris import MetrisImageProcessor
 from metris_hf.pipeline_metris import TASK, ReferringImageSegmentationPipeline, register_pipeline
 from metris_hf.processing_metris import MetrisProcessor
@@ -71,6 +72,11 @@ def test_registration_is_idempotent(segmenter):
     register_pipeline()
     assert isinstance(segmenter, ReferringImageSegmentationPipeline)
     assert isinstance(segmenter.processor, MetrisProcessor)
+
+
+def test_a_cpu_pipeline_runs_the_cpu_kernels(segmenter):
+    kinds = {type(module) for module in segmenter.model.modules()}
+    assert MetrisCpuConvLinear in kinds and MetrisInplaceGELU in kinds
 
 
 def test_single_pair_matches_model_and_processor(segmenter, checkpoint, photo):

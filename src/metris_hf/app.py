@@ -78,7 +78,8 @@ class Segmenter:
         else:
             from transformers import AutoModel, AutoProcessor, pipeline
 
-            self.model = AutoModel.from_pretrained(location).eval()
+            # eager attention: the attention sheet shows its weights, which fused kernels do not compute
+            self.model = AutoModel.from_pretrained(location, attn_implementation="eager").eval()
             self.processor = AutoProcessor.from_pretrained(location)
             self.run = pipeline("referring-image-segmentation", model=self.model, processor=self.processor)
 

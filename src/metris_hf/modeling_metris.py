@@ -14,7 +14,6 @@ Boolean masks use True = "may be attended / is a real token"; attention takes th
 """
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +24,8 @@ from transformers import initialization as init
 from transformers.backbone_utils import load_backbone
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, auto_docstring, can_return_tuple
 
 from .configuration_metris import MetrisConfig
 
@@ -34,9 +34,7 @@ from .configuration_metris import MetrisConfig
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class MetrisModelOutput(ModelOutput):
-    r"""
+_MODEL_OUTPUT_FIELDS = r"""
     last_hidden_state (`torch.FloatTensor` of shape `(B, D, H/4, W/4)`):
         The decoder's feature map at stride 4, after its last attention block: what the mask head projects.
     relevance_scores (`torch.FloatTensor` of shape `(B, L, N)`):
@@ -58,11 +56,19 @@ class MetrisModelOutput(ModelOutput):
         F1..F4 after early fusion and the stage norms, `(B, C_i, H_i, W_i)`.
     decoder_hidden_states (`tuple(torch.FloatTensor)`, with `output_hidden_states=True`):
         The decoder's feature map after each stage, from stride 32 to stride 4, `(B, D, H_i, W_i)`.
-    decoder_attentions (`tuple(torch.FloatTensor)`, with `output_attentions=True`):
+    decoder_attentions (`tuple(torch.FloatTensor)`, with `output_attentions=True` and `attn_implementation="eager"`):
         Per decoder stage (stride 32 to 4), attention of every pixel over the guidance set,
-        `(B, heads, H_i·W_i, G)`: the maps of the paper's Fig. 7b / 15.
-    """
+        `(B, heads, H_i·W_i, G)`: the maps of the paper's Fig. 7b / 15. Fused kernels (SDPA) compute no weights:
+        then the tuple is empty.
+"""
 
+
+@auto_docstring(
+    custom_intro="Everything `MetrisModel` computes up to the decoder's stride-4 map.",
+    custom_args=_MODEL_OUTPUT_FIELDS,
+)
+@dataclass
+class MetrisModelOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor | None = None
     relevance_scores: torch.FloatTensor | None = None
     curation_mask: torch.LongTensor | None = None
@@ -76,9 +82,9 @@ class MetrisModelOutput(ModelOutput):
     decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-@dataclass
-class MetrisReferringSegmentationOutput(ModelOutput):
-    r"""
+@auto_docstring(
+    custom_intro="The mask logits (and loss) of `MetrisForReferringSegmentation` and every `MetrisModelOutput` field.",
+    custom_args=r"""
     loss (`torch.FloatTensor` of shape `()`, returned when `labels` are given):
         `mask_loss_weight` × mask loss + `contrastive_loss_weight` × pixel-contrastive loss (Eq. 4)
         (+ the no-target loss when enabled).
@@ -92,18 +98,22 @@ class MetrisReferringSegmentationOutput(ModelOutput):
         `config.no_target_head`); `loss` is their sum weighted by the config's `*_loss_weight` fields.
     no_target_logits (`torch.FloatTensor` of shape `(B,)`, with `config.no_target_head`):
         Logit of "the expression refers to nothing" (gRefCOCO).
-    The other fields are those of [`MetrisModelOutput`].
-    """
-
+"""
+    + _MODEL_OUTPUT_FIELDS,
+)
+@dataclass
+class MetrisReferringSegmentationOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     loss_terms: dict[str, torch.FloatTensor] | None = None
     no_target_logits: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
     relevance_scores: torch.FloatTensor | None = None
     curation_mask: torch.LongTensor | None = None
     temperature: torch.FloatTensor | None = None
     visual_expression: torch.FloatTensor | None = None
     linguistic_expression: torch.FloatTensor | None = None
+    cue_mask: torch.LongTensor | None = None
     guidance_mask: torch.LongTensor | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
@@ -113,35 +123,6 @@ class MetrisReferringSegmentationOutput(ModelOutput):
 # --------------------------------------------------------------------------------------------------------------
 # Attention and MLPs
 # --------------------------------------------------------------------------------------------------------------
-
-
-class MetrisConvLinear(nn.Linear):
-    """`nn.Linear` run as a 1×1 oneDNN convolution on CPU (same parameters and state-dict keys).
-
-    MKL's sgemm behind `addmm` ran at half the speed of oneDNN's convolution on the 2-core AMD EPYC we benchmark
-    on (14,400 × 768 → 1536: 176 ms vs 91 ms, backward alike); on an Intel Xeon the two tie. Switched on and off
-    for a whole model by `MetrisPreTrainedModel.set_cpu_conv_linears`, the one place this choice is made.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // self.in_features
-        if x.device.type != "cpu" or rows < 256:
-            return F.linear(x, self.weight, self.bias)
-        # (rows, C) memory is an NHWC image of height 1: a channels-last conv reads and writes it in place.
-        flat = x.reshape(1, 1, rows, self.in_features).permute(0, 3, 1, 2)
-        out = F.conv2d(flat, self.weight[:, :, None, None], self.bias)
-        return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], self.out_features)
-
-
-def gelu(hidden_states: torch.Tensor) -> torch.Tensor:
-    """GELU, in place when no gradient is being recorded (inference).
-
-    The pixel-side MLPs' activations are fresh 60-MB buffers at stride 4 on Swin-B; writing the GELU into another
-    fresh one costs page faults that outweigh the GELU itself (0.4-0.6 s of a 7.6 s CPU forward at 480²).
-    """
-    if torch.is_grad_enabled() and hidden_states.requires_grad:
-        return F.gelu(hidden_states)
-    return torch.ops.aten.gelu_(hidden_states)
 
 
 def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -175,19 +156,15 @@ def run_attention(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     scaling: float,
-    output_attentions: bool,
+    **kwargs: Unpack[TransformersKwargs],
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Dispatches through the library's attention interface (`config._attn_implementation`: eager, sdpa, ...).
 
-    Weights are only materialised when asked for (the decoder's maps of Fig. 7b): then eager runs whatever the
-    implementation, since fused kernels never return them.
+    Only eager returns the weights (the decoder's maps of Fig. 7b); fused kernels return None.
     """
-    interface: Callable = eager_attention_forward
-    if not output_attentions:
-        interface = ALL_ATTENTION_FUNCTIONS.get_interface(module.config._attn_implementation, eager_attention_forward)
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(module.config._attn_implementation, eager_attention_forward)
     dropout = module.config.attention_dropout if module.training else 0.0
-    output, weights = interface(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout)
-    return output, weights if output_attentions else None
+    return interface(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
 
 class MetrisAttention(nn.Module):
@@ -215,13 +192,13 @@ class MetrisAttention(nn.Module):
         query: torch.Tensor,
         context: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, q_len, _ = query.shape
         q = self.q_proj(query).view(batch, q_len, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(context).view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(context).view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
-        out, weights = run_attention(self, q, k, v, attention_mask, self.scaling, output_attentions)
+        out, weights = run_attention(self, q, k, v, attention_mask, self.scaling, **kwargs)
         return self.o_proj(out.reshape(batch, q_len, -1)), weights
 
 
@@ -232,11 +209,12 @@ class MetrisMLP(nn.Module):
         super().__init__()
         hidden = int(config.hidden_size * ratio)
         self.fc1 = nn.Linear(config.hidden_size, hidden)
+        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, config.hidden_size)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, hidden_states: torch.Tensor, spatial_shape: tuple[int, int] | None = None) -> torch.Tensor:
-        return self.dropout(self.fc2(self.dropout(gelu(self.fc1(hidden_states)))))
+        return self.dropout(self.fc2(self.dropout(self.act(self.fc1(hidden_states)))))
 
 
 class MetrisMixFFN(MetrisMLP):
@@ -259,7 +237,7 @@ class MetrisMixFFN(MetrisMLP):
         hidden = self.fc1(hidden_states)
         grid = hidden.view(batch, *spatial_shape, -1).permute(0, 3, 1, 2)
         hidden = self.dwconv(grid).permute(0, 2, 3, 1).reshape(batch, num_pixels, -1)
-        return self.dropout(self.fc2(self.dropout(gelu(hidden))))
+        return self.dropout(self.fc2(self.dropout(self.act(hidden))))
 
 
 def drop_path(hidden_states: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
@@ -294,11 +272,9 @@ class MetrisAttentionBlock(GradientCheckpointingLayer):
         context: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         spatial_shape: tuple[int, int] | None = None,
-        output_attentions: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, weights = self.attention(
-            self.norm_q(hidden_states), self.norm_kv(context), attention_mask, output_attentions
-        )
+        attended, weights = self.attention(self.norm_q(hidden_states), self.norm_kv(context), attention_mask, **kwargs)
         hidden_states = hidden_states + drop_path(attended, self.drop_path_rate, self.training)
         mlp_out = self.mlp(self.norm_mlp(hidden_states), spatial_shape)
         hidden_states = hidden_states + drop_path(mlp_out, self.drop_path_rate, self.training)
@@ -356,6 +332,7 @@ class MetrisPixelWordAttention(nn.Module):
         self.v_proj = nn.Linear(text_dim, dim)
         self.o_proj = nn.Linear(dim, dim)
         self.fused_proj = nn.Linear(dim, dim)
+        self.act = nn.GELU()
         self.gate = (
             nn.Sequential(nn.Linear(dim, dim, bias=False), nn.ReLU(), nn.Linear(dim, dim, bias=False), nn.Tanh())
             if gated
@@ -372,9 +349,9 @@ class MetrisPixelWordAttention(nn.Module):
         q = instance_norm(self.q_proj(pixels)).view(batch, num_pixels, self.num_heads, head_dim).transpose(1, 2)
         k = self.k_proj(words).view(batch, -1, self.num_heads, head_dim).transpose(1, 2)
         v = self.v_proj(words).view(batch, -1, self.num_heads, head_dim).transpose(1, 2)
-        language, _ = run_attention(self, q, k, v, word_bias, self.scaling, output_attentions=False)
+        language, _ = run_attention(self, q, k, v, word_bias, self.scaling)
         language = instance_norm(self.o_proj(language.reshape(batch, num_pixels, channels)))
-        fused = gelu(self.fused_proj(gelu(self.visual_proj(pixels)) * language))
+        fused = self.act(self.fused_proj(self.act(self.visual_proj(pixels)) * language))
         return fused, (self.gate(fused) * fused if self.gate is not None else None)
 
 
@@ -588,11 +565,11 @@ class MetrisDecoder(nn.Module):
         )
         self.fuse = nn.ModuleList([MetrisFuseConv(dim + channels, dim) for channels in skip_channels])
 
-    def attend(self, index: int, feature, guidance, guidance_bias, output_attentions: bool):
+    def attend(self, index: int, feature, guidance, guidance_bias, **kwargs: Unpack[TransformersKwargs]):
         batch, channels, height, width = feature.shape
         # Channels-last memory makes both reshapes views: (B, D, H, W) ⇄ (B, HW, D) without copies.
         pixels = feature.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(batch, -1, channels)
-        pixels, weights = self.blocks[index](pixels, guidance, guidance_bias, (height, width), output_attentions)
+        pixels, weights = self.blocks[index](pixels, guidance, guidance_bias, (height, width), **kwargs)
         return pixels.view(batch, height, width, channels).permute(0, 3, 1, 2), weights
 
     def forward(
@@ -601,15 +578,15 @@ class MetrisDecoder(nn.Module):
         skips: list[torch.Tensor],
         guidance: torch.Tensor,
         guidance_bias: torch.Tensor,
-        output_attentions: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
     ):
         """top (B, D, H4, W4); skips from deep to shallow (F3, F2, F1) → the stride-4 map, stage maps, attentions."""
-        feature, weights = self.attend(0, top, guidance, guidance_bias, output_attentions)
+        feature, weights = self.attend(0, top, guidance, guidance_bias, **kwargs)
         states, attentions = [feature], [weights]
         for index, (skip, fuse) in enumerate(zip(skips, self.fuse), start=1):
             feature = F.interpolate(feature, size=skip.shape[-2:], mode="bilinear", align_corners=True)
             feature = fuse(torch.cat([feature, skip], dim=1))
-            feature, weights = self.attend(index, feature, guidance, guidance_bias, output_attentions)
+            feature, weights = self.attend(index, feature, guidance, guidance_bias, **kwargs)
             states.append(feature)
             attentions.append(weights)
         return feature, states, attentions
@@ -620,6 +597,7 @@ class MetrisDecoder(nn.Module):
 # --------------------------------------------------------------------------------------------------------------
 
 
+@auto_docstring
 class MetrisPreTrainedModel(PreTrainedModel):
     config: MetrisConfig
     base_model_prefix = "metris"
@@ -628,6 +606,9 @@ class MetrisPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["MetrisAttentionBlock", "SwinStage", "BertLayer", "CLIPEncoderLayer"]
     _supports_sdpa = True
+    # Each loss term is a mean over its batch: `Trainer` must scale it for gradient accumulation itself, not pass
+    # `num_items_in_batch` (which it does to any forward taking `**kwargs` unless told otherwise).
+    accepts_loss_kwargs = False
 
     def __init__(self, config: MetrisConfig, *inputs, **kwargs):
         # each field is checked on assignment; a config changed field by field is checked whole once, here
@@ -655,18 +636,6 @@ class MetrisPreTrainedModel(PreTrainedModel):
         ]
         if self._require_grads_hooks:
             self._require_grads_hook = self._require_grads_hooks[0]
-
-    def set_cpu_conv_linears(self, enabled: bool = True) -> None:
-        """Run METRIS's own linears (not the text encoder's or the backbone's) as 1×1 convolutions on CPU.
-
-        On by default (`MetrisModel` sets it): twice as fast on the AMD machines we measured, a tie on Intel.
-        Parameters, state dicts and results are unchanged; only the kernel differs.
-        """
-        for name, module in self.named_modules():
-            if ".text_encoder" in f".{name}" or ".backbone" in f".{name}":
-                continue
-            if type(module) in (nn.Linear, MetrisConvLinear):
-                module.__class__ = MetrisConvLinear if enabled else nn.Linear
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -697,9 +666,10 @@ class MetrisPreTrainedModel(PreTrainedModel):
             super()._init_weights(module)
 
 
+@auto_docstring(
+    custom_intro="Encoders, early fusion, language enhancer, VEE and decoder: everything up to the stride-4 map."
+)
 class MetrisModel(MetrisPreTrainedModel):
-    """Encoders, early fusion, language enhancer, VEE and decoder: everything up to the stride-4 feature map."""
-
     def __init__(self, config: MetrisConfig):
         super().__init__(config)
         text_encoder = AutoModel.from_config(config.text_config)
@@ -723,7 +693,6 @@ class MetrisModel(MetrisPreTrainedModel):
         self.register_buffer(
             "article_ids", torch.tensor(list(config.article_token_ids), dtype=torch.long), persistent=False
         )
-        self.set_cpu_conv_linears(True)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -774,6 +743,7 @@ class MetrisModel(MetrisPreTrainedModel):
         return torch.cat([linguistic, visual], dim=1), torch.cat([word_mask, cue_mask], dim=1)
 
     @can_return_tuple
+    @auto_docstring
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -781,12 +751,20 @@ class MetrisModel(MetrisPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MetrisModelOutput:
         r"""
-        pixel_values (`(B, 3, H, W)`): normalised images, H and W multiples of 32 (480×480 in the paper).
-        input_ids, attention_mask (`(B, L)`): the tokenised expressions; padding is masked everywhere.
+        pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`):
+            Normalised images, H and W multiples of 32 (480×480 in the paper).
+        input_ids (`torch.LongTensor` of shape `(B, L)`):
+            The tokenised expressions.
+        attention_mask (`torch.LongTensor` of shape `(B, L)`, *optional*):
+            1 for real tokens, 0 for padding; padding is masked everywhere.
+        output_attentions (`bool`, *optional*):
+            Return the decoder's attention over the guidance set (`decoder_attentions`); needs
+            `attn_implementation="eager"`, as fused kernels compute no weights.
+        output_hidden_states (`bool`, *optional*):
+            Return the encoder's maps F1..F4 (`encoder_hidden_states`) and the decoder's (`decoder_hidden_states`).
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -818,7 +796,7 @@ class MetrisModel(MetrisPreTrainedModel):
         guidance_bias = attention_bias(guidance_mask[:, None, None, :], guidance.dtype)
         top = pixels.view(batch, h4, w4, -1).permute(0, 3, 1, 2)
         feature, decoder_states, decoder_attentions = self.decoder(
-            top, skips[::-1], guidance, guidance_bias, output_attentions
+            top, skips[::-1], guidance, guidance_bias, output_attentions=output_attentions, **kwargs
         )
         # Masks leave as 0/1 integers (the `attention_mask` convention): outputs a user can subtract and compare.
         return MetrisModelOutput(
@@ -832,7 +810,7 @@ class MetrisModel(MetrisPreTrainedModel):
             guidance_mask=guidance_mask.long(),
             encoder_hidden_states=(*skips, f4) if output_hidden_states else None,
             decoder_hidden_states=tuple(decoder_states) if output_hidden_states else None,
-            decoder_attentions=tuple(decoder_attentions) if output_attentions else None,
+            decoder_attentions=tuple(w for w in decoder_attentions if w is not None) if output_attentions else None,
         )
 
 
@@ -888,9 +866,10 @@ class MetrisLoss(nn.Module):
         return terms
 
 
+@auto_docstring(
+    custom_intro="METRIS: the decoder is guided by linguistic and visual expression tokens; returns mask logits."
+)
 class MetrisForReferringSegmentation(MetrisPreTrainedModel):
-    """METRIS: the decoder is guided by linguistic and visual expression tokens; returns mask logits."""
-
     def __init__(self, config: MetrisConfig):
         super().__init__(config)
         self.metris = MetrisModel(config)
@@ -902,7 +881,6 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
             nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, 1)) if config.no_target_head else None
         )
         self.criterion = MetrisLoss(config)
-        self.set_cpu_conv_linears(True)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -912,6 +890,7 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
         self.metris.set_input_embeddings(value)
 
     @can_return_tuple
+    @auto_docstring
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -920,14 +899,22 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> MetrisReferringSegmentationOutput:
         r"""
-        pixel_values (`(B, 3, H, W)`): normalised images, H and W multiples of 32 (480×480 in the paper).
-        input_ids, attention_mask (`(B, L)`): the tokenised expressions; padding is masked everywhere.
-        labels (`(B, H, W)`, optional): binary target masks at the `pixel_values` size; an all-zero mask is a
-            no-target sample (gRefCOCO).
+        pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`):
+            Normalised images, H and W multiples of 32 (480×480 in the paper).
+        input_ids (`torch.LongTensor` of shape `(B, L)`):
+            The tokenised expressions.
+        attention_mask (`torch.LongTensor` of shape `(B, L)`, *optional*):
+            1 for real tokens, 0 for padding; padding is masked everywhere.
+        labels (`torch.LongTensor` of shape `(B, H, W)`, *optional*):
+            Binary target masks at the `pixel_values` size; an all-zero mask is a no-target sample (gRefCOCO).
+        output_attentions (`bool`, *optional*):
+            Return the decoder's attention over the guidance set (`decoder_attentions`); needs
+            `attn_implementation="eager"`, as fused kernels compute no weights.
+        output_hidden_states (`bool`, *optional*):
+            Return the encoder's maps F1..F4 (`encoder_hidden_states`) and the decoder's (`decoder_hidden_states`).
         """
         outputs: MetrisModelOutput = self.metris(
             pixel_values,
@@ -936,6 +923,7 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            **kwargs,
         )
         class_logits = self.classifier(outputs.last_hidden_state)
         # weighted_ce keeps two classes; their difference is the same single logit as bce's.
@@ -962,19 +950,7 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
             loss = sum(weights[name] * term for name, term in loss_terms.items())
 
         return MetrisReferringSegmentationOutput(
-            loss=loss,
-            logits=logits,
-            loss_terms=loss_terms,
-            no_target_logits=no_target_logits,
-            relevance_scores=outputs.relevance_scores,
-            curation_mask=outputs.curation_mask,
-            temperature=outputs.temperature,
-            visual_expression=outputs.visual_expression,
-            linguistic_expression=outputs.linguistic_expression,
-            guidance_mask=outputs.guidance_mask,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
+            loss=loss, logits=logits, loss_terms=loss_terms, no_target_logits=no_target_logits, **outputs
         )
 
 

@@ -45,8 +45,7 @@ class _LogitsOnly(torch.nn.Module):
 
 
 def _load_for_export(model: str | os.PathLike | torch.nn.Module) -> torch.nn.Module:
-    """The model in the form that traces with a symbolic batch: eager attention, and plain linears (the CPU
-    1×1-convolution linears branch on the number of rows, which would pin the batch to the example's range)."""
+    """The model in the form that traces with a symbolic batch: eager attention."""
     from transformers import AutoModel
 
     if isinstance(model, torch.nn.Module):
@@ -54,8 +53,6 @@ def _load_for_export(model: str | os.PathLike | torch.nn.Module) -> torch.nn.Mod
             model.set_attn_implementation("eager")
     else:
         model = AutoModel.from_pretrained(str(model), attn_implementation="eager")
-    if hasattr(model, "set_cpu_conv_linears"):
-        model.set_cpu_conv_linears(False)
     return model.float().eval()
 
 

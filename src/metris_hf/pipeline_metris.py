@@ -9,7 +9,8 @@
 
 transformers has no such task, so it is registered here (`register_pipeline`, called on `import metris_hf`).
 Model, processor, device and dtype are handled as by every transformers pipeline; batching does not change a
-prediction, because every expression is padded to the processor's fixed `max_length`.
+prediction, because every expression is padded to the processor's fixed `max_length`. On CPU the pipeline applies
+`metris_hf.cpu_kernels.optimize_for_cpu_inference` to its model (in place: same weights, same results).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from transformers import AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 from transformers.utils import logging
 
+from .cpu_kernels import optimize_for_cpu_inference
 from .image_processing_metris import check_threshold, load_local_image, open_local_image, to_rgb_uint8
 from .processing_metris import check_processor_for_model, check_tokenizer_vocabulary
 
@@ -69,6 +71,8 @@ class ReferringImageSegmentationPipeline(Pipeline):
         check_tokenizer_vocabulary(self.processor.tokenizer, where, getattr(text_config, "vocab_size", None))
         check_processor_for_model(self.processor, self.model.config, where)
         check_finite_weights(self.model)
+        if self.device.type == "cpu":
+            optimize_for_cpu_inference(self.model)  # CPU kernels for METRIS's own linears and GELUs, same weights
 
     def __call__(self, image: Any, text: str | list[str] | None = None, **kwargs: Any) -> Any:
         """Returns one result dict for one (image, expression), else a list of them (see the class docstring)."""

@@ -207,7 +207,16 @@ def figure_panels(path: str | os.PathLike) -> list[dict]:
 
 @torch.no_grad()
 def explain(model, processor, image: Image.Image, expressions: list[str], threshold: float = 0.5):
-    """Masks (at the image size) and attention maps for each expression on one image."""
+    """Masks (at the image size) and attention maps for each expression on one image.
+
+    The maps are attention weights, which only eager attention computes: load the model with
+    `attn_implementation="eager"`."""
+    if model.config._attn_implementation != "eager":
+        raise ValueError(
+            "attention maps need eager attention (SDPA and other fused kernels compute no weights), but this model "
+            f"runs {model.config._attn_implementation!r}: load it with from_pretrained(..., "
+            'attn_implementation="eager") or call model.set_attn_implementation("eager")'
+        )
     inputs = processor(images=[image] * len(expressions), text=expressions, return_tensors="pt")
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     outputs = model(
