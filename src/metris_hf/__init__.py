@@ -9,14 +9,9 @@ Where transformers (or torch) is not installed, none of that happens: `metris_hf
 exported model with onnxruntime, NumPy, Pillow and `tokenizers` alone.
 """
 
-from importlib.util import find_spec
-from pathlib import Path
+from .resources import EMBEDDED_CHECKPOINT, HAS_TRANSFORMERS, embedded_checkpoint
 
-# Without transformers (a deployment with onnxruntime, NumPy, Pillow and tokenizers only, `metris-hf[onnxruntime]`)
-# the package holds `onnx_runtime` and the embedded checkpoint's location, and nothing here imports torch.
-_HAS_TRANSFORMERS = find_spec("transformers") is not None and find_spec("torch") is not None
-
-if _HAS_TRANSFORMERS:
+if HAS_TRANSFORMERS:
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
 
     from .configuration_metris import MetrisConfig
@@ -46,19 +41,6 @@ if _HAS_TRANSFORMERS:
     MetrisProcessor.register_for_auto_class("AutoProcessor")
     register_pipeline()
 
-EMBEDDED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "metris-tiny-synthetic"
-
-
-def embedded_checkpoint() -> Path:
-    """The small checkpoint shipped inside the package (trained on the synthetic set): `make demo` runs on it."""
-    if not (EMBEDDED_CHECKPOINT / "config.json").is_file():
-        raise FileNotFoundError(
-            f"no embedded checkpoint at {EMBEDDED_CHECKPOINT}: this install lacks package data "
-            "(reinstall metris-hf, or pass a checkpoint folder explicitly)"
-        )
-    return EMBEDDED_CHECKPOINT
-
-
 __all__ = [
     "EMBEDDED_CHECKPOINT",
     "MetrisConfig",
@@ -74,5 +56,5 @@ __all__ = [
     "embedded_checkpoint",
     "register_pipeline",
 ]
-if not _HAS_TRANSFORMERS:  # `from metris_hf import *` without transformers: only what exists
+if not HAS_TRANSFORMERS:  # `from metris_hf import *` without transformers: only what exists
     __all__ = ["EMBEDDED_CHECKPOINT", "embedded_checkpoint"]

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from . import embedded_checkpoint
 from .folders import run_command
 from .image_processing_metris import open_local_image
+from .resources import embedded_checkpoint
 from .visualization import DISPLAY_SIDE, outline_overlay
 
 EMBEDDED = "embedded: metris-tiny-synthetic"

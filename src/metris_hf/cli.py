@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _HAS_TRANSFORMERS, embedded_checkpoint
 from .folders import check_model_source, run_command
+from .resources import HAS_TRANSFORMERS, embedded_checkpoint
 
 DTYPES = {
     "float32": "float32",
@@ -101,7 +101,7 @@ def _segment(argv: list[str] | None) -> int:
         except (ValueError, OSError) as error:  # the folder's and the input's problems: one line, no traceback
             parser.exit(1, f"metris-segment: error: {error}\n")
     else:
-        if not _HAS_TRANSFORMERS:
+        if not HAS_TRANSFORMERS:
             parser.exit(
                 1,
                 "metris-segment: error: the pytorch backend needs torch and transformers (pip install "
@@ -134,7 +134,7 @@ def _device_problem(device: str | None) -> str | None:
     """Why `device` cannot be used here (None when it can): an unknown name, or CUDA without a GPU."""
     if device is None:
         return None
-    if not _HAS_TRANSFORMERS:
+    if not HAS_TRANSFORMERS:
         return "torch is not installed here (the onnx backend runs on the CPU: leave --device out)"
     import torch
 

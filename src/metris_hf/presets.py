@@ -17,8 +17,8 @@ from typing import Any
 
 from transformers import BertConfig, SwinConfig
 
-from . import embedded_checkpoint
 from .configuration_metris import MetrisConfig
+from .resources import embedded_checkpoint
 
 # What a saved config.json records about the checkpoint rather than the architecture.
 _CHECKPOINT_KEYS = ("architectures", "dtype", "torch_dtype", "transformers_version", "_name_or_path")
