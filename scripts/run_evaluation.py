@@ -24,7 +24,7 @@ from transformers import AutoModel, AutoProcessor
 
 import metris_hf  # noqa: F401  (registers the Auto classes)
 from metris_hf.cpu_kernels import optimize_for_cpu_inference
-from metris_hf.data import DATASET_NAMES, SPLIT_BYS, load_dataset_by_name, sentence_rows
+from metris_hf.data import SPLIT_BYS, add_dataset_arguments, load_dataset_from_args, sentence_rows
 from metris_hf.evaluation import RESOLUTIONS, evaluate_referring
 from metris_hf.folders import check_model_source, run_command
 from metris_hf.image_processing_metris import check_threshold
@@ -37,13 +37,8 @@ GREFCOCO_COLUMNS = ("cIoU", "gIoU", "N-acc", "T-acc")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name_or_path", required=True)
-    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES)
-    parser.add_argument("--data_root", default=None)
-    parser.add_argument("--split_by", default=None)
-    parser.add_argument("--image_root", default=None)
+    add_dataset_arguments(parser)
     parser.add_argument("--splits", nargs="+", default=None, help="default: every split but train")
-    parser.add_argument("--synthetic_size", type=int, nargs=3, default=[2000, 200, 200])
-    parser.add_argument("--synthetic_seed", type=int, default=0)
     parser.add_argument("--eval_resolution", default="model", choices=RESOLUTIONS)
     parser.add_argument("--per_device_eval_batch_size", type=int, default=16)
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
@@ -99,14 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
         # accelerate's CPU autocast has no float16: the run would silently be float32
         raise SystemExit("--mixed_precision fp16 needs a GPU; on CPU use bf16 (or no)")
     with accelerator.main_process_first():
-        datasets = load_dataset_by_name(
-            args.dataset,
-            data_root=args.data_root,
-            split_by=args.split_by,
-            image_root=args.image_root,
-            synthetic_size=args.synthetic_size,
-            synthetic_seed=args.synthetic_seed,
-        )
+        datasets = load_dataset_from_args(args)
     splits = args.splits or [s for s in datasets if s != "train"]
     unknown = [s for s in splits if s not in datasets]
     if unknown:

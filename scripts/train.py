@@ -40,7 +40,7 @@ from transformers import AutoConfig, AutoModel, AutoProcessor, get_scheduler
 
 from metris_hf import MetrisConfig, MetrisForReferringSegmentation, MetrisProcessor
 from metris_hf.configuration_metris import parse_config_overrides
-from metris_hf.data import DATASET_NAMES, RefTrainTransform, load_dataset_by_name, sentence_rows
+from metris_hf.data import RefTrainTransform, add_dataset_arguments, load_dataset_from_args, sentence_rows
 from metris_hf.data.schema import SENTENCE_FIELDS
 from metris_hf.evaluation import RESOLUTIONS, evaluate_referring
 from metris_hf.folders import check_model_source, check_training_state
@@ -101,19 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Data: which dataset, which splits, how images and expressions are prepared
     # ----------------------------------------------------------------------------------------------------------
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset to train on")
-    data.add_argument("--data_root", default=None, help="REFER layout root (not needed for synthetic)")
-    data.add_argument("--split_by", default=None, help="unc / umd / google (None: the dataset's usual one)")
-    data.add_argument("--image_root", default=None, help="COCO train2014 folder, if not under data_root")
-    data.add_argument(
-        "--synthetic_size",
-        type=int,
-        nargs=3,
-        default=[2000, 200, 200],
-        metavar=("TRAIN", "VAL", "TEST"),
-        help="objects per split of the synthetic set",
-    )
-    data.add_argument("--synthetic_seed", type=int, default=0, help="seed of the synthetic scenes")
+    add_dataset_arguments(data)
     data.add_argument("--train_split", default="train", help="split to train on")
     data.add_argument("--validation_split", default="val", help="split to validate on (checkpoint selection)")
     data.add_argument(
@@ -414,15 +402,7 @@ def main(argv: list[str] | None = None) -> None:
 
     build_config_checked(args)  # a wrong --image_size fails now, not after the data is built
     with accelerator.main_process_first():
-        datasets = load_dataset_by_name(
-            args.dataset,
-            sentence_field=args.sentence_field,
-            data_root=args.data_root,
-            split_by=args.split_by,
-            image_root=args.image_root,
-            synthetic_size=args.synthetic_size,
-            synthetic_seed=args.synthetic_seed,
-        )
+        datasets = load_dataset_from_args(args, sentence_field=args.sentence_field)
     for split in (args.train_split, args.validation_split):
         if (args.eval_every or split == args.train_split) and split not in datasets:
             raise SystemExit(f"split {split!r} is not in {args.dataset}: it has {sorted(datasets)}")

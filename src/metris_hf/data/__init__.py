@@ -3,13 +3,15 @@
 - `load_refer`: RefCOCO, RefCOCO+, RefCOCOg (umd, google), gRefCOCO from the standard REFER layout;
 - `load_refer_parquet`: the same from the Hub's Parquet copies (jxu124 layout) plus a COCO train2014 folder;
 - `make_synthetic`: scenes of shapes with expressions that are unambiguous by construction;
-- `load_dataset_by_name`: what the scripts call, by dataset name;
+- `load_dataset_by_name`: what the scripts call, by dataset name (`add_dataset_arguments` /
+  `load_dataset_from_args`: the command-line flags that name it, shared by train.py and run_evaluation.py);
 - `sentence_rows`: one row per (object, sentence), the evaluation protocol's samples;
 - `RefTrainTransform`: one sentence per object per epoch, processed for the model.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,6 +97,36 @@ def load_dataset_by_name(
     return load_refer(root, name, split_by, image_root, **options)
 
 
+def add_dataset_arguments(parser: argparse._ActionsContainer) -> None:
+    """The flags that name a dataset and where its files are (scripts/train.py and scripts/run_evaluation.py)."""
+    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="which dataset")
+    parser.add_argument("--data_root", default=None, help="REFER layout root (not needed for synthetic)")
+    parser.add_argument("--split_by", default=None, help="unc / umd / google (None: the dataset's usual one)")
+    parser.add_argument("--image_root", default=None, help="COCO train2014 folder, if not under data_root")
+    parser.add_argument(
+        "--synthetic_size",
+        type=int,
+        nargs=3,
+        default=[2000, 200, 200],
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="objects per split of the synthetic set",
+    )
+    parser.add_argument("--synthetic_seed", type=int, default=0, help="seed of the synthetic scenes")
+
+
+def load_dataset_from_args(args: argparse.Namespace, **options) -> DatasetDict:
+    """`load_dataset_by_name` with the flags of `add_dataset_arguments`; `options` go to it as they are."""
+    return load_dataset_by_name(
+        args.dataset,
+        data_root=args.data_root,
+        split_by=args.split_by,
+        image_root=args.image_root,
+        synthetic_size=args.synthetic_size,
+        synthetic_seed=args.synthetic_seed,
+        **options,
+    )
+
+
 __all__ = [
     "DATASET_NAMES",
     "FEATURES",
@@ -104,10 +136,12 @@ __all__ = [
     "RefTrainTransform",
     "RestrictedUnpickler",
     "UnsafePickleError",
+    "add_dataset_arguments",
     "build_synthetic_tokenizer",
     "check_dataset",
     "iter_synthetic",
     "load_dataset_by_name",
+    "load_dataset_from_args",
     "load_refer",
     "load_refer_parquet",
     "load_synthetic",
