@@ -26,7 +26,7 @@ from PIL import Image
 
 from . import embedded_checkpoint
 from .folders import run_command
-from .image_processing_metris import open_local_image
+from .image_io import open_local_image
 from .visualization import DISPLAY_SIDE, outline_overlay
 
 EMBEDDED = "embedded: metris-tiny-synthetic"
