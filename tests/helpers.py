@@ -7,9 +7,11 @@ Test modules import from here and never from each other or from `conftest.py` (p
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pickle
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,17 @@ from metris_hf import MetrisForReferringSegmentation
 from metris_hf.image_processing_metris import MetrisImageProcessor
 from metris_hf.processing_metris import MetrisProcessor
 from metris_hf.testing_utils import tiny_metris_config
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str) -> ModuleType:
+    """scripts/<name>.py as a module (the scripts are not a package), for calling its `main` / `parse_args`."""
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Tokenizer and models

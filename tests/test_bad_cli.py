@@ -3,7 +3,6 @@ and the expected input, before anything heavy runs (called in-process through th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -13,17 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import load_script
 from metris_hf import cli, embedded_checkpoint
 from metris_hf.folders import folder_kind
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """No command prints a traceback for bad input: the converter on broken checkpoints, and `run_command`, the
 top-level handler every command line goes through (one line, exit status 2)."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,19 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import SCRIPTS, load_script
 from metris_hf import MetrisForReferringSegmentation, embedded_checkpoint
 from metris_hf.folders import run_command
 from metris_hf.testing_utils import tiny_metris_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ROOT / "scripts"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

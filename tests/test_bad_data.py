@@ -332,13 +332,16 @@ def test_degenerate_targets_are_counted_warned_and_kept_out_of_training(tmp_path
 # --------------------------------------------------------------------------------------------------------------
 
 
-def parquet_copy(tmp_path: Path, drop: tuple[str, ...] = (), **row_changes) -> tuple[Path, Path]:
-    """tests/helpers.py's jxu124 files for RefCOCO with columns dropped and/or the first row changed."""
+def parquet_copy(
+    tmp_path: Path, drop: tuple[str, ...] = (), refs: tuple[int, ...] = (100,), **row_changes
+) -> tuple[Path, Path]:
+    """tests/helpers.py's jxu124 files for RefCOCO with columns dropped and/or the rows of `refs` changed."""
     files = write_jxu124_parquet(tmp_path / "jxu124", REFCOCO_REFS)
     for file in files.glob("*.parquet"):
         rows = pq.read_table(file).to_pylist()
-        if file.name.startswith("train"):
-            rows[0].update(row_changes)
+        for row in rows:
+            if row["ref_id"] in refs:
+                row.update(row_changes)
         table = pa.Table.from_pylist(rows)
         pq.write_table(table.drop_columns([c for c in drop if c in table.column_names]), file)
     image_root = write_refer_copy(tmp_path / "refer") / "images" / "mscoco" / "images" / "train2014"
@@ -368,7 +371,7 @@ def test_parquet_missing_columns_are_named_up_front(tmp_path, drop):
     ids=["nan_polygon", "null_raw_anns", "negative_height", "anns_not_dicts"],
 )
 def test_parquet_bad_rows_name_the_file_and_ref(tmp_path, change, match):
-    files, image_root = parquet_copy(tmp_path, **change)
+    files, image_root = parquet_copy(tmp_path, refs=(100, 101), **change)  # both rows of image 1 agree
     with pytest.raises(ValueError, match=match) as caught:
         load_refer_parquet(files, image_root, cache_dir=tmp_path / "cache")
     assert str(files) in str(caught.value)
@@ -473,6 +476,39 @@ def test_parquet_image_paths_out_of_the_root_are_refused(tmp_path, image_path):
     files, image_root = parquet_copy(tmp_path, image_path=image_path)
     with pytest.raises(ValueError, match=r"ref 100: the image path .* is not inside the image folder"):
         load_refer_parquet(files, image_root, cache_dir=tmp_path / "cache")
+
+
+def _ann(ann_id: int, **changes) -> str:
+    return json.dumps(dict(next(a for a in instances()["annotations"] if a["id"] == ann_id), **changes))
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (  # ref 101 (the next row) gives image 1 as 64×48
+            {"raw_image_info": json.dumps({"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "width": 999})},
+            r"\(train\): ref 101: raw_image_info gives image 1 content that differs from ref 100's: which one is",
+        ),
+        (  # ref 101 (the next row) names annotation 12 with its own bbox
+            {"ann_id": 12, "raw_anns": _ann(12, bbox=[0, 0, 1, 1])},
+            r"\(train\): ref 101: raw_anns gives annotation 12 content that differs from ref 100's",
+        ),
+    ],
+    ids=["image_info", "annotation"],
+)
+def test_parquet_duplicate_ids_with_different_content_are_refused(tmp_path, change, match):
+    files, image_root = parquet_copy(tmp_path, **change)
+    with pytest.raises(ValueError, match=match) as caught:
+        load_refer_parquet(files, image_root, cache_dir=tmp_path / "cache")
+    assert str(files) in str(caught.value)
+
+
+def test_parquet_identical_duplicates_are_harmless(tmp_path):
+    """Ref 100 names annotation 12 as ref 101 does, and gives image 1's info with its keys in another order."""
+    info = dict(reversed(instances()["images"][0].items()))
+    files, image_root = parquet_copy(tmp_path, ann_id=12, raw_anns=_ann(12), raw_image_info=json.dumps(info))
+    train = load_refer_parquet(files, image_root, cache_dir=tmp_path / "cache")["train"]
+    assert train["ann_ids"] == [[12], [12]]
 
 
 @pytest.mark.parametrize(

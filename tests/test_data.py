@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pickle
@@ -22,6 +21,7 @@ from helpers import (
     REFCOCOG_REFS,
     crowd_mask,
     instances,
+    load_script,
     write_jpeg,
     write_jxu124_parquet,
     write_refer_copy,
@@ -350,9 +350,7 @@ def test_load_dataset_by_name(tmp_path, refer_root, cache):
 
 
 def test_prepare_data_script(refer_root, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "scripts" / "prepare_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("prepare_data")
     results = module.main(["--data_root", str(refer_root), "--cache_dir", str(tmp_path), "--verify_images"])
     assert set(results) == {
         "refcoco (unc)",

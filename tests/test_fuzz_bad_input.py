@@ -6,7 +6,6 @@ is bounded (≤ 40 examples, well under 30 s on a CPU)."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import os
@@ -17,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import REFCOCO_REFS, build_tiny_tokenizer, instances
+from helpers import REFCOCO_REFS, build_tiny_tokenizer, instances, load_script
 from metris_hf import MetrisImageProcessorPil, MetrisProcessor
 from metris_hf.data.parquet import _convert_batch
 from metris_hf.data.refer import build_tasks
@@ -188,12 +187,7 @@ def test_fuzz_parquet_records(ann_id, sentences, raw_anns):
 
 
 def _load_converter():
-    spec = importlib.util.spec_from_file_location(
-        "_convert_script", ROOT / "scripts" / "convert_authors_checkpoint.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("convert_authors_checkpoint")
 
 
 @FUZZ

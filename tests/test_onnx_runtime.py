@@ -14,6 +14,7 @@ from transformers import AutoProcessor
 
 from metris_hf import MetrisImageProcessorPil, embedded_checkpoint
 from metris_hf.cli import main as cli_main
+from metris_hf.image_io import open_local_image
 from metris_hf.processing_metris import DEFAULT_MAX_LENGTH
 
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[onnx]')")
@@ -109,6 +110,39 @@ def test_stand_in_graph_runs_and_masks_follow_the_logits(folder):
     mask = np.asarray(result["mask"])
     assert mask.shape == (200, 300) and mask[:, :140].sum() == 0 and mask[:, 160:].all()
     assert 0.5 < result["score"] <= 1.0
+
+
+def test_a_jpeg_path_is_drafted_as_the_pipeline_drafts_it(folder, tmp_path):
+    """A 2000×1500 JPEG for a 128² graph is decoded at 1/2 scale (≥ 3× the input), as `open_local_image` does for
+    the pipeline: the same pixel values as the image processor's on that decoding, and a mask at the file's size."""
+    write_graph(folder / "model.onnx")
+    path = tmp_path / "big.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)).save(path)
+    preprocessor = OnnxPreprocessor(folder)
+    rgb, size = preprocessor.rgb(path)
+    assert rgb.size == (1000, 750) and size == (1500, 2000)
+    drafted, _ = open_local_image(path, (384, 384))
+    pil = MetrisImageProcessorPil.from_pretrained(folder)(drafted, return_tensors="np")["pixel_values"][0]
+    np.testing.assert_allclose(preprocessor.pixel_values(path), pil, rtol=0, atol=1e-6)
+    assert OnnxReferringSegmenter(folder)(path, "x")["mask"].size == (2000, 1500)
+
+
+def test_a_decompression_bomb_is_named_with_the_limit(folder, tmp_path, monkeypatch):
+    path = tmp_path / "bomb.png"
+    Image.new("RGB", (100, 100)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels: past 2 × 1000
+    with pytest.raises(
+        ValueError, match=r"bomb\.png' is too large: .* limit is 2 × PIL\.Image\.MAX_IMAGE_PIXELS = 2,000"
+    ):
+        OnnxPreprocessor(folder).rgb(path)
+
+
+def test_a_mode_pil_cannot_convert_is_named_as_by_the_image_processor(folder):
+    image = Image.new("La", (8, 8))  # PIL converts La to nothing
+    with pytest.raises(ValueError, match=r"unsupported PIL image mode 'La'"):
+        OnnxPreprocessor(folder).pixel_values(image)
+    with pytest.raises(ValueError, match=r"unsupported PIL image mode 'La'"):
+        MetrisImageProcessorPil.from_pretrained(folder)(image)
 
 
 def corrupt(folder):

@@ -3,7 +3,6 @@ being finite stops at once, names the batch and keeps what was saved before it."
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import load_script
 from metris_hf import MetrisForReferringSegmentation
 from metris_hf.presets import preset_config
 
@@ -25,10 +25,7 @@ pytestmark = pytest.mark.usefixtures("datasets_cache")
 
 @pytest.fixture(scope="module")
 def train():
-    spec = importlib.util.spec_from_file_location("script_train_recipe", TRAIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train")
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .folders import run_command
-from .image_processing_metris import open_local_image
+from .image_io import open_local_image
 from .resources import embedded_checkpoint
 from .visualization import DISPLAY_SIDE, outline_overlay
 

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
 import torch.nn.functional as F
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
@@ -39,14 +38,14 @@ from transformers.image_utils import (
 )
 from transformers.utils import TensorType, is_torchvision_available
 
+from .image_io import load_local_image, reduce_for, to_rgb
+
 if is_torchvision_available():
     from torchvision.transforms.v2 import functional as tvF
 
 # Elements of the upsampled logits scored at once: bounds the scratch memory for huge images (16 MB).
 _SCORE_CHUNK_ELEMENTS = 1 << 22
-_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-_EXIF_ORIENTATION = 0x0112
 # The largest mask `post_process_referring_segmentation` makes (2^28 pixels, e.g. 16384×16384: a 256 MB boolean
 # mask): past PIL's own decompression-bomb limit (2 × 89,478,485 pixels), so no image PIL opens is refused.
 MAX_TARGET_PIXELS = 1 << 28
@@ -55,48 +54,6 @@ MAX_TARGET_PIXELS = 1 << 28
 # ----------------------------------------------------------------------------------------------------------------
 # Input normalisation shared by both backends
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def load_local_image(path: str | os.PathLike) -> PIL.Image.Image:
-    """Opens a local image file, applying its EXIF orientation (the mask must match what a viewer shows).
-
-    URLs are refused: nothing here touches the network, so a model folder can be used offline and a service
-    built on it cannot be made to fetch arbitrary addresses.
-    """
-    return open_local_image(path)[0]
-
-
-def open_local_image(
-    path: str | os.PathLike, draft_to: tuple[int, int] | None = None
-) -> tuple[PIL.Image.Image, tuple[int, int]]:
-    """`load_local_image`, also returning the (height, width) the image has once oriented.
-
-    With `draft_to` (width, height), a JPEG is decoded at the smallest of 1/1 … 1/8 of its size that still covers
-    it (PIL's `draft`, done by the JPEG decoder itself): a 12000×12000 photo needed at 1440×1440 costs 6.75 MB
-    instead of 432 MB. A file past PIL's decompression-bomb limit is a ValueError naming it and the limit.
-    """
-    text = os.fspath(path)
-    if text.lower().startswith(("http://", "https://")):
-        raise ValueError(f"Images given by URL are not supported (got {text!r}); download the file and pass its path.")
-    if not os.path.isfile(text):
-        raise ValueError(f"Image path {text!r} is not an existing file.")
-    try:
-        image = PIL.Image.open(text)
-        width, height = image.size
-        if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # turned by a quarter: the sides swap
-            width, height = height, width
-        if draft_to is not None and image.format == "JPEG" and image.mode in ("RGB", "L"):
-            image.draft(image.mode, draft_to)
-        image.load()  # reads the pixels and closes the file (single-frame images)
-        PIL.ImageOps.exif_transpose(image, in_place=True)  # no copy of the photo
-    except PIL.Image.DecompressionBombError as error:
-        raise ValueError(
-            f"Image {text!r} is too large: {error} (PIL's decompression-bomb limit is 2 × PIL.Image.MAX_IMAGE_PIXELS "
-            f"= {2 * PIL.Image.MAX_IMAGE_PIXELS:,} pixels; raise PIL.Image.MAX_IMAGE_PIXELS for files you trust)"
-        ) from error
-    except (OSError, SyntaxError) as error:  # PIL signals undecodable files with these
-        raise ValueError(f"Could not read an image from {text!r}: {error}") from error
-    return image, (height, width)
 
 
 def _pil_to_array(
@@ -122,25 +79,8 @@ def _pil_to_array(
     if not convert_rgb:
         if image.mode in ("P", "PA"):
             image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
-        return np.asarray(_reduced(image, reduce_to))
-    try:
-        if image.mode in _ALPHA_MODES or "transparency" in image.info:
-            # Transparent pixels become white, as transformers' own convert_to_rgb does.
-            rgba = image.convert("RGBA")
-            white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = PIL.Image.alpha_composite(white, rgba)
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-    except (ValueError, OSError) as error:
-        raise ValueError(f"unsupported PIL image mode {image.mode!r}: {error}") from error
-    return np.asarray(_reduced(rgb, reduce_to))
-
-
-def _reduced(image: PIL.Image.Image, reduce_to: tuple[int, int] | None) -> PIL.Image.Image:
-    if reduce_to is not None:
-        factor = min(image.height // (3 * reduce_to[0]), image.width // (3 * reduce_to[1]))
-        if factor >= 2:
-            image = image.reduce(factor)
-    return image
+        return np.asarray(reduce_for(image, reduce_to))
+    return np.asarray(reduce_for(to_rgb(image), reduce_to))
 
 
 def _to_uint8(values: torch.Tensor, sixteen_bit: bool) -> torch.Tensor:

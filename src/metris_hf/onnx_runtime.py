@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
+
+from .image_io import open_local_image, reduce_for, to_rgb
 
 ONNX_FILE = "model.onnx"
 METADATA_FILE = "onnx_export.json"
@@ -46,7 +47,6 @@ INPUT_NAMES = ("pixel_values", "input_ids", "attention_mask")
 # The processor's default expression length, used only when neither the export's metadata nor the tokenizer's
 # config says (tests/test_onnx_runtime.py checks it equals processing_metris.DEFAULT_MAX_LENGTH).
 DEFAULT_MAX_LENGTH = 20
-_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 _ROWS_PER_BAND = 1 << 10  # rows of the upsampled logit field held at once
 
 
@@ -141,10 +141,14 @@ class OnnxPreprocessor:
         self.tokenizer.enable_truncation(max_length=max_length, strategy="longest_first", direction="right")
         self.tokenizer.enable_padding(length=max_length, pad_id=pad_id, pad_token=pad, direction="right")
 
-    def rgb(self, image: Any) -> PIL.Image.Image:
-        """A PIL image, a uint8/bool/float array (H×W, H×W×3, H×W×4) or a local path → an RGB PIL image."""
+    def rgb(self, image: Any) -> tuple[PIL.Image.Image, tuple[int, int]]:
+        """A PIL image, a uint8/bool/float array (H×W, H×W×3, H×W×4) or a local path → (an RGB PIL image, the
+        (height, width) the mask is wanted at). A path is opened as the pipeline opens it (`image_io`): a JPEG
+        decoded by PIL's `draft` at the smallest scale still ≥ 3× the input size, so that size is the file's own."""
+        size = None
         if isinstance(image, (str, os.PathLike)):
-            image = load_image(image)
+            draft_to = (3 * self.width, 3 * self.height) if self.do_resize else None
+            image, size = open_local_image(image, draft_to)
         if isinstance(image, np.ndarray):
             image = _array_to_pil(image)
         if not isinstance(image, PIL.Image.Image):
@@ -153,26 +157,19 @@ class OnnxPreprocessor:
             )
         if image.width == 0 or image.height == 0:
             raise ValueError(f"the image has zero size ({image.width}×{image.height})")
+        size = size or (image.height, image.width)
         if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
             image = _array_to_pil(np.asarray(image).astype(np.uint16))
         elif image.mode == "F":
             image = _array_to_pil(np.asarray(image))
-        try:
-            if image.mode in _ALPHA_MODES or "transparency" in image.info:
-                rgba = image.convert("RGBA")  # transparent pixels become white, as the image processor does
-                image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-            return image if image.mode == "RGB" else image.convert("RGB")
-        except (ValueError, OSError) as error:
-            raise ValueError(f"unsupported PIL image mode {image.mode!r}: {error}") from None
+        return to_rgb(image), size
 
     def pixel_values(self, image: Any) -> np.ndarray:
         """One image → (3, height, width) float32, as the image processor's `pixel_values`."""
-        rgb = self.rgb(image)
+        rgb = self.rgb(image)[0]  # an RGB PIL image is itself
         if self.do_resize:
             # the processor's two-step resize of huge images: an integer box reduction keeping ≥ 3× the target
-            factor = min(rgb.height // (3 * self.height), rgb.width // (3 * self.width))
-            if factor >= 2:
-                rgb = rgb.reduce(factor)
+            rgb = reduce_for(rgb, (self.height, self.width))
             if rgb.size != (self.width, self.height):
                 rgb = rgb.resize((self.width, self.height), resample=self.resample)
         values = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1)
@@ -188,23 +185,6 @@ class OnnxPreprocessor:
         ids = np.asarray([encoding.ids for encoding in encodings], dtype=np.int64)
         mask = np.asarray([encoding.attention_mask for encoding in encodings], dtype=np.int64)
         return ids, mask
-
-
-def load_image(path: str | os.PathLike) -> PIL.Image.Image:
-    """A local image file with its EXIF orientation applied; URLs are refused, as everywhere in the package."""
-    text = os.fspath(path)
-    if text.lower().startswith(("http://", "https://")):
-        raise ValueError(f"Images given by URL are not supported (got {text!r}); download the file and pass its path.")
-    if not os.path.isfile(text):
-        raise ValueError(f"Image path {text!r} is not an existing file.")
-    try:
-        image = PIL.Image.open(text)
-        image.load()
-        return PIL.ImageOps.exif_transpose(image)
-    except PIL.Image.DecompressionBombError as error:
-        raise ValueError(f"{text}: {error}") from None
-    except (OSError, SyntaxError) as error:
-        raise ValueError(f"Could not read an image from {text!r}: {error}") from None
 
 
 def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
@@ -374,7 +354,7 @@ class OnnxReferringSegmenter:
                 raise ValueError(f"expression {index}: the expression must be a string, got {kind}")
             if not expression.strip():
                 raise ValueError(f"expression {index}: the expression is empty or whitespace-only")
-        rgb = self.preprocessor.rgb(image)
+        rgb, (height, width) = self.preprocessor.rgb(image)
         pixels = self.preprocessor.pixel_values(rgb)
         input_ids, attention_mask = self.preprocessor.tokenize(list(texts))
         batch = np.broadcast_to(pixels, (len(texts), *pixels.shape))
@@ -392,7 +372,7 @@ class OnnxReferringSegmenter:
         results = []
         for index in range(len(texts)):
             flagged = no_target is not None and float(np.asarray(no_target).reshape(-1)[index]) > 0
-            mask, score = logits_to_mask(logits[index, 0], rgb.height, rgb.width, threshold, flagged)
+            mask, score = logits_to_mask(logits[index, 0], height, width, threshold, flagged)
             result = {"mask": PIL.Image.fromarray(mask.astype(np.uint8) * 255), "score": score}
             if no_target is not None:
                 result["no_target"] = flagged
@@ -406,7 +386,6 @@ __all__ = [
     "OnnxPreprocessor",
     "OnnxReferringSegmenter",
     "check_threshold",
-    "load_image",
     "logits_to_mask",
     "make_session",
 ]

@@ -26,7 +26,8 @@ from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 from transformers.utils import logging
 
 from .cpu_kernels import optimize_for_cpu_inference
-from .image_processing_metris import check_threshold, load_local_image, open_local_image, to_rgb_uint8
+from .image_io import load_local_image, open_local_image, reduce_for
+from .image_processing_metris import check_threshold, to_rgb_uint8
 from .processing_metris import check_processor_for_model, check_tokenizer_vocabulary
 
 logger = logging.get_logger(__name__)
@@ -240,8 +241,7 @@ def _reduced_early(image: Any, target: tuple[int, int] | None) -> Any:
     image processor makes): done here, before any mode conversion or float copy, it bounds what follows."""
     if target is None or not isinstance(image, PIL.Image.Image) or image.mode not in _REDUCIBLE_MODES:
         return image
-    factor = min(image.height // (3 * target[0]), image.width // (3 * target[1]))
-    return image.reduce(factor) if factor >= 2 else image
+    return reduce_for(image, target)
 
 
 def check_finite_weights(model: torch.nn.Module) -> None:

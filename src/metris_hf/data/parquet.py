@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -127,6 +128,30 @@ def _image_path(row: dict, image_root: Path) -> str:
     return str(candidates[1] if row.get("image_path") else candidates[-1])
 
 
+def check_repeats(row: dict, seen: dict[tuple[str, int], tuple[bytes, Any]]) -> None:
+    """A ValueError when the row's `raw_image_info`, or one of its `raw_anns`, differs from what an earlier row
+    gave for the same image or annotation id (`seen` remembers a digest of each, and the ref that gave it): which
+    one is meant would be ambiguous. A repeat with equal content, keys in any order, is harmless."""
+    anns = _as_list(_load_json(row.get("raw_anns")))
+    entries = [("image", row.get("image_id"), "raw_image_info", _load_json(row.get("raw_image_info")))]
+    entries += [("annotation", a.get("id"), "raw_anns", a) for a in anns if isinstance(a, dict)]
+    for kind, entry_id, column, content in entries:
+        if content is None or isinstance(entry_id, bool) or not isinstance(entry_id, int):
+            continue  # nothing to compare; `_convert` names what is wrong with the row
+        digest = hashlib.blake2b(json.dumps(content, sort_keys=True).encode(), digest_size=16).digest()
+        earlier = seen.setdefault((kind, entry_id), (digest, row.get("ref_id")))
+        if earlier[0] != digest:
+            raise ValueError(
+                f"{column} gives {kind} {entry_id} content that differs from ref {earlier[1]}'s: which one is "
+                "meant is ambiguous"
+            )
+
+
+def _as_list(anns: Any) -> list:
+    """`raw_anns` parsed → a list (of annotation dicts, if the row is right): None is [], one dict [dict]."""
+    return [] if anns is None else ([anns] if isinstance(anns, dict) else anns if isinstance(anns, list) else [anns])
+
+
 # The columns a row cannot do without (jxu124 layout); `raw_anns` is required because without it every row
 # would silently become "nothing is referred".
 REQUIRED_COLUMNS = ("ref_id", "image_id", "sentences", "raw_anns")
@@ -144,9 +169,8 @@ def check_columns(columns: list[str], where: str) -> None:
 
 def _convert(row: dict, image_path: str, sentence_field: str = "sent") -> dict:
     """One jxu124 row → one row of the schema; every field checked (the caller adds which ref it is)."""
-    anns = _load_json(row.get("raw_anns"))
-    anns = [] if anns is None else ([anns] if isinstance(anns, dict) else anns)
-    if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
+    anns = _as_list(_load_json(row.get("raw_anns")))
+    if not all(isinstance(a, dict) for a in anns):
         raise ValueError(f"raw_anns must hold COCO annotation dicts, got {row.get('raw_anns')!r:.80}")
     ann_id = row.get("ann_id")
     if ann_id is not None and (isinstance(ann_id, bool) or not isinstance(ann_id, int)):
@@ -286,15 +310,20 @@ def load_refer_parquet(
                 check_columns(table.column_names, f"{label} ({split})")
         built, report = {}, {"skipped_missing_images": 0, "skipped_unreadable_images": 0, "skipped_refs": 0}
         all_splits = list(raw)
-        paths_per_split = {}
+        paths_per_split: dict[str, list[str]] = {}
+        seen: dict[tuple[str, int], tuple[bytes, Any]] = {}  # image / annotation id → digest, first ref
         for split, table in raw.items():
-            columns = [c for c in ("image_path", "raw_image_info", "image_id", "ref_id") if c in table.column_names]
+            names = ("image_path", "raw_image_info", "raw_anns", "image_id", "ref_id")
+            columns = table.select_columns([c for c in names if c in table.column_names])
             paths = []
-            for row in table.select_columns(columns).to_list():
-                try:
-                    paths.append(_image_path(row, root))
-                except (ValueError, TypeError) as error:
-                    raise ValueError(f"{label} ({split}): ref {row.get('ref_id')}: {error}") from None
+            for batch in columns.iter(batch_size=1000):
+                for values in zip(*batch.values()):
+                    row = dict(zip(batch, values))
+                    try:
+                        check_repeats(row, seen)
+                        paths.append(_image_path(row, root))
+                    except (ValueError, TypeError) as error:
+                        raise ValueError(f"{label} ({split}): ref {row.get('ref_id')}: {error}") from None
             paths_per_split[split] = paths
         every_path = [p for paths in paths_per_split.values() for p in paths]
         bad, found = check_images(

@@ -1,0 +1,79 @@
+"""Opening local image files and making PIL images RGB, with Pillow alone: shared by the image processor (so the
+pipeline, `metris-segment` and the app) and by the torch-free `onnx_runtime`, so that both refuse the same files
+with the same messages. Imports neither torch nor transformers."""
+
+from __future__ import annotations
+
+import os
+
+import PIL.Image
+import PIL.ImageOps
+
+ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+_EXIF_ORIENTATION = 0x0112
+
+
+def open_local_image(
+    path: str | os.PathLike, draft_to: tuple[int, int] | None = None
+) -> tuple[PIL.Image.Image, tuple[int, int]]:
+    """A local image file with its EXIF orientation applied, and the (height, width) it has once oriented.
+
+    URLs are refused: nothing here touches the network, so a model folder can be used offline and a service
+    built on it cannot be made to fetch arbitrary addresses.
+
+    With `draft_to` (width, height), a JPEG is decoded at the smallest of 1/1 … 1/8 of its size that still covers
+    it (PIL's `draft`, done by the JPEG decoder itself): a 12000×12000 photo needed at 1440×1440 costs 6.75 MB
+    instead of 432 MB. A file past PIL's decompression-bomb limit is a ValueError naming it and the limit.
+    """
+    text = os.fspath(path)
+    if text.lower().startswith(("http://", "https://")):
+        raise ValueError(f"Images given by URL are not supported (got {text!r}); download the file and pass its path.")
+    if not os.path.isfile(text):
+        raise ValueError(f"Image path {text!r} is not an existing file.")
+    try:
+        image = PIL.Image.open(text)
+        width, height = image.size
+        if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # turned by a quarter: the sides swap
+            width, height = height, width
+        if draft_to is not None and image.format == "JPEG" and image.mode in ("RGB", "L"):
+            image.draft(image.mode, draft_to)
+        image.load()  # reads the pixels and closes the file (single-frame images)
+        PIL.ImageOps.exif_transpose(image, in_place=True)  # no copy of the photo
+    except PIL.Image.DecompressionBombError as error:
+        raise ValueError(
+            f"Image {text!r} is too large: {error} (PIL's decompression-bomb limit is 2 × PIL.Image.MAX_IMAGE_PIXELS "
+            f"= {2 * PIL.Image.MAX_IMAGE_PIXELS:,} pixels; raise PIL.Image.MAX_IMAGE_PIXELS for files you trust)"
+        ) from error
+    except (OSError, SyntaxError) as error:  # PIL signals undecodable files with these
+        raise ValueError(f"Could not read an image from {text!r}: {error}") from error
+    return image, (height, width)
+
+
+def load_local_image(path: str | os.PathLike) -> PIL.Image.Image:
+    """`open_local_image` without the size: the file decoded at full scale, oriented as a viewer shows it."""
+    return open_local_image(path)[0]
+
+
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """A PIL image (of a mode other than 16-bit, "I" or "F", which callers scale first) → RGB, transparent pixels
+    on white as transformers' `convert_to_rgb` does; a mode PIL cannot convert is a ValueError naming it."""
+    try:
+        if image.mode in ALPHA_MODES or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except (ValueError, OSError) as error:
+        raise ValueError(f"unsupported PIL image mode {image.mode!r}: {error}") from error
+
+
+def reduce_for(image: PIL.Image.Image, target: tuple[int, int] | None) -> PIL.Image.Image:
+    """An image at least 6× `target` (height, width) on both sides, shrunk by an integer factor with PIL's box
+    filter so that it stays ≥ 3× the target: the first step of `Image.resize(reducing_gap=3)`; else the image."""
+    if target is not None:
+        factor = min(image.height // (3 * target[0]), image.width // (3 * target[1]))
+        if factor >= 2:
+            return image.reduce(factor)
+    return image
+
+
+__all__ = ["ALPHA_MODES", "load_local_image", "open_local_image", "reduce_for", "to_rgb"]
