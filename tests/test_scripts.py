@@ -463,7 +463,6 @@ def test_init_checkpoint_from_local_encoders(initialised):
     assert model(**inputs).logits.shape == (1, 1, 16, 16)
 
 
-@pytest.mark.slow
 def test_init_checkpoint_gates_are_open_and_learn_in_train(initialised, tmp_path):
     """The language gates of a fresh init are not zero (two zero layers would never get a gradient) and one
     step of train.py moves every one of them (no weight decay: only a gradient can)."""
