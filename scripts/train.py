@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed, str_to_bool
 from huggingface_hub.errors import StrictDataclassError
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -359,14 +359,17 @@ class NonFiniteLoss(SystemExit):
     """Ends the run with one line and exit status 1."""
 
 
-def check_finite(accelerator: Accelerator, loss: torch.Tensor, ref_ids: torch.Tensor, step: int, output_dir: str):
+def check_finite(
+    accelerator: Accelerator, losses: torch.Tensor, ref_ids: torch.Tensor, step: int, output_dir: str
+) -> torch.Tensor:
     """Stops every process at the first non-finite loss of any of them, naming the step and the batch's ref ids
-    (all processes' batches) and the last state or model saved, which nothing will overwrite."""
-    losses = accelerator.gather(loss.detach().float().reshape(1))
-    if torch.isfinite(losses).all():
-        return
+    (all processes' batches) and the last state or model saved, which nothing will overwrite. `losses` holds
+    the loss then its terms; returns their mean over the processes (one collective for both jobs)."""
+    losses = accelerator.gather(losses.detach().float().reshape(1, -1))
+    if torch.isfinite(losses[:, 0]).all():
+        return losses.mean(0)
     ref_ids = accelerator.gather(ref_ids).tolist()
-    value = losses[~torch.isfinite(losses)][0].item()
+    value = losses[~torch.isfinite(losses[:, 0]), 0][0].item()
     kept = latest_checkpoint(output_dir)
     best = Path(output_dir) / "best" / "model.safetensors"
     saved = [path for path in (kept, str(best.parent) if best.exists() else None) if path]
@@ -374,6 +377,24 @@ def check_finite(accelerator: Accelerator, loss: torch.Tensor, ref_ids: torch.Te
         f"error: the loss is {value} at step {step} (batch of ref ids {ref_ids}); training stopped. "
         + (f"Last good checkpoint: {', '.join(saved)}" if saved else "No checkpoint was saved before it.")
     )
+
+
+def check_distribution(accelerator: Accelerator) -> None:
+    """Accelerate falls back quietly where it cannot distribute as launched (measured with accelerate 1.16 on CPU):
+    FSDP becomes DDP under ACCELERATE_USE_CPU, and processes launched without it on a machine with no GPU each
+    train alone on the whole data, writing the same files. The first is worth a warning, the second an error."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        raise SystemExit(
+            f"error: launched as {launched} processes, but Accelerate runs each alone (distributed type "
+            f"{accelerator.distributed_type.value}); on CPU set ACCELERATE_USE_CPU=true"
+        )
+    fsdp_asked = str_to_bool(os.environ.get("ACCELERATE_USE_FSDP", "false"))
+    if fsdp_asked and accelerator.distributed_type != DistributedType.FSDP:
+        logger.warning(
+            "FSDP was asked for, but Accelerate runs %s (DDP: each process holds the whole model); FSDP needs GPUs",
+            accelerator.distributed_type.value,
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -389,6 +410,7 @@ def main(argv: list[str] | None = None) -> None:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_distribution(accelerator)
     per_forward = args.gradient_accumulation_steps * accelerator.num_processes
     if args.train_batch_size % per_forward:
         raise SystemExit(
@@ -523,6 +545,7 @@ def main(argv: list[str] | None = None) -> None:
     if (best_path / "eval_results.json").exists():
         best_oiou = json.loads((best_path / "eval_results.json").read_text()).get("oIoU", -1.0)
 
+    logged_sum: torch.Tensor | None = None
     try:
         for epoch in range(start_epoch, args.num_train_epochs):
             model.train()
@@ -536,7 +559,11 @@ def main(argv: list[str] | None = None) -> None:
                 with accelerator.accumulate(model):
                     outputs = model(**batch)
                     loss = outputs.loss
-                    check_finite(accelerator, loss, ref_ids, completed_steps + 1, args.output_dir)
+                    terms = getattr(outputs, "loss_terms", None) or {}
+                    losses = torch.stack([loss, *terms.values()])
+                    means = check_finite(accelerator, losses, ref_ids, completed_steps + 1, args.output_dir)
+                    # what is logged: the mean over the processes and the accumulated batches of the global batch
+                    logged_sum = means if logged_sum is None else logged_sum + means
                     accelerator.backward(loss)
                     if args.max_grad_norm and accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -548,18 +575,20 @@ def main(argv: list[str] | None = None) -> None:
                 completed_steps += 1
                 progress.update(1)
                 lr = scheduler.get_last_lr()[0]
-                terms = {name: value.item() for name, value in (getattr(outputs, "loss_terms", None) or {}).items()}
-                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                step_loss, *step_terms = (logged_sum / args.gradient_accumulation_steps).tolist()
+                logged_sum = None
+                terms = dict(zip(terms, step_terms))
+                progress.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
                 if completed_steps % args.logging_steps == 0 or completed_steps == 1:
                     logger.info(
                         "step %d: loss %.4f (%s), lr %.3e",
                         completed_steps,
-                        loss.item(),
+                        step_loss,
                         ", ".join(f"{name} {value:.4f}" for name, value in terms.items()),
                         lr,
                     )
                 if args.with_tracking:
-                    logged = {"train/loss": loss.item(), "train/lr": lr, "epoch": epoch}
+                    logged = {"train/loss": step_loss, "train/lr": lr, "epoch": epoch}
                     logged.update({f"train/loss_{name}": value for name, value in terms.items()})
                     accelerator.log(logged, step=completed_steps)
                 if (
@@ -592,12 +621,13 @@ def main(argv: list[str] | None = None) -> None:
         progress.close()  # the error is the last line
         raise
 
-    if args.with_tracking:
-        accelerator.end_training()
     save_model(accelerator, model, processor, Path(args.output_dir), None)
     if args.push_to_hub and accelerator.is_main_process:
         accelerator.unwrap_model(model).push_to_hub(args.hub_model_id)
         processor.push_to_hub(args.hub_model_id)
+    # last: it also ends the process group, which the save's barrier needs (several processes with --with_tracking
+    # failed there with "Default process group has not been initialized")
+    accelerator.end_training()
 
 
 def run_validation(args, accelerator, model, processor, datasets, epoch):

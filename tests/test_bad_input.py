@@ -291,5 +291,3 @@ def test_runtime_switches_still_change_a_loaded_model(loaded):
         for field, value in saved.items():
             setattr(model.config, field, value)
     assert not torch.equal(before, after)
-
-

@@ -271,6 +271,36 @@ masks[:, 100:300, 150:350] = 1
         slow=True,
         append="--synthetic_size 24 6 6",
     ),
+    Rule(
+        "docs/training.md",
+        "--output_dir runs/ab-authors",
+        "400 steps take 12 min: 2 steps on 24 objects",
+        slow=True,
+        append="--synthetic_size 24 6 6 --max_train_steps 2 --train_batch_size 4",
+        expect=("runs/ab-authors/model.safetensors",),
+    ),
+    Rule(
+        "docs/training.md",
+        "--model_name_or_path runs/ab-authors ",
+        "the data of the shortened run",
+        slow=True,
+        append="--synthetic_size 24 6 6",
+    ),
+    Rule(
+        "docs/training.md",
+        "--output_dir runs/ab-old",
+        "400 steps take 12 min: 2 steps on 24 objects",
+        slow=True,
+        append="--synthetic_size 24 6 6 --max_train_steps 2 --train_batch_size 4",
+        expect=("runs/ab-old/model.safetensors",),
+    ),
+    Rule(
+        "docs/training.md",
+        "--model_name_or_path runs/ab-old ",
+        "the data of the shortened run",
+        slow=True,
+        append="--synthetic_size 24 6 6",
+    ),
 ]
 
 BLOCKS = doc_blocks()

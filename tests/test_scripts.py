@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -55,29 +56,31 @@ def weights(folder):
     return load_file(str(Path(folder) / "model.safetensors"))
 
 
-def accelerate_launch(num_processes: int, script: str, *args: str):
+CPU_PROCESSES = {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+
+
+def launch_command(num_processes: int, script: str, *args: str, topology: tuple[str, ...] = ()) -> list[str]:
     # `--cpu --num_processes 2` starts ONE process (accelerate reads --cpu as "no distribution"); several CPU
     # processes need the multi-GPU launcher with ACCELERATE_USE_CPU, which then uses gloo.
-    topology = ["--multi_gpu"] if num_processes > 1 else ["--cpu"]
-    return run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            *topology,
-            "--num_processes",
-            str(num_processes),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            script,
-            *args,
-        ],
-        env_extra={"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"} if num_processes > 1 else None,
-    )
+    topology = topology or ("--multi_gpu" if num_processes > 1 else "--cpu", "--num_machines", "1")
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *topology,
+        "--num_processes",
+        str(num_processes),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        script,
+        *args,
+    ]
+
+
+def accelerate_launch(num_processes: int, script: str, *args: str):
+    return run(launch_command(num_processes, script, *args), env_extra=CPU_PROCESSES if num_processes > 1 else None)
 
 
 @pytest.fixture(scope="module")
@@ -228,12 +231,108 @@ def test_gradient_checkpointing_trains_to_the_same_weights(tmp_path):
         torch.testing.assert_close(recomputed[name], stored[name], rtol=0, atol=1e-5, msg=name)
 
 
+def logged_losses(output_dir: Path) -> list[float]:
+    """`train/loss` of each step, as `--with_tracking` logged it (TensorBoard)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = output_dir.glob("metris/events.out.tfevents*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    return [event.value for event in accumulator.Scalars("train/loss")]
+
+
+@pytest.fixture(scope="module")
+def two_steps(tmp_path_factory) -> list[str]:
+    """Two steps of the global batch of 4, logged, on the tiny model without dropout or drop-path (each process
+    draws its own masks: with them no two process counts could agree)."""
+    from metris_hf.presets import tiny_bert_config, tiny_metris_config, tiny_swin_config
+
+    config = tmp_path_factory.mktemp("no_dropout")
+    tiny_metris_config(
+        drop_path_rate=0.0,
+        backbone_config=tiny_swin_config(drop_path_rate=0.0),
+        text_config=tiny_bert_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+    ).save_pretrained(config)
+    return [*QUICK, "--config_name", str(config), "--max_train_steps", "2", "--eval_every", "0", "--with_tracking"]
+
+
+@pytest.fixture(scope="module")
+def one_process_losses(two_steps, tmp_path_factory) -> list[float]:
+    """The same global batch on one process, as two accumulated batches of 2: BatchNorm normalises over each
+    forward's batch and the class-weighted cross-entropy over each forward's pixels, so 2 processes × 2 must
+    equal this, not one batch of 4 (which differs by ~5e-3)."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    run([sys.executable, TRAIN, *two_steps, "--gradient_accumulation_steps", "2", "--output_dir", str(out)])
+    losses = logged_losses(out)
+    assert len(losses) == 2 and losses[0] != losses[1]
+    return losses
+
+
 @pytest.mark.slow
-def test_two_processes_with_accelerate(tmp_path):
+def test_two_processes_with_accelerate(tmp_path, two_steps, one_process_losses):
     out = tmp_path / "ddp"
-    accelerate_launch(2, TRAIN, *QUICK, "--output_dir", str(out), "--max_train_steps", "2", "--eval_every", "1")
+    # --sync_batchnorm is GPU-only: on CPU each process keeps its own statistics, with a warning
+    result = accelerate_launch(2, TRAIN, *two_steps, "--output_dir", str(out), "--eval_every", "1", "--sync_batchnorm")
+    assert "SyncBatchNorm runs on GPUs only: each of the 2 cpu processes normalises over its own batch of 2" in (
+        result.stderr
+    )
+    assert logged_losses(out) == pytest.approx(one_process_losses, abs=1e-5)
     assert (out / "model.safetensors").exists()
     assert json.loads((out / "best" / "eval_results.json").read_text())["oIoU"] >= 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_machines_on_loopback(tmp_path, two_steps, one_process_losses):
+    """Two `accelerate launch`es of one process each, machine ranks 0 and 1, meeting on 127.0.0.1."""
+    out, port = tmp_path / "run", free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **CPU_PROCESSES}
+    logs = [tmp_path / f"machine_{rank}.log" for rank in (0, 1)]
+    machines = []
+    try:
+        for rank, log in enumerate(logs):
+            topology = ("--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank))
+            topology += ("--main_process_ip", "127.0.0.1", "--main_process_port", str(port))
+            command = launch_command(2, TRAIN, *two_steps, "--output_dir", str(out), topology=topology)
+            with open(log, "w") as sink:  # a file, not a pipe: a full pipe would stall the run
+                machines.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT))
+        codes = [machine.wait(timeout=600) for machine in machines]
+    finally:
+        for machine in machines:
+            machine.kill()  # a no-op once it has ended
+            machine.wait(timeout=60)
+    assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
+    assert logged_losses(out) == pytest.approx(one_process_losses, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_fsdp_on_cpu_is_refused_or_runs_as_ddp(tmp_path, two_steps, one_process_losses):
+    def launch(version: str, env: dict[str, str], out: str):
+        topology = ("--use_fsdp", "--fsdp_version", version, "--num_machines", "1")
+        topology += ("--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP")
+        topology += ("--fsdp_transformer_layer_cls_to_wrap", "SwinLayer,BertLayer")
+        command = launch_command(2, TRAIN, *two_steps, "--output_dir", str(tmp_path / out), topology=topology)
+        return run(command, env_extra=env, expect=None)
+
+    # FSDP1: the launcher's default efficient loading broadcasts the weights from one process, refused on CPU
+    refused = launch("1", CPU_PROCESSES, "fsdp1")
+    assert refused.returncode != 0
+    assert "FSDP parameter initialization with `sync_module_states=True` is not supported on cpu." in refused.stderr
+    # FSDP2 under ACCELERATE_USE_CPU: Accelerate runs DDP instead, which train.py says
+    ddp = launch("2", CPU_PROCESSES, "fsdp2")
+    assert ddp.returncode == 0, ddp.stderr[-5000:]
+    assert "FSDP was asked for, but Accelerate runs MULTI_CPU" in ddp.stderr
+    assert logged_losses(tmp_path / "fsdp2") == pytest.approx(one_process_losses, abs=1e-5)
+    # without it, Accelerate would run each process alone on the whole data: train.py stops them
+    alone = launch("2", {"OMP_NUM_THREADS": "1"}, "alone")
+    assert alone.returncode != 0
+    assert "error: launched as 2 processes, but Accelerate runs each alone (distributed type NO)" in alone.stderr
+    assert not (tmp_path / "alone" / "model.safetensors").exists()
 
 
 @pytest.mark.slow
@@ -308,12 +407,15 @@ def test_bad_override_value_names_the_field(tmp_path):
     assert result.returncode != 0 and "curation_ratio" in result.stderr
 
 
-def test_init_checkpoint_from_local_encoders(tmp_path):
+@pytest.fixture(scope="module")
+def initialised(tmp_path_factory) -> tuple[Path, torch.nn.Module, torch.nn.Module]:
+    """scripts/init_checkpoint.py's output from a local tiny Swin and BERT, with those two."""
     from transformers import BertModel, SwinModel
 
     from helpers import build_tiny_tokenizer
     from metris_hf.testing_utils import tiny_bert_config, tiny_swin_config
 
+    tmp_path = tmp_path_factory.mktemp("init")
     torch.manual_seed(0)
     swin = SwinModel(tiny_swin_config())
     swin.save_pretrained(tmp_path / "swin")
@@ -336,13 +438,18 @@ def test_init_checkpoint_from_local_encoders(tmp_path):
             "hidden_size=32,num_attention_heads=4,joint_dim=16",
         ]
     )
+    return tmp_path / "init", swin, bert
+
+
+def test_init_checkpoint_from_local_encoders(initialised):
+    folder, swin, bert = initialised
     from PIL import Image
     from transformers import AutoModel, AutoProcessor
 
     import metris_hf  # noqa: F401
 
-    model = AutoModel.from_pretrained(tmp_path / "init")
-    processor = AutoProcessor.from_pretrained(tmp_path / "init")
+    model = AutoModel.from_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(folder)
     loaded = model.state_dict()  # compared after loading: transformers may rename keys in the file
     vision = {name: value for name, value in swin.state_dict().items() if not name.startswith("layernorm.")}
     for name, value in vision.items():  # every Swin tensor but the classifier's final norm is carried over
@@ -354,3 +461,33 @@ def test_init_checkpoint_from_local_encoders(tmp_path):
     inputs = processor(images=[Image.new("RGB", (50, 70))], text=["the red circle"], return_tensors="pt")
     assert inputs["pixel_values"].shape[-1] == 64
     assert model(**inputs).logits.shape == (1, 1, 16, 16)
+
+
+def test_init_checkpoint_gates_are_open_and_learn_in_train(initialised, tmp_path):
+    """The language gates of a fresh init are not zero (two zero layers would never get a gradient) and one
+    step of train.py moves every one of them (no weight decay: only a gradient can)."""
+    folder, _, _ = initialised
+    out = tmp_path / "run"
+    run(
+        [
+            sys.executable,
+            TRAIN,
+            *QUICK,
+            "--model_name_or_path",
+            str(folder),
+            "--max_train_steps",
+            "1",
+            "--eval_every",
+            "0",
+            "--weight_decay",
+            "0",
+            "--output_dir",
+            str(out),
+        ]
+    )
+    before, after = weights(folder), weights(out)
+    gates = [name for name in before if ".gate." in name and name.endswith(".weight")]
+    assert len(gates) == 2 * 3  # Linear, ReLU, Linear, Tanh after each of the first three stages
+    for name in gates:
+        assert before[name].abs().max() > 0, name
+        assert (after[name] - before[name]).abs().max() > 0, name
