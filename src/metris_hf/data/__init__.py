@@ -5,7 +5,8 @@
 - `make_synthetic`: scenes of shapes with expressions that are unambiguous by construction;
 - `load_dataset_by_name`: what the scripts call, by dataset name;
 - `sentence_rows`: one row per (object, sentence), the evaluation protocol's samples;
-- `RefTrainTransform`: one sentence per object per epoch, processed for the model.
+- `RefTrainTransform`: one sentence per object per epoch, processed for the model; `training_loader`: the
+  training DataLoader around it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .synthetic import (
     matching_objects,
     synthetic_vocabulary,
 )
-from .transforms import RefTrainTransform
+from .transforms import RefTrainTransform, training_loader
 
 DATASET_NAMES = ("refcoco", "refcoco+", "refcocog", "grefcoco", "synthetic")
 
@@ -116,4 +117,5 @@ __all__ = [
     "restricted_pickle_load",
     "sentence_rows",
     "synthetic_vocabulary",
+    "training_loader",
 ]
