@@ -20,8 +20,11 @@ Parts:
   onnx       the same full METRIS exported to ONNX and run by onnxruntime (CPU, float32, batch 1), timed in a
              process that never imports torch: seconds, peak memory, export time and file size. Needs the
              `[onnx]` extra; skipped with a message without it.
-  data       the training transform (JPEG decode, mask decode, resize, tokenise) on a REFER-format copy the
-             script writes (640×480 JPEGs), samples/s with num_workers 0, 1, 2.
+  data       train.py's own loader (`metris_hf.data.training_loader`: decode, draw a sentence, resize, tokenise,
+             collate, shuffled) on the synthetic set (`--data_synthetic` refs, 128²) and on a REFER-format copy
+             the script writes (`--data_images` 640×480 JPEGs, at `--image_size`): samples/s and start-up per
+             `--data_workers` count, set against what a training step consumes (this run's fastest training
+             row for the REFER set when there is one, else a figure measured on an H200, named in the output).
   metrics    memory held by the referring_iou metric ("refcoco") after 5,000 samples of 480².
 
 On a CPU without bfloat16 instructions (AVX-512 BF16 or AMX), bfloat16 products take a slow reference path
@@ -432,34 +435,79 @@ def write_refer_copy(root: Path, num_images: int, width: int = 640, height: int 
     return root
 
 
+# Samples/s a training step consumes, measured elsewhere: what the data rows are set against when this run has
+# no training row of the same model and size (the synthetic set trains the small config at 128², not METRIS).
+STATED_CONSUMPTION = {
+    "synthetic": (1523.0, "stage 9 of model_cards/metris-tiny-synthetic: 11.9 steps/s of 128 on an H200, 128²"),
+    "refer": (54.6, "docs/performance.md: full METRIS, batch 16, bf16 autocast on an H200, 480²"),
+}
+
+
+def data_sets(args, scratch: Path) -> dict[str, tuple]:
+    """`{name: (train split, image size)}`: the synthetic set as `train.py --dataset synthetic` loads it (128²,
+    `--data_synthetic` refs) and a REFER-format copy (`--data_images` COCO-sized JPEGs, at `--image_size`)."""
+    from metris_hf.data import load_dataset_by_name
+
+    refer_root = write_refer_copy(scratch / "refer", args.data_images)
+    synthetic = load_dataset_by_name("synthetic", synthetic_size=(args.data_synthetic, 0, 0), cache_dir=scratch)
+    refer = load_dataset_by_name("refcoco", data_root=refer_root, cache_dir=scratch)
+    return {"synthetic": (synthetic["train"], 128), "refer": (refer["train"], args.image_size)}
+
+
 def bench_data(args) -> list[dict]:
-    """Samples/s of the training transform (JPEG decode, mask decode, resize, tokenise) through a DataLoader."""
+    """Samples/s of `train.py`'s own loader (`metris_hf.data.training_loader`: rows decoded by `datasets`, one
+    sentence drawn, resized and tokenised by the processor, collated), one epoch per worker count.
+
+    `startup_s` is the wait for the first batch (workers forked, first rows decoded: paid again every epoch);
+    `samples_per_second` counts the batches after it, the rate a training loop is fed at once running.
+    """
     import tempfile
 
-    from torch.utils.data import DataLoader
-
     from metris_hf import MetrisProcessor
-    from metris_hf.data import RefTrainTransform, build_synthetic_tokenizer, load_refer
+    from metris_hf.data import build_synthetic_tokenizer, training_loader
 
     results = []
     with tempfile.TemporaryDirectory() as scratch:
-        root = write_refer_copy(Path(scratch) / "refer", args.data_images)
-        train = load_refer(root, "refcoco", cache_dir=Path(scratch) / "cache")["train"]
-        processor = MetrisProcessor(tokenizer=build_synthetic_tokenizer())
-        processor.image_processor.size = {"height": args.image_size, "width": args.image_size}
-        processor.max_length = args.max_length
-        transform = RefTrainTransform(processor)
-        data = train.with_transform(transform)
-        for workers in (0, 1, 2):
-            loader = DataLoader(data, batch_size=8, num_workers=workers, collate_fn=transform.collate)
-            for _ in loader:  # a first epoch warms caches and lazy initialisations: not counted
-                pass
-            start, count = time.perf_counter(), 0
-            for batch in loader:
-                count += batch["pixel_values"].shape[0]
-            seconds = time.perf_counter() - start
-            results.append({"num_workers": workers, "samples": count, "samples_per_second": count / seconds})
+        for name, (data, image_size) in data_sets(args, Path(scratch)).items():
+            processor = MetrisProcessor(tokenizer=build_synthetic_tokenizer())
+            processor.image_processor.size = {"height": image_size, "width": image_size}
+            processor.max_length = args.max_length
+            for workers in args.data_workers:
+                loader, _ = training_loader(data, processor, args.data_batch_size, num_workers=workers)
+                start = time.perf_counter()
+                batches = iter(loader)
+                next(batches)
+                startup = time.perf_counter() - start
+                start, count = time.perf_counter(), 0
+                for batch in batches:
+                    count += batch["pixel_values"].shape[0]
+                seconds = time.perf_counter() - start
+                results.append(
+                    {
+                        "dataset": name,
+                        "rows": len(data),
+                        "image_size": image_size,
+                        "num_workers": workers,
+                        "batch_size": args.data_batch_size,
+                        "samples": count,
+                        "startup_s": startup,
+                        "samples_per_second": count / seconds,
+                    }
+                )
     return results
+
+
+def data_consumption(report: dict) -> dict[str, dict]:
+    """What a training step consumes, per data set: on a GPU, the fastest training row of this run for the REFER
+    set (same input size); else the stated figures (the question is whether the loader keeps a GPU fed)."""
+    consumption = {
+        name: {"samples_per_second": rate, "source": source} for name, (rate, source) in STATED_CONSUMPTION.items()
+    }
+    if report.get("train") and report["device"] == "cuda" and not report["tiny"]:
+        best = max(report["train"], key=lambda r: r["samples_per_second"])
+        source = f"this run's training row ({best['dtype']}, batch {best['batch_size']}, {report['image_size']}²)"
+        consumption["refer"] = {"samples_per_second": best["samples_per_second"], "source": source}
+    return consumption
 
 
 def bench_metrics(args) -> dict:
@@ -563,9 +611,21 @@ def print_report(report: dict) -> None:
                 f"  {100 * r['peak_fraction']:.1f} % of the GEMM peak"
             )
     if "data" in report:
-        print("\ndata pipeline (training transform)")
+        print("\ndata pipeline (train.py's loader: decode, draw a sentence, resize, tokenise, collate)")
+        print(
+            f"{'set':<10}{'rows':>6}{'size':>6}{'workers':>8}{'start s':>9}{'samples/s':>11}{'per worker':>11}"
+            f"{'÷ need':>8}"
+        )
         for r in report["data"]:
-            print(f"  num_workers {r['num_workers']}: {r['samples_per_second']:.1f} samples/s")
+            need = report["data_consumption"][r["dataset"]]["samples_per_second"]
+            per_worker = f"{r['samples_per_second'] / r['num_workers']:.1f}" if r["num_workers"] else "—"
+            print(
+                f"{r['dataset']:<10}{r['rows']:>6}{r['image_size']:>6}{r['num_workers']:>8}{r['startup_s']:>9.2f}"
+                f"{r['samples_per_second']:>11.1f}{per_worker:>11}{r['samples_per_second'] / need:>8.2f}"
+            )
+        for name, need in report["data_consumption"].items():
+            rate = need["samples_per_second"]
+            print(f"  need ({name}): a training step takes {rate:.1f} samples/s, {need['source']}")
     if "metrics" in report:
         r = report["metrics"]
         print(
@@ -589,7 +649,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=list(DTYPES))
     parser.add_argument("--compile", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--data_images", type=int, default=128, help="images in the REFER copy (data part)")
+    parser.add_argument("--data_images", type=int, default=256, help="images in the REFER copy (data part)")
+    parser.add_argument("--data_synthetic", type=int, default=2400, help="refs in the synthetic set (data part)")
+    parser.add_argument("--data_workers", nargs="+", type=int, default=[0, 1, 2, 4], help="DataLoader workers")
+    parser.add_argument("--data_batch_size", type=int, default=16, help="batch size of the data part's loader")
     parser.add_argument("--metric_samples", type=int, default=5000)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny model and sizes: checks the script, not the model")
@@ -598,6 +661,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.tiny:
         args.image_size = min(args.image_size, 64)
         args.data_images, args.metric_samples, args.repeats = min(args.data_images, 24), 200, 1
+        args.data_synthetic, args.data_batch_size = min(args.data_synthetic, 48), min(args.data_batch_size, 4)
 
     report: dict = {
         "machine": machine(),
@@ -615,6 +679,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["train"] = bench_train(args, args.device)
     if "data" in args.parts:
         report["data"] = bench_data(args)
+        report["data_consumption"] = data_consumption(report)
     if "metrics" in args.parts:
         report["metrics"] = bench_metrics(args)
     print_report(report)

@@ -34,13 +34,12 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed, str_to_bool
 from huggingface_hub.errors import StrictDataclassError
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoProcessor, get_scheduler
 
 from metris_hf import MetrisConfig, MetrisForReferringSegmentation, MetrisProcessor
 from metris_hf.configuration_metris import parse_config_overrides
-from metris_hf.data import RefTrainTransform, add_dataset_arguments, load_dataset_from_args, sentence_rows
+from metris_hf.data import add_dataset_arguments, load_dataset_from_args, sentence_rows, training_loader
 from metris_hf.data.schema import SENTENCE_FIELDS
 from metris_hf.evaluation import RESOLUTIONS, evaluate_referring
 from metris_hf.folders import check_model_source, check_training_state
@@ -456,18 +455,9 @@ def main(argv: list[str] | None = None) -> None:
         # transformers 5 renamed it; the old name still works there but warns
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
 
-    transform = RefTrainTransform(processor, seed=args.seed)  # --image_size / --max_length are in the processor
-    train_data = train_data.with_transform(transform)
-    # The loader draws its workers' base seed from `generator` rather than from the global RNG: a resumed run
-    # creates its iterator at another moment than an uninterrupted one, and must not shift the dropout stream.
-    train_loader = DataLoader(
-        train_data,
-        batch_size=per_device_batch,
-        shuffle=True,
-        num_workers=args.dataloader_num_workers,
-        collate_fn=transform.collate,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(args.seed),
+    # --image_size / --max_length are in the processor
+    train_loader, transform = training_loader(
+        train_data, processor, per_device_batch, num_workers=args.dataloader_num_workers, seed=args.seed
     )
     optimizer = torch.optim.AdamW(
         parameter_groups(model, args.weight_decay, args.weight_decay_exempt), lr=args.learning_rate

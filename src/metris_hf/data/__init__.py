@@ -6,7 +6,8 @@
 - `load_dataset_by_name`: what the scripts call, by dataset name (`add_dataset_arguments` /
   `load_dataset_from_args`: the command-line flags that name it, shared by train.py and run_evaluation.py);
 - `sentence_rows`: one row per (object, sentence), the evaluation protocol's samples;
-- `RefTrainTransform`: one sentence per object per epoch, processed for the model.
+- `RefTrainTransform`: one sentence per object per epoch, processed for the model; `training_loader`: the
+  training DataLoader around it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .synthetic import (
     matching_objects,
     synthetic_vocabulary,
 )
-from .transforms import RefTrainTransform
+from .transforms import RefTrainTransform, training_loader
 
 DATASET_NAMES = ("refcoco", "refcoco+", "refcocog", "grefcoco", "synthetic")
 
@@ -150,4 +151,5 @@ __all__ = [
     "restricted_pickle_load",
     "sentence_rows",
     "synthetic_vocabulary",
+    "training_loader",
 ]

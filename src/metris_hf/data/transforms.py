@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 
 class RefTrainTransform:
@@ -88,3 +89,26 @@ class RefTrainTransform:
         }
         batch["ref_ids"] = torch.tensor([int(row["ref_id"]) for row in rows], dtype=torch.long)
         return batch
+
+
+def training_loader(
+    data: Any, processor: Any, batch_size: int, *, num_workers: int = 0, seed: int = 0
+) -> tuple[DataLoader, RefTrainTransform]:
+    """The loader `scripts/train.py` trains from (and `scripts/benchmark.py --parts data` times): `data` (object
+    rows of the common schema) through `RefTrainTransform(processor, seed)`, shuffled, full batches only.
+
+    The loader draws its order and its workers' base seed from its own generator rather than from the global
+    RNG: a resumed run creates its iterator at another moment than an uninterrupted one, and must not shift the
+    dropout stream. Returns the transform too: call its `set_epoch` with the loader's each epoch.
+    """
+    transform = RefTrainTransform(processor, seed=seed)
+    loader = DataLoader(
+        data.with_transform(transform),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=num_workers,
+        collate_fn=transform.collate,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return loader, transform
