@@ -1,5 +1,5 @@
 """One training step of ours equals the authors' (where their code is at hand, as for the forward's equality):
-`scripts/compare_with_authors.py --training_step`, in float64, the two models one after the other."""
+`scripts/dev/compare_with_authors.py --training_step`, in float64, the two models one after the other."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_a_training_step_equals_the_authors(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "compare_with_authors.py"),
+            str(ROOT / "scripts" / "dev" / "compare_with_authors.py"),
             "--authors_src",
             source,
             "--training_step",

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py runs on tiny sizes and produces every figure (never a timing bound)."""
+"""scripts/dev/benchmark.py runs on tiny sizes and produces every figure (never a timing bound)."""
 
 import json
 import math
@@ -20,7 +20,7 @@ def test_benchmark_produces_every_figure(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "benchmark.py"),
+            str(ROOT / "scripts" / "dev" / "benchmark.py"),
             "--tiny",
             "--compile",
             "off",
@@ -91,7 +91,7 @@ def test_data_part_rows(tmp_path):
     """`--parts data`: one row per set and worker count, every figure positive, what training consumes beside it."""
     out = tmp_path / "bench.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "cache")}
-    command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--tiny", "--parts", "data"]
+    command = [sys.executable, str(ROOT / "scripts" / "dev" / "benchmark.py"), "--tiny", "--parts", "data"]
     command += ["--dtypes", "float32", "--data_workers", "0", "2", "--json", str(out)]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

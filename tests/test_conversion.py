@@ -124,10 +124,10 @@ def test_every_converted_tensor_is_used_as_theirs(authors_source):
 
 def test_a_metris_hf_01_checkpoint_warm_starts_todays_model():
     """The embedded checkpoint of metris-hf 0.1 (names and shapes recorded) seeds today's layout of its shape
-    (scripts/warm_start_from_legacy.py, the maintainer's tool that rebuilt the embedded checkpoint)."""
+    (scripts/dev/warm_start_from_legacy.py, the maintainer's tool that rebuilt the embedded checkpoint)."""
     from metris_hf.testing_utils import small_metris_config
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "warm_start_from_legacy.py"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "dev" / "warm_start_from_legacy.py"
     warm_start_from_legacy = runpy.run_path(str(script))["warm_start_from_legacy"]
 
     recorded = json.loads((FIXTURE.parent / "metris_hf_0.1_small_state_dict.json").read_text())["keys"]

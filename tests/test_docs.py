@@ -234,7 +234,7 @@ masks[:, 100:300, 150:350] = 1
     # docs/performance.md
     Rule(
         "docs/performance.md",
-        "scripts/benchmark.py --json",
+        "scripts/dev/benchmark.py --json",
         "the full run takes an hour: tiny sizes, eager float32, no ONNX export (test_onnx.py exports)",
         slow=True,
         append="--tiny --compile off --dtypes float32 --parts inference train data metrics",
@@ -242,7 +242,7 @@ masks[:, 100:300, 150:350] = 1
     ),
     Rule(
         "docs/performance.md",
-        "scripts/benchmark.py --parts data",
+        "scripts/dev/benchmark.py --parts data",
         "a minute and a half on 2 cores: tiny sets, workers 0 and 2",
         slow=True,
         append="--tiny --data_workers 0 2",
@@ -250,7 +250,7 @@ masks[:, 100:300, 150:350] = 1
     ),
     Rule(
         "docs/performance.md",
-        "scripts/compare_with_authors.py",
+        "scripts/dev/compare_with_authors.py",
         "needs a CPU-runnable copy of the authors' code, which is not distributed",
         skip=True,
     ),

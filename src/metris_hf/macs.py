@@ -1,6 +1,6 @@
 """Parameters and MACs of METRIS by part, counted with `torch.utils.flop_counter` (MACs = FLOPs / 2).
 
-Used by `scripts/count_macs.py` (the table in docs/model.md) and `scripts/benchmark.py` (GMACs per row).
+Used by `scripts/dev/count_macs.py` (the table in docs/model.md) and `scripts/dev/benchmark.py` (GMACs per row).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from .configuration_metris import MetrisConfig
 from .modeling_metris import MetrisForReferringSegmentation
 
-# Module-name prefixes → the parts that `scripts/count_macs.py` and the docs report.
+# Module-name prefixes → the parts that `scripts/dev/count_macs.py` and the docs report.
 PARTS = {
     "metris.vision_encoder.backbone": "backbone",
     "metris.vision_encoder.fusions": "early fusion",

@@ -182,7 +182,7 @@ def compare_with_pytorch(model: str | os.PathLike, folder: str | os.PathLike, ba
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Benchmark: the onnxruntime row beside PyTorch eager and bfloat16 (scripts/benchmark.py calls these)
+# Benchmark: the onnxruntime row beside PyTorch eager and bfloat16 (scripts/dev/benchmark.py calls these)
 # --------------------------------------------------------------------------------------------------------------
 
 # Runs in its own interpreter, which loads `onnx_runtime.py` as a standalone file (importing the package here,
@@ -263,7 +263,7 @@ def time_onnxruntime(
 
 
 def onnxruntime_benchmark_worker(job: dict[str, Any]) -> dict[str, Any]:
-    """The benchmark's onnxruntime row(s): the randomly initialised METRIS that `scripts/benchmark.py` times in
+    """The benchmark's onnxruntime row(s): the randomly initialised METRIS that `scripts/dev/benchmark.py` times in
     PyTorch (same config and seed), exported here, then timed by `time_onnxruntime`.
 
     `job`: tiny (bool), batch_sizes, image_size, max_length, repeats, optional threads and workdir. Returns

@@ -94,7 +94,7 @@ class RefTrainTransform:
 def training_loader(
     data: Any, processor: Any, batch_size: int, *, num_workers: int = 0, seed: int = 0
 ) -> tuple[DataLoader, RefTrainTransform]:
-    """The loader `scripts/train.py` trains from (and `scripts/benchmark.py --parts data` times): `data` (object
+    """The loader `scripts/train.py` trains from (and `scripts/dev/benchmark.py --parts data` times): `data` (object
     rows of the common schema) through `RefTrainTransform(processor, seed)`, shuffled, full batches only.
 
     The loader draws its order and its workers' base seed from its own generator rather than from the global

@@ -1,7 +1,7 @@
 """Rebuilds the pictures of the README, the docs and the model card from the current checkpoint, so they cannot
 show an older model than the one shipped.
 
-    python scripts/screenshots.py [--model DIR] [--parts demo app]
+    python scripts/dev/screenshots.py [--model DIR] [--parts demo app]
 
 - `demo`: `model_cards/metris-tiny-synthetic/demo.png`, the README's first picture: `make demo`'s rows (ground
   truth, prediction, the decoder's attention over visual and linguistic expression tokens) for three
@@ -31,10 +31,10 @@ from metris_hf import embedded_checkpoint
 from metris_hf.data import iter_synthetic
 from metris_hf.visualization import _font, explain, outline_overlay, render_row, save_figure, stack_rows
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from demo import DEMO_SEED, QUICK_START_SCENE, iou, write_scene  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO_PICTURE = ROOT / "model_cards" / "metris-tiny-synthetic" / "demo.png"
 APP_PICTURE = ROOT / "docs" / "app_screenshot.png"
 DEMO_EXPRESSIONS = ["the red circle", "the blue triangle", "the small yellow object"]

@@ -2,7 +2,7 @@
 checkpoint was rebuilt: every old tensor where it fits, grown MLPs keeping their old units, new Mix-FFN
 convolutions as the identity; what changed in the function itself is left to fine-tuning.
 
-    python scripts/warm_start_from_legacy.py OLD_FOLDER OUTPUT_FOLDER [--config_name small]
+    python scripts/dev/warm_start_from_legacy.py OLD_FOLDER OUTPUT_FOLDER [--config_name small]
 
 A maintainer's tool, kept to reproduce the embedded checkpoint (model_cards/metris-tiny-synthetic); no loading
 path of the package reads the 0.1 layout.

@@ -1,7 +1,7 @@
 """Parameters and GMACs of METRIS, by part, counted with `torch.utils.flop_counter` (MACs = FLOPs / 2).
 
-    python scripts/count_macs.py                    # full-size model, 480×480, 20 tokens, early fusion on and off
-    python scripts/count_macs.py --image_size 384 --max_length 30 --json macs.json
+    python scripts/dev/count_macs.py                    # full-size model, 480×480, 20 tokens, early fusion on and off
+    python scripts/dev/count_macs.py --image_size 384 --max_length 30 --json macs.json
 
 Random weights, one CPU forward pass per configuration: nothing is downloaded.
 """

@@ -1,8 +1,8 @@
 """What METRIS costs, measured in one run: a table on stdout and every figure in a JSON file.
 
-    python scripts/benchmark.py                              # everything, full-size model, 480², L = 20
-    python scripts/benchmark.py --parts inference --dtypes float32 --compile off
-    python scripts/benchmark.py --tiny --json out.json       # seconds; what the tests run
+    python scripts/dev/benchmark.py                              # everything, full-size model, 480², L = 20
+    python scripts/dev/benchmark.py --parts inference --dtypes float32 --compile off
+    python scripts/dev/benchmark.py --tiny --json out.json       # seconds; what the tests run
 
 Parts:
   peak       the machine's own limit: a large square matrix product (CPU 4096³, GPU 8192³) per dtype,
@@ -12,7 +12,7 @@ Parts:
              that a machine whose speed drifts (shared cores, clocks) moves both alike.
   inference  full METRIS forward (on CPU with the pipeline's `optimize_for_cpu_inference`), the plain Swin-B
              backbone alone and the text encoder alone, at each batch size, dtype and torch.compile setting:
-             seconds per batch, GMACs (the counter of scripts/count_macs.py), peak memory, the fraction of the
+             seconds per batch, GMACs (the counter of scripts/dev/count_macs.py), peak memory, the fraction of the
              GEMM peak, and the efficiency ratio (METRIS seconds per GMAC) / (Swin-B seconds per GMAC).
   train      forward + backward + AdamW step: samples/s, peak memory and fraction of the peak, counting the
              backward as twice the forward's MACs (CPU: batch 2, float32 and bfloat16 autocast, and float32 with

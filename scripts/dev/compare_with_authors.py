@@ -1,6 +1,6 @@
 """Our METRIS against the authors' own code, side by side in one process: same weights, same inputs.
 
-    python scripts/compare_with_authors.py --authors_src /path/to/their/code [--repeats 5]
+    python scripts/dev/compare_with_authors.py --authors_src /path/to/their/code [--repeats 5]
 
 `--authors_src` is a copy of the authors' released code (a LAVT fork) that runs on CPU: their `lib/`, `bert/`
 and `args.py`, with stand-ins for the mmcv/mmseg imports and their BERT built from its config instead of
@@ -15,7 +15,7 @@ It also times a 4096³ float32 matrix product, the machine's limit: a forward of
 G ÷ (that product's GMAC/s), whoever wrote the code. The last lines say what share of that limit each model
 reaches and the largest speed-up over theirs that the limit allows.
 
-    python scripts/compare_with_authors.py --authors_src /path/to/their/code --training_step [--output_json f]
+    python scripts/dev/compare_with_authors.py --authors_src /path/to/their/code --training_step [--output_json f]
 
 `--training_step` instead compares one training step, in float64: their model and ours with the same weights
 (theirs, every tensor perturbed so that no gate, bias or statistic sits at zero, converted), the same batch of
@@ -184,7 +184,7 @@ OUR_BLOCKS = ("SwinLayer", "MetrisPixelWordAttention", "MetrisAttentionBlock", "
 
 
 def load_train_script():
-    spec = importlib.util.spec_from_file_location("metris_train", Path(__file__).with_name("train.py"))
+    spec = importlib.util.spec_from_file_location("metris_train", Path(__file__).resolve().parents[1] / "train.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
