@@ -367,8 +367,16 @@ def test_parquet_missing_columns_are_named_up_front(tmp_path, drop):
         ({"raw_anns": None}, r"ref 100: raw_anns is empty but ann_id is 11"),
         ({"raw_image_info": json.dumps({"id": 1, "height": -48, "width": 64})}, r"ref 100: image height must lie in"),
         ({"raw_anns": "[1, 2]"}, r"ref 100: raw_anns must hold COCO annotation dicts"),
+        (
+            {
+                "raw_anns": json.dumps(
+                    {"id": 11, "image_id": 7, "segmentation": [[5, 5, 40, 5, 35, 30]], "bbox": [5, 5, 35, 25]}
+                )
+            },
+            r"ref 100: annotation 11 belongs to image 7, not to the ref's image 1",
+        ),
     ],
-    ids=["nan_polygon", "null_raw_anns", "negative_height", "anns_not_dicts"],
+    ids=["nan_polygon", "null_raw_anns", "negative_height", "anns_not_dicts", "annotation_of_another_image"],
 )
 def test_parquet_bad_rows_name_the_file_and_ref(tmp_path, change, match):
     files, image_root = parquet_copy(tmp_path, refs=(100, 101), **change)  # both rows of image 1 agree

@@ -193,6 +193,11 @@ def _convert(row: dict, image_path: str, sentence_field: str = "sent") -> dict:
         missing = [key for key in ("segmentation", "bbox") if key not in ann]
         if missing:
             raise ValueError(f"annotation {ann.get('id')} lacks {missing}")
+        if ann.get("image_id", row["image_id"]) != row["image_id"]:  # as REFER's check
+            raise ValueError(
+                f"annotation {ann.get('id')} belongs to image {ann['image_id']}, "
+                f"not to the ref's image {row['image_id']}"
+            )
     mask = union_mask(anns, height, width)
     ann_ids = [int(row["ann_id"])] if row.get("ann_id") is not None else [int(a["id"]) for a in anns]
     bbox = check_bbox(row.get("bbox") or union_bbox(check_bbox(a["bbox"]) for a in anns)) if anns else None
