@@ -185,18 +185,19 @@ def compare_with_pytorch(model: str | os.PathLike, folder: str | os.PathLike, ba
 # Benchmark: the onnxruntime row beside PyTorch eager and bfloat16 (scripts/dev/benchmark.py calls these)
 # --------------------------------------------------------------------------------------------------------------
 
-# Runs in its own interpreter, which loads `onnx_runtime.py` as a standalone file (importing the package here,
-# where transformers is installed, would load torch and transformers first): its peak memory and start-up time
-# are those of a deployment with onnxruntime, NumPy, Pillow and tokenizers only.
+# Runs in its own interpreter, which imports `metris_hf.onnx_runtime` under an empty stand-in for the package
+# (the package's `__init__`, where transformers is installed, would load torch and transformers first): its peak
+# memory and start-up time are those of a deployment with onnxruntime, NumPy, Pillow and tokenizers only.
 _TIMING_SCRIPT = r"""
 import time
-import importlib.util, json, statistics, sys
+import importlib, json, os, statistics, sys, types
 import numpy as np
 
 job = json.loads(sys.argv[1])
-spec = importlib.util.spec_from_file_location("metris_onnx_runtime", job["runtime"])
-runtime = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(runtime)
+package = types.ModuleType("metris_hf")
+package.__path__ = [os.path.dirname(job["runtime"])]
+sys.modules["metris_hf"] = package
+runtime = importlib.import_module("metris_hf.onnx_runtime")
 import onnxruntime as ort
 session = runtime.make_session(job["path"], job["threads"])
 names = [output.name for output in session.get_outputs()]
