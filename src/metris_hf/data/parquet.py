@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import PIL.Image
 import pyarrow.parquet
 from datasets import DatasetDict
 
@@ -29,7 +30,9 @@ from .schema import (
     BUILD_VERSION,
     FEATURES,
     SPLIT_ORDER,
+    _is_id,
     cached_build,
+    check_annotation,
     check_bbox,
     check_image_size,
     check_sentence_field,
@@ -169,11 +172,14 @@ def check_columns(columns: list[str], where: str) -> None:
 
 def _convert(row: dict, image_path: str, sentence_field: str = "sent") -> dict:
     """One jxu124 row → one row of the schema; every field checked (the caller adds which ref it is)."""
+    for key in ("ref_id", "image_id"):
+        if not _is_id(row[key]):
+            raise ValueError(f"{key} must be an integer, got {row[key]!r:.80}")
     anns = _as_list(_load_json(row.get("raw_anns")))
     if not all(isinstance(a, dict) for a in anns):
         raise ValueError(f"raw_anns must hold COCO annotation dicts, got {row.get('raw_anns')!r:.80}")
     ann_id = row.get("ann_id")
-    if ann_id is not None and (isinstance(ann_id, bool) or not isinstance(ann_id, int)):
+    if ann_id is not None and not _is_id(ann_id):
         raise ValueError(f"ann_id must be an integer, got {ann_id!r:.80}")
     if not anns and ann_id is not None and ann_id >= 0:
         raise ValueError(f"raw_anns is empty but ann_id is {ann_id}: the target's annotation is missing")
@@ -182,37 +188,21 @@ def _convert(row: dict, image_path: str, sentence_field: str = "sent") -> dict:
     info = _load_json(row.get("raw_image_info")) or {}
     if not isinstance(info, dict):
         raise ValueError(f"raw_image_info must be a COCO image dict, got {row.get('raw_image_info')!r:.80}")
-    height, width = info.get("height"), info.get("width")
-    if height is None or width is None:  # read the header only
-        import PIL.Image
-
+    if info.get("height") is None or info.get("width") is None:  # read the header only
         with PIL.Image.open(image_path) as image:
-            width, height = image.size
-    height, width = check_image_size(height, width)
-    for ann in anns:
-        missing = [key for key in ("segmentation", "bbox") if key not in ann]
-        if missing:
-            raise ValueError(f"annotation {ann.get('id')} lacks {missing}")
-        if ann.get("image_id", row["image_id"]) != row["image_id"]:  # as REFER's check
-            raise ValueError(
-                f"annotation {ann.get('id')} belongs to image {ann['image_id']}, "
-                f"not to the ref's image {row['image_id']}"
-            )
-    mask = union_mask(anns, height, width)
-    ann_ids = [int(row["ann_id"])] if row.get("ann_id") is not None else [int(a["id"]) for a in anns]
-    bbox = check_bbox(row.get("bbox") or union_bbox(check_bbox(a["bbox"]) for a in anns)) if anns else None
-    for key in ("ref_id", "image_id"):
-        if not isinstance(row[key], int) or isinstance(row[key], bool):
-            raise ValueError(f"{key} must be an integer, got {row[key]!r:.80}")
+            info = {"height": image.height, "width": image.width}
+    height, width = check_image_size(info, row["image_id"])
+    boxes = [check_annotation(ann, row["image_id"], height, width, ())[0] for ann in anns]
+    mask = union_mask([ann["segmentation"] for ann in anns], height, width)
     return {
         "image": {"path": image_path, "bytes": None},
         "mask": {"path": None, "bytes": mask_to_png(mask)},
         "sentences": clean_sentences(row["sentences"], sentence_field),
         "ref_id": row["ref_id"],
         "image_id": row["image_id"],
-        "ann_ids": ann_ids if anns else [],
+        "ann_ids": ([ann_id] if ann_id is not None else [int(a["id"]) for a in anns]) if anns else [],
         "category_id": int(row["category_id"]) if anns and row.get("category_id") is not None else -1,
-        "bbox": bbox if anns else [0.0, 0.0, 0.0, 0.0],
+        "bbox": check_bbox(row.get("bbox") or union_bbox(boxes)) if anns else [0.0, 0.0, 0.0, 0.0],
         "no_target": not anns,
         # a target whose polygons draw nothing (< 3 points, empty, wholly outside the image): as REFER's check
         "_degenerate": bool(anns) and not mask.any(),
@@ -236,19 +226,16 @@ def _convert_batch(batch: dict[str, list], source: str = "parquet", sentence_fie
 
 
 def _drop_degenerate(splits: dict[str, datasets.Dataset], keep: bool) -> tuple[dict[str, datasets.Dataset], list[int]]:
-    """As `load_refer`'s: unless `keep`, refs whose target mask is empty leave the train split(s) (an empty mask
-    not marked `no_target` would teach that the expression means nothing); evaluation splits keep them. Returns
-    the splits without the build-time `_degenerate` column, and the ids of every degenerate ref."""
-    kept, degenerate = {}, []
+    """As `drop_degenerate` for REFER files; also drops the build-time `_degenerate` column. Returns the splits
+    and the ids of every degenerate ref."""
+    degenerate = [ref for t in splits.values() for ref, flag in zip(t["ref_id"], t["_degenerate"]) if flag]
+    kept = {}
     for name, table in splits.items():
-        flags = table.data.column("_degenerate").to_pylist()
-        degenerate += [ref_id for ref_id, flag in zip(table.data.column("ref_id").to_pylist(), flags) if flag]
-        table = table.remove_columns("_degenerate")
-        if not keep and name.startswith("train") and any(flags):
-            table = table.select([i for i, flag in enumerate(flags) if not flag])
+        if not keep and name.startswith("train"):
+            table = table.filter(lambda flag: not flag, input_columns="_degenerate")
             if not len(table):  # a split of degenerate refs only: gone, as in `load_refer`
                 continue
-        kept[name] = table
+        kept[name] = table.remove_columns("_degenerate")
     return kept, degenerate
 
 
@@ -265,16 +252,10 @@ def load_refer_parquet(
 ) -> DatasetDict:
     """RefCOCO-family Parquet files (jxu124 layout) + a COCO train2014 folder → the `load_refer` schema and splits.
 
-    Args:
-        data_files_or_hub_id: a folder of parquet files (split from each file's name, `testB-00000-….parquet`,
-            or its folder), one file or glob, a `{split: files}` dict, or a Hub id such as `jxu124/refcoco`
-            (downloaded by `datasets.load_dataset`, so only where the network is reachable).
-        image_root: the COCO train2014 folder holding `COCO_train2014_%012d.jpg`.
-        cache_dir, num_proc, skip_missing_images, verify_images: as for `load_refer`; the build is cached under
-            `<cache_dir>/parquet/<hash of the files' paths, sizes and mtimes>`.
-        keep_degenerate: as for `load_refer`: refs whose target mask is empty (polygons of < 3 points, empty, or
-            outside the image) are counted and named in a warning, and left out of the train split unless this.
-        sentence_field: as for `load_refer`: `sent` (default) or `raw` from each entry of `sentences`.
+    `data_files_or_hub_id`: a folder of parquet files (split from each file's name, `testB-00000-….parquet`, or
+    its folder), one file or glob, a `{split: files}` dict, or a Hub id such as `jxu124/refcoco` (downloaded by
+    `datasets.load_dataset`). `image_root`: the COCO train2014 folder. The other arguments are `load_refer`'s;
+    the build is cached under `<cache_dir>/parquet/<hash of the files' paths, sizes and mtimes>`.
     """
     sentence_field = check_sentence_field(sentence_field)
     data_files = parquet_data_files(data_files_or_hub_id)
