@@ -1,11 +1,9 @@
 """RefCOCO-family copies in Parquet (the `jxu124/refcoco`, `jxu124/refcocoplus`, `jxu124/refcocog` layout).
 
-One row per ref with the columns `ref_id, image_id, ann_id, split, sentences[{raw, sent, sent_id, tokens}],
-category_id, bbox, raw_anns` (JSON: the COCO annotation, polygons included), `raw_image_info` (JSON: the COCO
-image entry), `image_path`; the files' splits are train / validation / test / testB. They carry annotations
-only, so the pixels come from a local COCO `train2014` folder (`image_root`). The result has the same schema and
-the same split names as `load_refer`: validation → val, and test → testA where a testB sits beside it
-(RefCOCO, RefCOCO+), test otherwise (RefCOCOg umd); a `split` column holding one REFER split name wins over both.
+One row per ref (`ref_id, image_id, ann_id, split, sentences, category_id, bbox, raw_anns, raw_image_info,
+image_path`; the last three JSON or text), annotations only: the pixels come from a local COCO `train2014` folder.
+Splits are renamed as `load_refer` names them: validation → val, and test → testA where a testB sits beside it,
+test otherwise; a `split` column holding one REFER split name wins over both.
 """
 
 from __future__ import annotations
@@ -170,8 +168,9 @@ def check_columns(columns: list[str], where: str) -> None:
         )
 
 
-def _convert(row: dict, image_path: str, sentence_field: str = "sent") -> dict:
-    """One jxu124 row → one row of the schema; every field checked (the caller adds which ref it is)."""
+def _convert(row: dict, sentence_field: str) -> dict:
+    """One jxu124 row (with its image file as `_image_path`) → one row of the schema, every field checked (the
+    caller adds which ref it is)."""
     for key in ("ref_id", "image_id"):
         if not _is_id(row[key]):
             raise ValueError(f"{key} must be an integer, got {row[key]!r:.80}")
@@ -189,15 +188,18 @@ def _convert(row: dict, image_path: str, sentence_field: str = "sent") -> dict:
     if not isinstance(info, dict):
         raise ValueError(f"raw_image_info must be a COCO image dict, got {row.get('raw_image_info')!r:.80}")
     if info.get("height") is None or info.get("width") is None:  # read the header only
-        with PIL.Image.open(image_path) as image:
+        with PIL.Image.open(row["_image_path"]) as image:
             info = {"height": image.height, "width": image.width}
     height, width = check_image_size(info, row["image_id"])
     boxes = [check_annotation(ann, row["image_id"], height, width, ())[0] for ann in anns]
     mask = union_mask([ann["segmentation"] for ann in anns], height, width)
+    sentences = clean_sentences(row["sentences"], sentence_field)
+    if not sentences:
+        raise ValueError("all its sentences are blank (no expression)")
     return {
-        "image": {"path": image_path, "bytes": None},
+        "image": {"path": row["_image_path"], "bytes": None},
         "mask": {"path": None, "bytes": mask_to_png(mask)},
-        "sentences": clean_sentences(row["sentences"], sentence_field),
+        "sentences": sentences,
         "ref_id": row["ref_id"],
         "image_id": row["image_id"],
         "ann_ids": ([ann_id] if ann_id is not None else [int(a["id"]) for a in anns]) if anns else [],
@@ -210,19 +212,14 @@ def _convert(row: dict, image_path: str, sentence_field: str = "sent") -> dict:
 
 
 def _convert_batch(batch: dict[str, list], source: str = "parquet", sentence_field: str = "sent") -> dict[str, list]:
-    out: dict[str, list] = {name: [] for name in _BUILD_FEATURES}
-    names = list(batch)
-    for i in range(len(batch[names[0]])):
-        row = {name: batch[name][i] for name in names}
+    converted = []
+    for values in zip(*batch.values()):
+        row = dict(zip(batch, values))
         try:
-            converted = _convert(row, batch["_image_path"][i], sentence_field)
+            converted.append(_convert(row, sentence_field))
         except (ValueError, TypeError, KeyError) as error:
             raise ValueError(f"{source}: ref {row.get('ref_id')}: {error}") from None
-        if not converted["sentences"]:
-            raise ValueError(f"{source}: ref {row.get('ref_id')}: all its sentences are blank (no expression)")
-        for name, value in converted.items():
-            out[name].append(value)
-    return out
+    return {name: [row[name] for row in converted] for name in _BUILD_FEATURES}
 
 
 def _drop_degenerate(splits: dict[str, datasets.Dataset], keep: bool) -> tuple[dict[str, datasets.Dataset], list[int]]:

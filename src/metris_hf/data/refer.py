@@ -319,17 +319,8 @@ def _generate_rows(tasks: list[dict]):
     """Generator for `Dataset.from_generator`: decodes each task's mask (in the worker when num_proc > 1)."""
     for task in tasks:
         mask = union_mask(task["segmentations"], task["height"], task["width"])
-        yield {
-            "image": {"path": task["image_path"], "bytes": None},
-            "mask": {"path": None, "bytes": mask_to_png(mask)},
-            "sentences": task["sentences"],
-            "ref_id": task["ref_id"],
-            "image_id": task["image_id"],
-            "ann_ids": task["ann_ids"],
-            "category_id": task["category_id"],
-            "bbox": task["bbox"],
-            "no_target": task["no_target"],
-        }
+        row = {name: task[name] for name in FEATURES if name in task}
+        yield {**row, "image": {"path": task["image_path"], "bytes": None}, "mask": {"bytes": mask_to_png(mask)}}
 
 
 def index_instances(instances: Any, path: str) -> tuple[dict[int, dict], dict[int, dict]]:

@@ -22,7 +22,8 @@ from typing import Any
 import datasets
 import numpy as np
 import PIL.Image
-from datasets import DatasetDict, Features, Image, List, Value
+from datasets import Dataset, DatasetDict, Features, Image, List, NamedSplit, Value
+from datasets.arrow_writer import ArrowWriter
 from pycocotools import mask as mask_utils
 
 logger = logging.getLogger(__name__)
@@ -312,43 +313,29 @@ def fingerprint(payload: Any) -> str:
 
 
 def write_splits(data: DatasetDict, folder: Path) -> None:
-    """Writes each split as `<split>.arrow`, then `splits.json` (the marker of a complete write).
-
-    Not `save_to_disk`: in datasets 5 it always embeds the files an `Image` column points to, which for COCO
-    would copy every referenced JPEG into the cache. An `ArrowWriter` keeps paths as paths.
-    """
-    from datasets.arrow_writer import ArrowWriter
-
+    """Writes each split as `<split>.arrow`, then `splits.json` (the marker of a complete write). Not
+    `save_to_disk`: it embeds the files an `Image` column points to (every COCO JPEG); `ArrowWriter` keeps paths."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, table in data.items():
-        writer = ArrowWriter(features=table.features, path=str(folder / f"{split}.arrow"))
-        try:
+        with ArrowWriter(features=table.features, path=str(folder / f"{split}.arrow")) as writer:
             for batch in table.with_format("arrow").iter(1000):
                 writer.write_table(batch)
             writer.finalize()
-        finally:
-            writer.close()
     (folder / "splits.json").write_text(json.dumps(list(data)))
 
 
 def read_splits(folder: Path) -> DatasetDict:
     """The DatasetDict `write_splits` wrote, memory-mapped."""
     names = json.loads((folder / "splits.json").read_text())
-    return DatasetDict(
-        {
-            name: datasets.Dataset.from_file(str(folder / f"{name}.arrow"), split=datasets.NamedSplit(name))
-            for name in names
-        }
-    )
+    return DatasetDict({n: Dataset.from_file(str(folder / f"{n}.arrow"), split=NamedSplit(n)) for n in names})
 
 
 def cached_build(cache_path: Path, build: Callable[[Path], tuple[DatasetDict, dict]], what: str) -> DatasetDict:
     """Loads `cache_path` if a previous build saved it there, else builds, saves and loads it.
 
-    `build(work_dir)` returns the DatasetDict and a JSON-able report (skipped images, dropped sentences),
-    which is kept beside the data and logged again on every cache hit. The save goes to a temporary folder
-    renamed into place, so concurrent builders (two test workers, two training processes) never see a
-    half-written cache: whoever renames first wins, the other discards its copy.
+    `build(work_dir)` returns the DatasetDict and a JSON-able report (skipped images, dropped sentences), kept
+    beside the data and logged again on every cache hit. The save goes to a temporary folder renamed into place,
+    so concurrent builders never see a half-written cache: whoever renames first wins.
     """
     report_path = cache_path / "metris_build.json"
     if (cache_path / "splits.json").is_file():
@@ -430,7 +417,7 @@ def _explode(batch: dict[str, list]) -> dict[str, list]:
     return out
 
 
-def sentence_rows(dataset: datasets.Dataset) -> datasets.Dataset:
+def sentence_rows(dataset: Dataset) -> Dataset:
     """One split → one row per (object, sentence): the evaluation protocol's samples.
 
     Columns: `sentence`, `image`, `mask`, `ref_id`, `image_id`, `no_target`, `sent_index` (the sentence's
