@@ -1,13 +1,8 @@
-"""Referring segmentation data as `datasets.DatasetDict`s in one schema (see `schema.py` for the columns).
+"""Referring segmentation data as `datasets.DatasetDict`s in one schema (`FEATURES`; docs/data.md).
 
-- `load_refer`: RefCOCO, RefCOCO+, RefCOCOg (umd, google), gRefCOCO from the standard REFER layout;
-- `load_refer_parquet`: the same from the Hub's Parquet copies (jxu124 layout) plus a COCO train2014 folder;
-- `make_synthetic`: scenes of shapes with expressions that are unambiguous by construction;
-- `load_dataset_by_name`: what the scripts call, by dataset name (`add_dataset_arguments` /
-  `load_dataset_from_args`: the command-line flags that name it, shared by train.py and run_evaluation.py);
-- `sentence_rows`: one row per (object, sentence), the evaluation protocol's samples;
-- `RefTrainTransform`: one sentence per object per epoch, processed for the model; `training_loader`: the
-  training DataLoader around it.
+Sources: `load_refer` (the REFER layout), `load_refer_parquet` (the Hub's jxu124 Parquet copies), `make_synthetic`;
+`load_dataset_by_name` picks one by the name the scripts take. `sentence_rows` gives the evaluation samples (one
+row per sentence), `RefTrainTransform` / `training_loader` the training batches (one sentence per object per epoch).
 """
 
 from __future__ import annotations

@@ -291,7 +291,7 @@ def load_refer_parquet(
             raw = datasets.load_dataset(str(data_files_or_hub_id), cache_dir=str(work_dir))
             for split, table in raw.items():
                 check_columns(table.column_names, f"{label} ({split})")
-        built, report = {}, {"skipped_missing_images": 0, "skipped_unreadable_images": 0, "skipped_refs": 0}
+        built = {}
         all_splits = list(raw)
         paths_per_split: dict[str, list[str]] = {}
         seen: dict[tuple[str, int], tuple[bytes, Any]] = {}  # image / annotation id → digest, first ref
@@ -312,7 +312,7 @@ def load_refer_parquet(
         bad, found = check_images(
             every_path, skip_missing=skip_missing_images, verify=verify_images, num_proc=num_proc, source=label
         )
-        report.update(found)
+        report = {**found, "skipped_refs": 0}
         for split, table in raw.items():
             paths = paths_per_split[split]
             keep = [i for i, path in enumerate(paths) if path not in bad]

@@ -126,13 +126,9 @@ _MEMO_INDEX_BYTES = {"BINPUT": 1, "BINGET": 1, "LONG_BINPUT": 4, "LONG_BINGET": 
 
 
 def _scan_opcodes(data: bytes, source: str) -> None:
-    """Refuses, before anything is built, the opcodes that allocate more than the file holds.
-
-    A memo index is the one size a pickle states without paying for it: `LONG_BINPUT 2**28` makes CPython's
-    unpickler allocate and clear a 2 GB table. The pickler numbers its memo entries 0, 1, 2, … so an index
-    never exceeds the file's length. (A plain loop over the opcodes: `pickletools.genops` decodes every
-    argument and is ten times slower on a 40 MB refs file.)
-    """
+    """Refuses, before anything is built, the opcodes that allocate more than the file holds: a memo index is the
+    one size a pickle states without paying for it (`LONG_BINPUT 2**28` makes CPython allocate a 2 GB table), and
+    a pickler's indices never exceed the file's length. (`pickletools.genops` is ten times slower on 40 MB.)"""
     position, end = 0, len(data)
 
     def unreadable(why: str) -> ValueError:
@@ -477,12 +473,8 @@ def check_images(
             "in all (replace them, or pass skip_missing_images=True to skip their refs)"
         )
     bad = set(missing) | {path for path, _ in unreadable}
-    report = {
-        "skipped_missing_images": len(missing),
-        "skipped_unreadable_images": len(unreadable),
-        "example_skipped": sorted(bad)[0] if bad else None,
-    }
-    return bad, report
+    report = {"skipped_missing_images": len(missing), "skipped_unreadable_images": len(unreadable)}
+    return bad, {**report, "example_skipped": min(bad, default=None)}
 
 
 def filter_images(
@@ -549,9 +541,8 @@ def load_refer(
             the train split; by default they are left out of it (and always named in a warning).
         sentence_field: `sent` or `raw` (see `clean_sentences`).
     """
-    dataset = check_dataset(dataset)
+    split_by = check_split_by(dataset, split_by)  # checks the dataset's name first
     sentence_field = check_sentence_field(sentence_field)
-    split_by = check_split_by(dataset, split_by)
     refs_path, instances_path = refer_files(data_root, dataset, split_by)
     root = Path(image_root) if image_root is not None else default_image_root(data_root)
     if not root.is_dir():
@@ -580,8 +571,6 @@ def load_refer(
         tasks, dropped, degenerate = build_tasks(
             refs, instances, root, str(refs_path), str(instances_path), sentence_field
         )
-        if not tasks:
-            raise ValueError(f"{refs_path}: no refs with a non-blank sentence")
         tasks = drop_degenerate(tasks, degenerate, keep_degenerate)
         tasks, report = filter_images(
             tasks, skip_missing=skip_missing_images, verify=verify_images, num_proc=num_proc, source=what

@@ -7,6 +7,7 @@ is ~1 KB), and it decodes to a boolean array, so no 0/1 vs 0/255 question arises
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -337,10 +338,10 @@ def cached_build(cache_path: Path, build: Callable[[Path], tuple[DatasetDict, di
     beside the data and logged again on every cache hit. The save goes to a temporary folder renamed into place,
     so concurrent builders never see a half-written cache: whoever renames first wins.
     """
-    report_path = cache_path / "metris_build.json"
     if (cache_path / "splits.json").is_file():
         logger.info("%s: loading the cached build %s", what, cache_path)
-        _log_report(what, _read_report(report_path))
+        with contextlib.suppress(OSError, ValueError):  # a lost report only loses the warnings
+            _log_report(what, json.loads((cache_path / "metris_build.json").read_text()))
         return read_splits(cache_path)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -368,16 +369,8 @@ def cached_build(cache_path: Path, build: Callable[[Path], tuple[DatasetDict, di
     return read_splits(cache_path)
 
 
-def _read_report(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _log_report(what: str, report: dict) -> None:
-    skipped = report.get("skipped_missing_images", 0) + report.get("skipped_unreadable_images", 0)
-    if skipped:
+    if report.get("skipped_missing_images") or report.get("skipped_unreadable_images"):
         logger.warning(
             "%s: %d ref(s) skipped because their image is missing or unreadable (%d missing, %d unreadable; e.g. %s)",
             what,
@@ -429,9 +422,7 @@ def sentence_rows(dataset: Dataset) -> Dataset:
     if missing:
         raise ValueError(f"sentence_rows needs the metris_hf.data schema; missing column(s) {sorted(missing)}")
     raw = dataset.cast_column("image", Image(decode=False)).cast_column("mask", Image(decode=False))
-    undecoded = SENTENCE_FEATURES.copy()
-    undecoded["image"] = Image(decode=False)
-    undecoded["mask"] = Image(decode=False)
+    undecoded = Features({**SENTENCE_FEATURES, "image": Image(decode=False), "mask": Image(decode=False)})
     exploded = raw.map(
         _explode,
         batched=True,
