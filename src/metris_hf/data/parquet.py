@@ -8,13 +8,13 @@ test otherwise; a `split` column holding one REFER split name wins over both.
 
 from __future__ import annotations
 
-import functools
 import glob
 import hashlib
 import json
 import logging
 import os
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,9 @@ import PIL.Image
 import pyarrow.parquet
 from datasets import DatasetDict
 
-from .refer import COCO_FILE_PATTERN, check_images
+from .refer import COCO_FILE_PATTERN, check_images, drop_degenerate, tasks_to_dataset_dict
 from .schema import (
     BUILD_VERSION,
-    FEATURES,
     SPLIT_ORDER,
     _is_id,
     cached_build,
@@ -39,16 +38,10 @@ from .schema import (
     file_signature,
     fingerprint,
     image_within,
-    mask_to_png,
-    sort_splits,
     union_bbox,
-    union_mask,
 )
 
 logger = logging.getLogger(__name__)
-
-# The built rows plus, while building, whether a row's target is degenerate (see `load_refer_parquet`).
-_BUILD_FEATURES = datasets.Features({**FEATURES, "_degenerate": datasets.Value("bool")})
 
 _SPLIT_IN_NAME = re.compile(r"^(train|validation|valid|val|testA|testB|test)(?=$|[-_.])")
 
@@ -148,6 +141,11 @@ def check_repeats(row: dict, seen: dict[tuple[str, int], tuple[bytes, Any]]) -> 
             )
 
 
+def _rows(table: datasets.Dataset) -> Iterator[dict]:
+    for batch in table.iter(batch_size=1000):
+        yield from (dict(zip(batch, values)) for values in zip(*batch.values()))
+
+
 def _as_list(anns: Any) -> list:
     """`raw_anns` parsed → a list (of annotation dicts, if the row is right): None is [], one dict [dict]."""
     return [] if anns is None else ([anns] if isinstance(anns, dict) else anns if isinstance(anns, list) else [anns])
@@ -168,9 +166,9 @@ def check_columns(columns: list[str], where: str) -> None:
         )
 
 
-def _convert(row: dict, sentence_field: str) -> dict:
-    """One jxu124 row (with its image file as `_image_path`) → one row of the schema, every field checked (the
-    caller adds which ref it is)."""
+def _task(row: dict, sentence_field: str) -> dict:
+    """One jxu124 row (with its image file as `_image_path`) → `build_tasks`' description of its row, every field
+    checked (the caller adds which ref it is), and whether its target draws nothing (`degenerate`)."""
     for key in ("ref_id", "image_id"):
         if not _is_id(row[key]):
             raise ValueError(f"{key} must be an integer, got {row[key]!r:.80}")
@@ -191,49 +189,35 @@ def _convert(row: dict, sentence_field: str) -> dict:
         with PIL.Image.open(row["_image_path"]) as image:
             info = {"height": image.height, "width": image.width}
     height, width = check_image_size(info, row["image_id"])
-    boxes = [check_annotation(ann, row["image_id"], height, width, ())[0] for ann in anns]
-    mask = union_mask([ann["segmentation"] for ann in anns], height, width)
+    facts = [check_annotation(ann, row["image_id"], height, width, ()) for ann in anns]
     sentences = clean_sentences(row["sentences"], sentence_field)
     if not sentences:
         raise ValueError("all its sentences are blank (no expression)")
     return {
-        "image": {"path": row["_image_path"], "bytes": None},
-        "mask": {"path": None, "bytes": mask_to_png(mask)},
+        "image_path": row["_image_path"],
+        "height": height,
+        "width": width,
+        "segmentations": [ann["segmentation"] for ann in anns],
         "sentences": sentences,
         "ref_id": row["ref_id"],
         "image_id": row["image_id"],
         "ann_ids": ([ann_id] if ann_id is not None else [int(a["id"]) for a in anns]) if anns else [],
         "category_id": int(row["category_id"]) if anns and row.get("category_id") is not None else -1,
-        "bbox": check_bbox(row.get("bbox") or union_bbox(boxes)) if anns else [0.0, 0.0, 0.0, 0.0],
+        "bbox": check_bbox(row.get("bbox") or union_bbox(bbox for bbox, _ in facts)) if anns else [0.0] * 4,
         "no_target": not anns,
-        # a target whose polygons draw nothing (< 3 points, empty, wholly outside the image): as REFER's check
-        "_degenerate": bool(anns) and not mask.any(),
+        "degenerate": bool(anns) and not any(area for _, area in facts),  # as REFER's check
     }
 
 
-def _convert_batch(batch: dict[str, list], source: str = "parquet", sentence_field: str = "sent") -> dict[str, list]:
-    converted = []
-    for values in zip(*batch.values()):
-        row = dict(zip(batch, values))
+def parquet_tasks(rows: Iterable[dict], source: str, sentence_field: str = "sent") -> list[dict]:
+    """jxu124 rows → `_task`s; a bad row is a ValueError naming `source` and the ref."""
+    tasks = []
+    for row in rows:
         try:
-            converted.append(_convert(row, sentence_field))
+            tasks.append(_task(row, sentence_field))
         except (ValueError, TypeError, KeyError) as error:
             raise ValueError(f"{source}: ref {row.get('ref_id')}: {error}") from None
-    return {name: [row[name] for row in converted] for name in _BUILD_FEATURES}
-
-
-def _drop_degenerate(splits: dict[str, datasets.Dataset], keep: bool) -> tuple[dict[str, datasets.Dataset], list[int]]:
-    """As `drop_degenerate` for REFER files; also drops the build-time `_degenerate` column. Returns the splits
-    and the ids of every degenerate ref."""
-    degenerate = [ref for t in splits.values() for ref, flag in zip(t["ref_id"], t["_degenerate"]) if flag]
-    kept = {}
-    for name, table in splits.items():
-        if not keep and name.startswith("train"):
-            table = table.filter(lambda flag: not flag, input_columns="_degenerate")
-            if not len(table):  # a split of degenerate refs only: gone, as in `load_refer`
-                continue
-        kept[name] = table.remove_columns("_degenerate")
-    return kept, degenerate
+    return tasks
 
 
 def load_refer_parquet(
@@ -291,49 +275,32 @@ def load_refer_parquet(
             raw = datasets.load_dataset(str(data_files_or_hub_id), cache_dir=str(work_dir))
             for split, table in raw.items():
                 check_columns(table.column_names, f"{label} ({split})")
-        built = {}
-        all_splits = list(raw)
-        paths_per_split: dict[str, list[str]] = {}
+        paths: dict[str, list[str]] = {}
         seen: dict[tuple[str, int], tuple[bytes, Any]] = {}  # image / annotation id → digest, first ref
         for split, table in raw.items():
             names = ("image_path", "raw_image_info", "raw_anns", "image_id", "ref_id")
-            columns = table.select_columns([c for c in names if c in table.column_names])
-            paths = []
-            for batch in columns.iter(batch_size=1000):
-                for values in zip(*batch.values()):
-                    row = dict(zip(batch, values))
-                    try:
-                        check_repeats(row, seen)
-                        paths.append(_image_path(row, root))
-                    except (ValueError, TypeError) as error:
-                        raise ValueError(f"{label} ({split}): ref {row.get('ref_id')}: {error}") from None
-            paths_per_split[split] = paths
-        every_path = [p for paths in paths_per_split.values() for p in paths]
-        bad, found = check_images(
+            paths[split] = []
+            for row in _rows(table.select_columns([c for c in names if c in table.column_names])):
+                try:
+                    check_repeats(row, seen)
+                    paths[split].append(_image_path(row, root))
+                except (ValueError, TypeError) as error:
+                    raise ValueError(f"{label} ({split}): ref {row.get('ref_id')}: {error}") from None
+        every_path = [path for split_paths in paths.values() for path in split_paths]
+        bad, report = check_images(
             every_path, skip_missing=skip_missing_images, verify=verify_images, num_proc=num_proc, source=label
         )
-        report = {**found, "skipped_refs": 0}
+        report["skipped_refs"] = sum(path in bad for path in every_path)
+        tasks = {}
         for split, table in raw.items():
-            paths = paths_per_split[split]
-            keep = [i for i, path in enumerate(paths) if path not in bad]
-            report["skipped_refs"] += len(paths) - len(keep)
-            table = table.add_column("_image_path", paths)
-            if len(keep) < len(paths):
-                table = table.select(keep)
-            name = _refer_split_name(split, all_splits, table.unique("split") if "split" in table.column_names else [])
-            built[name] = table.map(
-                functools.partial(_convert_batch, source=f"{label} ({split})", sentence_field=sentence_field),
-                batched=True,
-                remove_columns=table.column_names,
-                features=_BUILD_FEATURES,
-                num_proc=num_proc if num_proc and num_proc > 1 else None,
-                desc=f"{name}: masks",
-            )
-        names = sort_splits(built)
-        built, report["degenerate_refs"] = _drop_degenerate({name: built[name] for name in names}, keep_degenerate)
-        report["degenerate_kept"] = keep_degenerate
-        if not built:
-            raise ValueError(f"{label}: no refs left to build (every train ref's target mask is empty)")
-        return DatasetDict(built), report
+            name = _refer_split_name(split, list(raw), table.unique("split") if "split" in table.column_names else [])
+            rows = (dict(row, _image_path=path) for row, path in zip(_rows(table), paths[split]) if path not in bad)
+            tasks[name] = parquet_tasks(rows, f"{label} ({split})", sentence_field)
+        degenerate = [task["ref_id"] for rows in tasks.values() for task in rows if task["degenerate"]]
+        tasks = drop_degenerate({name: rows for name, rows in tasks.items() if rows}, degenerate, keep_degenerate)
+        if not tasks:
+            raise ValueError(f"{label}: no refs left to build (every image missing, or every train target empty)")
+        report.update(degenerate_refs=degenerate, degenerate_kept=keep_degenerate)
+        return tasks_to_dataset_dict(tasks, work_dir, key, num_proc), report
 
     return cached_build(cache_root / "parquet" / key, build, label)

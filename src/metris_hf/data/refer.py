@@ -354,12 +354,8 @@ def build_tasks(
     sentence_field: str = "sent",
 ) -> tuple[dict[str, list[dict]], int, list[int]]:
     """Refs + COCO instances → per split, the self-contained description of each row; the number of blank
-    sentences dropped; and the ids of degenerate refs (a target whose mask is empty: polygons of < 3 points or
-    wholly outside the image), which are listed, not dropped, here.
-
-    Every field a row needs is checked here, once: an inconsistency is a ValueError naming the refs file and the
-    ref (and the image or annotation at fault).
-    """
+    sentences dropped; the ids of degenerate refs (listed, not dropped, here). Every field a row needs is checked
+    here, once: an inconsistency is a ValueError naming the refs file and the ref (and the record at fault)."""
     images, annotations = index_instances(instances, instances_source)
     tasks: dict[str, list[dict]] = defaultdict(list)
     dropped = 0
@@ -407,9 +403,8 @@ def build_tasks(
 
 
 def drop_degenerate(tasks: dict[str, list[dict]], degenerate: list[int], keep: bool) -> dict[str, list[dict]]:
-    """Unless `keep`, drops refs whose target mask is empty from the training splits: an empty mask not marked
-    `no_target` would teach the model that the expression means nothing. Evaluation splits keep them, so their
-    sample counts stay the published ones. (The build report lists them; `_log_report` warns with their ids.)"""
+    """Unless `keep`, drops refs whose target mask is empty from the training splits (an empty mask not marked
+    `no_target` would teach that the expression means nothing); evaluation splits keep their published counts."""
     if keep or not degenerate:
         return tasks
     bad = set(degenerate)
