@@ -362,10 +362,13 @@ def test_parquet_missing_columns_are_named_up_front(tmp_path, drop):
     [
         (
             {"raw_anns": json.dumps({"id": 11, "segmentation": [[5, 5, NAN, 5, 35, 30]], "bbox": [5, 5, 50, 35]})},
-            r"ref 100: annotation 11: bad segmentation \(polygon 0 holds a coordinate",
+            r"ref 100: annotation 11: polygon 0 holds a coordinate",
         ),
         ({"raw_anns": None}, r"ref 100: raw_anns is empty but ann_id is 11"),
-        ({"raw_image_info": json.dumps({"id": 1, "height": -48, "width": 64})}, r"ref 100: image height must lie in"),
+        (
+            {"raw_image_info": json.dumps({"id": 1, "height": -48, "width": 64})},
+            r"ref 100: image 1: image height must lie in",
+        ),
         ({"raw_anns": "[1, 2]"}, r"ref 100: raw_anns must hold COCO annotation dicts"),
         (
             {

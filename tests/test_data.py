@@ -319,6 +319,15 @@ def test_parquet_refcocog_and_data_files_dict(tmp_path, refer_root):
         load_refer_parquet(tmp_path / "nope", image_root)
 
 
+def test_parquet_skips_a_split_whose_images_are_all_missing(tmp_path):
+    """As `load_refer` does; it used to fail on the emptied split (KeyError '_degenerate')."""
+    image_root = write_refer_copy(tmp_path / "refer") / "images" / "mscoco" / "images" / "train2014"
+    files = write_jxu124_parquet(tmp_path / "jxu124_refcoco", REFCOCO_REFS)
+    (image_root / "COCO_train2014_000000000003.jpg").unlink()
+    data = load_refer_parquet(files, image_root, cache_dir=tmp_path / "cache", skip_missing_images=True)
+    assert list(data) == ["train", "val", "testB"]  # testA had only image 3
+
+
 def test_load_dataset_by_name(tmp_path, refer_root, cache):
     with pytest.raises(ValueError, match=r"unknown dataset 'coco'.*refcoco, refcoco\+, refcocog, grefcoco, synthetic"):
         load_dataset_by_name("coco")

@@ -29,7 +29,7 @@ from helpers import REFCOCO_REFS, instances, save_tiny_checkpoint
 from metris_hf import MetrisConfig
 from metris_hf import metrics as metris_metrics
 from metris_hf.data import UnsafePickleError
-from metris_hf.data.parquet import _convert_batch
+from metris_hf.data.parquet import parquet_tasks
 from metris_hf.data.refer import build_tasks, load_refs
 from metris_hf.pipeline_metris import TASK
 from metris_hf.testing_utils import tiny_metris_config
@@ -233,17 +233,18 @@ def test_fuzz_parquet_rows(row_image, row):
     try:
         out = outcome(
             "Parquet rows",
-            lambda: _convert_batch({k: [v] for k, v in row.items()}, source="fuzz.parquet"),
+            lambda: parquet_tasks([row], source="fuzz.parquet"),
             names="fuzz.parquet: ref",
         )
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak <= 32 << 20
-    if out is not None and out["ref_id"]:
-        assert out["ref_id"] == [row["ref_id"]] and out["sentences"][0]
-        assert out["no_target"][0] == (out["ann_ids"][0] == [])
-        assert not (out["no_target"][0] and out["_degenerate"][0])  # degenerate: a target that draws nothing
+    if out is not None:
+        (task,) = out
+        assert task["ref_id"] == row["ref_id"] and task["sentences"][0]
+        assert task["no_target"] == (task["ann_ids"] == [])
+        assert not (task["no_target"] and task["degenerate"])  # degenerate: a target that draws nothing
 
 
 # --------------------------------------------------------------------------------------------------------------

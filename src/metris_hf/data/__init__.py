@@ -1,13 +1,8 @@
-"""Referring segmentation data as `datasets.DatasetDict`s in one schema (see `schema.py` for the columns).
+"""Referring segmentation data as `datasets.DatasetDict`s in one schema (`FEATURES`; docs/data.md).
 
-- `load_refer`: RefCOCO, RefCOCO+, RefCOCOg (umd, google), gRefCOCO from the standard REFER layout;
-- `load_refer_parquet`: the same from the Hub's Parquet copies (jxu124 layout) plus a COCO train2014 folder;
-- `make_synthetic`: scenes of shapes with expressions that are unambiguous by construction;
-- `load_dataset_by_name`: what the scripts call, by dataset name (`add_dataset_arguments` /
-  `load_dataset_from_args`: the command-line flags that name it, shared by train.py and run_evaluation.py);
-- `sentence_rows`: one row per (object, sentence), the evaluation protocol's samples;
-- `RefTrainTransform`: one sentence per object per epoch, processed for the model; `training_loader`: the
-  training DataLoader around it.
+Sources: `load_refer` (the REFER layout), `load_refer_parquet` (the Hub's jxu124 Parquet copies), `make_synthetic`;
+`load_dataset_by_name` picks one by the name the scripts take. `sentence_rows` gives the evaluation samples (one
+row per sentence), `RefTrainTransform` / `training_loader` the training batches (one sentence per object per epoch).
 """
 
 from __future__ import annotations
@@ -45,11 +40,6 @@ from .transforms import RefTrainTransform, training_loader
 DATASET_NAMES = ("refcoco", "refcoco+", "refcocog", "grefcoco", "synthetic")
 
 
-def _parquet_folder(data_root: Path, name: str) -> Path | None:
-    folder = data_root / name
-    return folder if folder.is_dir() and any(folder.rglob("*.parquet")) else None
-
-
 def load_dataset_by_name(
     name: str,
     *,
@@ -64,17 +54,10 @@ def load_dataset_by_name(
     keep_degenerate: bool = False,
     sentence_field: str = "sent",
 ) -> DatasetDict:
-    """A dataset by the name the scripts take (`DATASET_NAMES`).
-
-    - `synthetic`: `make_synthetic(*synthetic_size, seed=synthetic_seed)` at 128², built once and cached under
-      `<cache_dir>/synthetic/` (default `$HF_DATASETS_CACHE/metris_hf/synthetic/`).
-    - the REFER datasets: `load_refer(data_root, name, split_by, image_root)` when
-      `<data_root>/<name>/` holds the REFER files; otherwise, if that folder holds `*.parquet` files (the
-      jxu124 layout), `load_refer_parquet` on them with `image_root` (default: the REFER image folder). The
-      REFER files win when both are there: they are the reference the peers' numbers come from.
-      `skip_missing_images`, `keep_degenerate` and `sentence_field` (`sent`, the authors' choice, or `raw`) go to
-      either loader.
-    """
+    """A dataset by the name the scripts take (`DATASET_NAMES`): `load_synthetic(synthetic_size, synthetic_seed)`,
+    or `load_refer` on `<data_root>/<name>/`, or `load_refer_parquet` where that folder holds `*.parquet` files and
+    no REFER refs file (the REFER files win: the peers' numbers come from them). The keyword options go to the
+    loader."""
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}")
     if name == "synthetic":
@@ -82,20 +65,14 @@ def load_dataset_by_name(
     if data_root is None:
         raise ValueError(f"dataset {name!r} needs data_root (the folder with {name}/ in the REFER layout)")
     check_split_by(name, split_by)  # fail on a bad split_by before looking at files
-    root = Path(data_root)
-    options = {
-        "cache_dir": cache_dir,
-        "num_proc": num_proc,
-        "skip_missing_images": skip_missing_images,
-        "keep_degenerate": keep_degenerate,
-        "sentence_field": sentence_field,
-    }
+    folder = Path(data_root) / name
+    options = dict(cache_dir=cache_dir, num_proc=num_proc, skip_missing_images=skip_missing_images)
+    options.update(keep_degenerate=keep_degenerate, sentence_field=sentence_field)
     refer_name = f"grefs({split_by or SPLIT_BYS[name][0]}).json" if name == "grefcoco" else None
-    refs_present = (root / name / refer_name).is_file() if refer_name else any((root / name).glob("refs(*).p"))
-    parquet = _parquet_folder(root, name)
-    if parquet is not None and not refs_present:
-        return load_refer_parquet(parquet, image_root or default_image_root(root), **options)
-    return load_refer(root, name, split_by, image_root, **options)
+    refs_present = (folder / refer_name).is_file() if refer_name else any(folder.glob("refs(*).p"))
+    if not refs_present and folder.is_dir() and any(folder.rglob("*.parquet")):
+        return load_refer_parquet(folder, image_root or default_image_root(data_root), **options)
+    return load_refer(data_root, name, split_by, image_root, **options)
 
 
 def add_dataset_arguments(parser: argparse._ActionsContainer) -> None:

@@ -1,35 +1,35 @@
 """RefCOCO-family copies in Parquet (the `jxu124/refcoco`, `jxu124/refcocoplus`, `jxu124/refcocog` layout).
 
-One row per ref with the columns `ref_id, image_id, ann_id, split, sentences[{raw, sent, sent_id, tokens}],
-category_id, bbox, raw_anns` (JSON: the COCO annotation, polygons included), `raw_image_info` (JSON: the COCO
-image entry), `image_path`; the files' splits are train / validation / test / testB. They carry annotations
-only, so the pixels come from a local COCO `train2014` folder (`image_root`). The result has the same schema and
-the same split names as `load_refer`: validation → val, and test → testA where a testB sits beside it
-(RefCOCO, RefCOCO+), test otherwise (RefCOCOg umd); a `split` column holding one REFER split name wins over both.
+One row per ref (`ref_id, image_id, ann_id, split, sentences, category_id, bbox, raw_anns, raw_image_info,
+image_path`; the last three JSON or text), annotations only: the pixels come from a local COCO `train2014` folder.
+Splits are renamed as `load_refer` names them: validation → val, and test → testA where a testB sits beside it,
+test otherwise; a `split` column holding one REFER split name wins over both.
 """
 
 from __future__ import annotations
 
-import functools
 import glob
 import hashlib
 import json
 import logging
 import os
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import datasets
+import PIL.Image
 import pyarrow.parquet
 from datasets import DatasetDict
 
-from .refer import COCO_FILE_PATTERN, check_images
+from .refer import COCO_FILE_PATTERN, check_images, drop_degenerate, tasks_to_dataset_dict
 from .schema import (
     BUILD_VERSION,
-    FEATURES,
     SPLIT_ORDER,
+    _is_id,
     cached_build,
+    check_annotation,
     check_bbox,
     check_image_size,
     check_sentence_field,
@@ -38,16 +38,10 @@ from .schema import (
     file_signature,
     fingerprint,
     image_within,
-    mask_to_png,
-    sort_splits,
     union_bbox,
-    union_mask,
 )
 
 logger = logging.getLogger(__name__)
-
-# The built rows plus, while building, whether a row's target is degenerate (see `load_refer_parquet`).
-_BUILD_FEATURES = datasets.Features({**FEATURES, "_degenerate": datasets.Value("bool")})
 
 _SPLIT_IN_NAME = re.compile(r"^(train|validation|valid|val|testA|testB|test)(?=$|[-_.])")
 
@@ -147,6 +141,11 @@ def check_repeats(row: dict, seen: dict[tuple[str, int], tuple[bytes, Any]]) -> 
             )
 
 
+def _rows(table: datasets.Dataset) -> Iterator[dict]:
+    for batch in table.iter(batch_size=1000):
+        yield from (dict(zip(batch, values)) for values in zip(*batch.values()))
+
+
 def _as_list(anns: Any) -> list:
     """`raw_anns` parsed → a list (of annotation dicts, if the row is right): None is [], one dict [dict]."""
     return [] if anns is None else ([anns] if isinstance(anns, dict) else anns if isinstance(anns, list) else [anns])
@@ -167,13 +166,17 @@ def check_columns(columns: list[str], where: str) -> None:
         )
 
 
-def _convert(row: dict, image_path: str, sentence_field: str = "sent") -> dict:
-    """One jxu124 row → one row of the schema; every field checked (the caller adds which ref it is)."""
+def _task(row: dict, sentence_field: str) -> dict:
+    """One jxu124 row (with its image file as `_image_path`) → `build_tasks`' description of its row, every field
+    checked (the caller adds which ref it is), and whether its target draws nothing (`degenerate`)."""
+    for key in ("ref_id", "image_id"):
+        if not _is_id(row[key]):
+            raise ValueError(f"{key} must be an integer, got {row[key]!r:.80}")
     anns = _as_list(_load_json(row.get("raw_anns")))
     if not all(isinstance(a, dict) for a in anns):
         raise ValueError(f"raw_anns must hold COCO annotation dicts, got {row.get('raw_anns')!r:.80}")
     ann_id = row.get("ann_id")
-    if ann_id is not None and (isinstance(ann_id, bool) or not isinstance(ann_id, int)):
+    if ann_id is not None and not _is_id(ann_id):
         raise ValueError(f"ann_id must be an integer, got {ann_id!r:.80}")
     if not anns and ann_id is not None and ann_id >= 0:
         raise ValueError(f"raw_anns is empty but ann_id is {ann_id}: the target's annotation is missing")
@@ -182,74 +185,39 @@ def _convert(row: dict, image_path: str, sentence_field: str = "sent") -> dict:
     info = _load_json(row.get("raw_image_info")) or {}
     if not isinstance(info, dict):
         raise ValueError(f"raw_image_info must be a COCO image dict, got {row.get('raw_image_info')!r:.80}")
-    height, width = info.get("height"), info.get("width")
-    if height is None or width is None:  # read the header only
-        import PIL.Image
-
-        with PIL.Image.open(image_path) as image:
-            width, height = image.size
-    height, width = check_image_size(height, width)
-    for ann in anns:
-        missing = [key for key in ("segmentation", "bbox") if key not in ann]
-        if missing:
-            raise ValueError(f"annotation {ann.get('id')} lacks {missing}")
-        if ann.get("image_id", row["image_id"]) != row["image_id"]:  # as REFER's check
-            raise ValueError(
-                f"annotation {ann.get('id')} belongs to image {ann['image_id']}, "
-                f"not to the ref's image {row['image_id']}"
-            )
-    mask = union_mask(anns, height, width)
-    ann_ids = [int(row["ann_id"])] if row.get("ann_id") is not None else [int(a["id"]) for a in anns]
-    bbox = check_bbox(row.get("bbox") or union_bbox(check_bbox(a["bbox"]) for a in anns)) if anns else None
-    for key in ("ref_id", "image_id"):
-        if not isinstance(row[key], int) or isinstance(row[key], bool):
-            raise ValueError(f"{key} must be an integer, got {row[key]!r:.80}")
+    if info.get("height") is None or info.get("width") is None:  # read the header only
+        with PIL.Image.open(row["_image_path"]) as image:
+            info = {"height": image.height, "width": image.width}
+    height, width = check_image_size(info, row["image_id"])
+    facts = [check_annotation(ann, row["image_id"], height, width, ()) for ann in anns]
+    sentences = clean_sentences(row["sentences"], sentence_field)
+    if not sentences:
+        raise ValueError("all its sentences are blank (no expression)")
     return {
-        "image": {"path": image_path, "bytes": None},
-        "mask": {"path": None, "bytes": mask_to_png(mask)},
-        "sentences": clean_sentences(row["sentences"], sentence_field),
+        "image_path": row["_image_path"],
+        "height": height,
+        "width": width,
+        "segmentations": [ann["segmentation"] for ann in anns],
+        "sentences": sentences,
         "ref_id": row["ref_id"],
         "image_id": row["image_id"],
-        "ann_ids": ann_ids if anns else [],
+        "ann_ids": ([ann_id] if ann_id is not None else [int(a["id"]) for a in anns]) if anns else [],
         "category_id": int(row["category_id"]) if anns and row.get("category_id") is not None else -1,
-        "bbox": bbox if anns else [0.0, 0.0, 0.0, 0.0],
+        "bbox": check_bbox(row.get("bbox") or union_bbox(bbox for bbox, _ in facts)) if anns else [0.0] * 4,
         "no_target": not anns,
-        # a target whose polygons draw nothing (< 3 points, empty, wholly outside the image): as REFER's check
-        "_degenerate": bool(anns) and not mask.any(),
+        "degenerate": bool(anns) and not any(area for _, area in facts),  # as REFER's check
     }
 
 
-def _convert_batch(batch: dict[str, list], source: str = "parquet", sentence_field: str = "sent") -> dict[str, list]:
-    out: dict[str, list] = {name: [] for name in _BUILD_FEATURES}
-    names = list(batch)
-    for i in range(len(batch[names[0]])):
-        row = {name: batch[name][i] for name in names}
+def parquet_tasks(rows: Iterable[dict], source: str, sentence_field: str = "sent") -> list[dict]:
+    """jxu124 rows → `_task`s; a bad row is a ValueError naming `source` and the ref."""
+    tasks = []
+    for row in rows:
         try:
-            converted = _convert(row, batch["_image_path"][i], sentence_field)
+            tasks.append(_task(row, sentence_field))
         except (ValueError, TypeError, KeyError) as error:
             raise ValueError(f"{source}: ref {row.get('ref_id')}: {error}") from None
-        if not converted["sentences"]:
-            raise ValueError(f"{source}: ref {row.get('ref_id')}: all its sentences are blank (no expression)")
-        for name, value in converted.items():
-            out[name].append(value)
-    return out
-
-
-def _drop_degenerate(splits: dict[str, datasets.Dataset], keep: bool) -> tuple[dict[str, datasets.Dataset], list[int]]:
-    """As `load_refer`'s: unless `keep`, refs whose target mask is empty leave the train split(s) (an empty mask
-    not marked `no_target` would teach that the expression means nothing); evaluation splits keep them. Returns
-    the splits without the build-time `_degenerate` column, and the ids of every degenerate ref."""
-    kept, degenerate = {}, []
-    for name, table in splits.items():
-        flags = table.data.column("_degenerate").to_pylist()
-        degenerate += [ref_id for ref_id, flag in zip(table.data.column("ref_id").to_pylist(), flags) if flag]
-        table = table.remove_columns("_degenerate")
-        if not keep and name.startswith("train") and any(flags):
-            table = table.select([i for i, flag in enumerate(flags) if not flag])
-            if not len(table):  # a split of degenerate refs only: gone, as in `load_refer`
-                continue
-        kept[name] = table
-    return kept, degenerate
+    return tasks
 
 
 def load_refer_parquet(
@@ -265,16 +233,10 @@ def load_refer_parquet(
 ) -> DatasetDict:
     """RefCOCO-family Parquet files (jxu124 layout) + a COCO train2014 folder → the `load_refer` schema and splits.
 
-    Args:
-        data_files_or_hub_id: a folder of parquet files (split from each file's name, `testB-00000-….parquet`,
-            or its folder), one file or glob, a `{split: files}` dict, or a Hub id such as `jxu124/refcoco`
-            (downloaded by `datasets.load_dataset`, so only where the network is reachable).
-        image_root: the COCO train2014 folder holding `COCO_train2014_%012d.jpg`.
-        cache_dir, num_proc, skip_missing_images, verify_images: as for `load_refer`; the build is cached under
-            `<cache_dir>/parquet/<hash of the files' paths, sizes and mtimes>`.
-        keep_degenerate: as for `load_refer`: refs whose target mask is empty (polygons of < 3 points, empty, or
-            outside the image) are counted and named in a warning, and left out of the train split unless this.
-        sentence_field: as for `load_refer`: `sent` (default) or `raw` from each entry of `sentences`.
+    `data_files_or_hub_id`: a folder of parquet files (split from each file's name, `testB-00000-….parquet`, or
+    its folder), one file or glob, a `{split: files}` dict, or a Hub id such as `jxu124/refcoco` (downloaded by
+    `datasets.load_dataset`). `image_root`: the COCO train2014 folder. The other arguments are `load_refer`'s;
+    the build is cached under `<cache_dir>/parquet/<hash of the files' paths, sizes and mtimes>`.
     """
     sentence_field = check_sentence_field(sentence_field)
     data_files = parquet_data_files(data_files_or_hub_id)
@@ -313,49 +275,32 @@ def load_refer_parquet(
             raw = datasets.load_dataset(str(data_files_or_hub_id), cache_dir=str(work_dir))
             for split, table in raw.items():
                 check_columns(table.column_names, f"{label} ({split})")
-        built, report = {}, {"skipped_missing_images": 0, "skipped_unreadable_images": 0, "skipped_refs": 0}
-        all_splits = list(raw)
-        paths_per_split: dict[str, list[str]] = {}
+        paths: dict[str, list[str]] = {}
         seen: dict[tuple[str, int], tuple[bytes, Any]] = {}  # image / annotation id → digest, first ref
         for split, table in raw.items():
             names = ("image_path", "raw_image_info", "raw_anns", "image_id", "ref_id")
-            columns = table.select_columns([c for c in names if c in table.column_names])
-            paths = []
-            for batch in columns.iter(batch_size=1000):
-                for values in zip(*batch.values()):
-                    row = dict(zip(batch, values))
-                    try:
-                        check_repeats(row, seen)
-                        paths.append(_image_path(row, root))
-                    except (ValueError, TypeError) as error:
-                        raise ValueError(f"{label} ({split}): ref {row.get('ref_id')}: {error}") from None
-            paths_per_split[split] = paths
-        every_path = [p for paths in paths_per_split.values() for p in paths]
-        bad, found = check_images(
+            paths[split] = []
+            for row in _rows(table.select_columns([c for c in names if c in table.column_names])):
+                try:
+                    check_repeats(row, seen)
+                    paths[split].append(_image_path(row, root))
+                except (ValueError, TypeError) as error:
+                    raise ValueError(f"{label} ({split}): ref {row.get('ref_id')}: {error}") from None
+        every_path = [path for split_paths in paths.values() for path in split_paths]
+        bad, report = check_images(
             every_path, skip_missing=skip_missing_images, verify=verify_images, num_proc=num_proc, source=label
         )
-        report.update(found)
+        report["skipped_refs"] = sum(path in bad for path in every_path)
+        tasks = {}
         for split, table in raw.items():
-            paths = paths_per_split[split]
-            keep = [i for i, path in enumerate(paths) if path not in bad]
-            report["skipped_refs"] += len(paths) - len(keep)
-            table = table.add_column("_image_path", paths)
-            if len(keep) < len(paths):
-                table = table.select(keep)
-            name = _refer_split_name(split, all_splits, table.unique("split") if "split" in table.column_names else [])
-            built[name] = table.map(
-                functools.partial(_convert_batch, source=f"{label} ({split})", sentence_field=sentence_field),
-                batched=True,
-                remove_columns=table.column_names,
-                features=_BUILD_FEATURES,
-                num_proc=num_proc if num_proc and num_proc > 1 else None,
-                desc=f"{name}: masks",
-            )
-        names = sort_splits(built)
-        built, report["degenerate_refs"] = _drop_degenerate({name: built[name] for name in names}, keep_degenerate)
-        report["degenerate_kept"] = keep_degenerate
-        if not built:
-            raise ValueError(f"{label}: no refs left to build (every train ref's target mask is empty)")
-        return DatasetDict(built), report
+            name = _refer_split_name(split, list(raw), table.unique("split") if "split" in table.column_names else [])
+            rows = (dict(row, _image_path=path) for row, path in zip(_rows(table), paths[split]) if path not in bad)
+            tasks[name] = parquet_tasks(rows, f"{label} ({split})", sentence_field)
+        degenerate = [task["ref_id"] for rows in tasks.values() for task in rows if task["degenerate"]]
+        tasks = drop_degenerate({name: rows for name, rows in tasks.items() if rows}, degenerate, keep_degenerate)
+        if not tasks:
+            raise ValueError(f"{label}: no refs left to build (every image missing, or every train target empty)")
+        report.update(degenerate_refs=degenerate, degenerate_kept=keep_degenerate)
+        return tasks_to_dataset_dict(tasks, work_dir, key, num_proc), report
 
     return cached_build(cache_root / "parquet" / key, build, label)

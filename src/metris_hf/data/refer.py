@@ -1,24 +1,12 @@
-"""RefCOCO, RefCOCO+, RefCOCOg and gRefCOCO from the standard REFER layout, as `datasets.DatasetDict`s.
+"""RefCOCO, RefCOCO+, RefCOCOg and gRefCOCO from the standard REFER layout (docs/data.md), as `DatasetDict`s.
 
-Layout (what the peers' loaders read; see docs/data.md):
+The refs pickles are read with `RestrictedUnpickler` (builtin containers and scalars only, within bounds). Every
+field a row needs is checked once, in `build_tasks`; masks are decoded with pycocotools at build time, and the
+build is cached under a key made of the input files' paths, sizes and modification times (`cached_build`).
 
-    <data_root>/refcoco/refs(unc).p, refs(google).p, instances.json
-    <data_root>/refcoco+/refs(unc).p, instances.json
-    <data_root>/refcocog/refs(umd).p, refs(google).p, instances.json
-    <data_root>/grefcoco/grefs(unc).json, instances.json
-    <data_root>/images/mscoco/images/train2014/COCO_train2014_%012d.jpg     (or any `image_root`)
-
-The refs pickles are read with `RestrictedUnpickler`: only builtin containers and scalars can come out of them,
-and a pickle that asks for anything else (a function to call, a class to build) is refused before any of it
-runs. Masks are decoded with pycocotools at build time and stored as 1-bit PNGs; images are stored as paths.
-A build is written as Arrow files under a key made of the input files' paths, sizes and modification times, so
-the next load of the same files is a memory-map (see `cached_build`).
-
-Corrupt images: a missing file is always caught at build time (one `stat` per image). A present but corrupt or
-truncated JPEG is caught at build time only with `verify_images=True`, which decodes every image once at 1/8
-scale (libjpeg's DCT scaling still reads the whole file, so truncation shows) and names the file. Without it
-the error surfaces when the row is read, from PIL, which does not always name the file — run
-`scripts/prepare_data.py --verify_images` once on a fresh download.
+A missing image is caught at build time (one `stat` per image); a corrupt or truncated JPEG only with
+`verify_images=True`, which decodes every image once at 1/8 scale (libjpeg's DCT scaling still reads the whole
+file) and names it. Without it PIL raises when the row is read, and does not always name the file.
 """
 
 from __future__ import annotations
@@ -32,6 +20,7 @@ import pickletools
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from pickle import UnpicklingError
 from typing import Any
 
 import datasets
@@ -41,8 +30,9 @@ from datasets import DatasetDict
 from .schema import (
     BUILD_VERSION,
     FEATURES,
+    _is_id,
     cached_build,
-    check_bbox,
+    check_annotation,
     check_image_size,
     check_sentence_field,
     clean_sentences,
@@ -51,7 +41,6 @@ from .schema import (
     fingerprint,
     image_within,
     mask_to_png,
-    segmentation_area,
     sort_splits,
     union_bbox,
     union_mask,
@@ -68,11 +57,12 @@ SPLIT_BYS: dict[str, tuple[str, ...]] = {
 }
 REFER_DATASETS = tuple(SPLIT_BYS)
 COCO_FILE_PATTERN = "COCO_train2014_%012d.jpg"
+REFER_REQUIRED = ("category_id", "image_id")  # annotation keys a REFER row needs beyond segmentation and bbox
 
 
 class UnsafePickleError(pickle.UnpicklingError):
     """A refs pickle asked for something other than builtin containers and scalars, or for more memory or
-    nesting than a REFER refs file ever needs (see `restricted_pickle_load` for the bounds)."""
+    nesting than a REFER refs file ever needs (see `restricted_pickle_load`)."""
 
 
 # Bounds on what a refs pickle may build. REFER's refs nest 5 deep (list → ref → sentences → sentence → tokens)
@@ -82,24 +72,30 @@ MAX_PICKLE_EXPANSION = 64  # objects + characters reachable (shared references c
 _PICKLE_EXPANSION_FLOOR = 1 << 20
 # Opcodes that build objects plain data never needs: protocol 5's bytearray and out-of-band buffers.
 _REFUSED_OPCODES = {"BYTEARRAY8", "NEXT_BUFFER", "READONLY_BUFFER"}
+# What CPython's unpickler raises on a file that is not a pickle (RecursionError, OverflowError included)
+_BROKEN = (
+    EOFError,
+    ValueError,
+    TypeError,
+    LookupError,
+    AttributeError,
+    RuntimeError,
+    ArithmeticError,
+    UnpicklingError,
+)
 
 
 def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
-    """The one use of `_codecs.encode` a protocol-2 pickle has: a bytes object spelled as latin-1 text.
-
-    Any other codec (hex, base64, zlib, utf-32, …) could grow the text, so it is refused."""
+    """How protocol-2 pickles spell bytes (`_codecs.encode(text, "latin1")`); other codecs could grow the text."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise UnsafePickleError(f"refused _codecs.encode with codec {encoding!r} (only latin1 spells bytes)")
     return text.encode("latin1")
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles only dicts, lists, tuples, str, bytes, numbers, booleans and None (plus set/frozenset).
-
-    Why: a pickle is a program; `pickle.load` on a downloaded `refs(unc).p` would run whatever it names.
-    REFER's pickles hold plain data, which needs no global at all, so every `find_class` request outside a
-    short list of inert builtins is refused, before the object it would build is called.
-    """
+    """Unpickles only builtin containers and scalars: a pickle is a program, and `pickle.load` on a downloaded
+    `refs(unc).p` would run whatever it names. REFER's pickles hold plain data, so every global outside a few
+    inert builtins is refused before the object it would build is called."""
 
     _ALLOWED = {("builtins", "set"), ("builtins", "frozenset"), ("builtins", "complex")}
 
@@ -122,28 +118,17 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"{self.source}: refused a persistent id in the pickle; nothing was executed")
 
 
-def _opcode_table() -> dict[int, tuple[str, int]]:
-    """opcode byte → (name, how its argument is laid out): n ≥ 0 fixed bytes, or pickletools' negative codes
-    (-1 up to a newline, -2/-3/-4/-5 a 1/4/4/8-byte length first)."""
-    table = {}
-    for opcode in pickletools.opcodes:
-        table[ord(opcode.code)] = (opcode.name, 0 if opcode.arg is None else opcode.arg.n)
-    return table
-
-
-_OPCODES = _opcode_table()
+# opcode byte → (name, argument layout): n ≥ 0 fixed bytes, or pickletools' negative codes (-1 up to a newline,
+# -2/-3/-4/-5 a 1/4/4/8-byte length first)
+_OPCODES = {ord(op.code): (op.name, 0 if op.arg is None else op.arg.n) for op in pickletools.opcodes}
 _LENGTH_PREFIX = {-2: 1, -3: 4, -4: 4, -5: 8}
 _MEMO_INDEX_BYTES = {"BINPUT": 1, "BINGET": 1, "LONG_BINPUT": 4, "LONG_BINGET": 4}
 
 
 def _scan_opcodes(data: bytes, source: str) -> None:
-    """Refuses, before anything is built, the opcodes that allocate more than the file holds.
-
-    A memo index is the one size a pickle states without paying for it: `LONG_BINPUT 2**28` makes CPython's
-    unpickler allocate and clear a 2 GB table. The pickler numbers its memo entries 0, 1, 2, … so an index
-    never exceeds the file's length. (A plain loop over the opcodes: `pickletools.genops` decodes every
-    argument and is ten times slower on a 40 MB refs file.)
-    """
+    """Refuses, before anything is built, the opcodes that allocate more than the file holds: a memo index is the
+    one size a pickle states without paying for it (`LONG_BINPUT 2**28` makes CPython allocate a 2 GB table), and
+    a pickler's indices never exceed the file's length. (`pickletools.genops` is ten times slower on 40 MB.)"""
     position, end = 0, len(data)
 
     def unreadable(why: str) -> ValueError:
@@ -189,12 +174,8 @@ def _scan_opcodes(data: bytes, source: str) -> None:
 
 
 def _check_size_and_nesting(value: Any, budget: int, source: str) -> None:
-    """Walks what was unpickled (iteratively) and refuses absurd nesting or expansion.
-
-    Shared references cost the pickle 2 bytes each but are counted here every time they are reached, as a
-    consumer that walks the data (joins sentences, copies rows) would: a few hundred bytes of references to
-    references must not turn into a hundred-million-character sentence downstream.
-    """
+    """Walks what was unpickled and refuses absurd nesting or expansion. Shared references cost the pickle 2
+    bytes each but are counted every time they are reached, as a consumer walking the data would meet them."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     spent = 0
     while stack:
@@ -217,14 +198,9 @@ def _check_size_and_nesting(value: Any, budget: int, source: str) -> None:
 
 
 def restricted_pickle_load(path: str | os.PathLike) -> Any:
-    """Reads a pickle file with `RestrictedUnpickler` (builtin containers and scalars only), within bounds.
-
-    Bounds: no global but set/frozenset/complex/latin-1 bytes; no bytearray or out-of-band buffer; memo
-    indices within the file's length (checked on the opcodes, before anything is built); at most
-    `MAX_PICKLE_NESTING` levels of containers and `MAX_PICKLE_EXPANSION` objects + characters per byte of file
-    (checked on the result, before anyone uses it). Peak memory is the file plus what its opcodes build, a small
-    multiple of its size. A file that is not a pickle (truncated, empty, JSON) is a `ValueError` naming it.
-    """
+    """Reads a pickle file with `RestrictedUnpickler`, within the bounds docs/errors.md lists (opcodes checked
+    before anything is built, nesting and expansion on the result). A file that is not a pickle (truncated,
+    empty, JSON) is a `ValueError` naming it."""
     with open(path, "rb") as handle:
         data = handle.read()
     source = str(path)
@@ -237,17 +213,7 @@ def restricted_pickle_load(path: str | os.PathLike) -> Any:
         if source not in str(error):
             raise UnsafePickleError(f"{source}: {error}") from None
         raise
-    except (
-        EOFError,
-        ValueError,
-        TypeError,
-        IndexError,
-        KeyError,
-        AttributeError,
-        pickle.UnpicklingError,
-        RecursionError,
-        OverflowError,
-    ) as error:
+    except _BROKEN as error:
         raise ValueError(f"{source}: not a readable pickle ({type(error).__name__}: {error})") from None
     _check_size_and_nesting(value, MAX_PICKLE_EXPANSION * len(data) + _PICKLE_EXPANSION_FLOOR, source)
     return value
@@ -340,17 +306,6 @@ def _ann_ids(ref: dict) -> list[int]:
     return valid
 
 
-def _verify_image(path: str) -> str | None:
-    """None if the image decodes, else PIL's complaint. JPEGs decode at 1/8 scale: cheap, still reads it all."""
-    try:
-        with PIL.Image.open(path) as image:
-            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
-            image.load()
-    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, … for bad files
-        return f"{type(error).__name__}: {error}"
-    return None
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Build
 # --------------------------------------------------------------------------------------------------------------
@@ -359,18 +314,9 @@ def _verify_image(path: str) -> str | None:
 def _generate_rows(tasks: list[dict]):
     """Generator for `Dataset.from_generator`: decodes each task's mask (in the worker when num_proc > 1)."""
     for task in tasks:
-        mask = union_mask(task["annotations"], task["height"], task["width"])
-        yield {
-            "image": {"path": task["image_path"], "bytes": None},
-            "mask": {"path": None, "bytes": mask_to_png(mask)},
-            "sentences": task["sentences"],
-            "ref_id": task["ref_id"],
-            "image_id": task["image_id"],
-            "ann_ids": task["ann_ids"],
-            "category_id": task["category_id"],
-            "bbox": task["bbox"],
-            "no_target": task["no_target"],
-        }
+        mask = union_mask(task["segmentations"], task["height"], task["width"])
+        row = {name: task[name] for name in FEATURES if name in task}
+        yield {**row, "image": {"path": task["image_path"], "bytes": None}, "mask": {"bytes": mask_to_png(mask)}}
 
 
 def index_instances(instances: Any, path: str) -> tuple[dict[int, dict], dict[int, dict]]:
@@ -399,38 +345,6 @@ def index_instances(instances: Any, path: str) -> tuple[dict[int, dict], dict[in
     return indexed[0], indexed[1]
 
 
-def _is_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _image_facts(info: dict, image_id: int) -> tuple[int, int]:
-    missing = [key for key in ("height", "width") if key not in info]
-    if missing:
-        raise ValueError(f"image {image_id} lacks {missing}")
-    try:
-        return check_image_size(info["height"], info["width"])
-    except ValueError as error:
-        raise ValueError(f"image {image_id}: {error}") from None
-
-
-def _annotation_facts(ann: dict, image_id: int, height: int, width: int) -> tuple[list[float], int, int]:
-    """An annotation's bbox, category and mask area, each checked; and that it belongs to the ref's image."""
-    ann_id = ann["id"]
-    missing = [key for key in ("segmentation", "bbox", "category_id", "image_id") if key not in ann]
-    if missing:
-        raise ValueError(f"annotation {ann_id} lacks {missing}")
-    if ann["image_id"] != image_id:
-        raise ValueError(f"annotation {ann_id} belongs to image {ann['image_id']}, not to the ref's image {image_id}")
-    if not _is_id(ann["category_id"]):
-        raise ValueError(f"annotation {ann_id}: category_id must be an integer, got {ann['category_id']!r}")
-    try:
-        bbox = check_bbox(ann["bbox"])
-        area = segmentation_area(ann["segmentation"], height, width)
-    except ValueError as error:
-        raise ValueError(f"annotation {ann_id}: {error}") from None
-    return bbox, int(ann["category_id"]), area
-
-
 def build_tasks(
     refs: list[dict],
     instances: Any,
@@ -440,12 +354,8 @@ def build_tasks(
     sentence_field: str = "sent",
 ) -> tuple[dict[str, list[dict]], int, list[int]]:
     """Refs + COCO instances → per split, the self-contained description of each row; the number of blank
-    sentences dropped; and the ids of degenerate refs (a target whose mask is empty: polygons of < 3 points or
-    wholly outside the image), which are listed, not dropped, here.
-
-    Every field a row needs is checked here, once: an inconsistency is a ValueError naming the refs file and the
-    ref (and the image or annotation at fault).
-    """
+    sentences dropped; the ids of degenerate refs (listed, not dropped, here). Every field a row needs is checked
+    here, once: an inconsistency is a ValueError naming the refs file and the ref (and the record at fault)."""
     images, annotations = index_instances(instances, instances_source)
     tasks: dict[str, list[dict]] = defaultdict(list)
     dropped = 0
@@ -456,12 +366,12 @@ def build_tasks(
             info = images.get(image_id)
             if info is None:
                 raise ValueError(f"names image {image_id}, which {instances_source} does not list")
-            height, width = _image_facts(info, image_id)
+            height, width = check_image_size(info, image_id)
             ann_ids = _ann_ids(ref)
             absent = [a for a in ann_ids if a not in annotations]
             if absent:
                 raise ValueError(f"names annotation(s) {absent}, absent from {instances_source}")
-            facts = [_annotation_facts(annotations[a], image_id, height, width) for a in ann_ids]
+            facts = [check_annotation(annotations[a], image_id, height, width, REFER_REQUIRED) for a in ann_ids]
             sentences = clean_sentences(ref["sentences"], sentence_field)
             if not sentences:
                 raise ValueError(f"all {len(ref['sentences'])} of its sentences are blank (no expression to train on)")
@@ -471,21 +381,21 @@ def build_tasks(
         anns = [annotations[a] for a in ann_ids]
         dropped += len(ref["sentences"]) - len(sentences)
         no_target = bool(ref.get("no_target", False)) or not anns
-        if not no_target and not any(area for _, _, area in facts):
+        if not no_target and not any(area for _, area in facts):
             degenerate.append(ref_id)
-        categories = {category for _, category, _ in facts}
+        categories = {a["category_id"] for a in anns}
         tasks[str(ref["split"])].append(
             {
                 "image_path": str(image_path),
                 "height": height,
                 "width": width,
-                "annotations": [{"id": a["id"], "segmentation": a["segmentation"]} for a in anns],
+                "segmentations": [a["segmentation"] for a in anns],
                 "sentences": sentences,
                 "ref_id": ref_id,
                 "image_id": image_id,
                 "ann_ids": [] if no_target else ann_ids,
                 "category_id": categories.pop() if len(categories) == 1 else -1,
-                "bbox": union_bbox(bbox for bbox, _, _ in facts),
+                "bbox": union_bbox(bbox for bbox, _ in facts),
                 "no_target": no_target,
             }
         )
@@ -493,9 +403,8 @@ def build_tasks(
 
 
 def drop_degenerate(tasks: dict[str, list[dict]], degenerate: list[int], keep: bool) -> dict[str, list[dict]]:
-    """Unless `keep`, drops refs whose target mask is empty from the training splits: an empty mask not marked
-    `no_target` would teach the model that the expression means nothing. Evaluation splits keep them, so their
-    sample counts stay the published ones. (The build report lists them; `_log_report` warns with their ids.)"""
+    """Unless `keep`, drops refs whose target mask is empty from the training splits (an empty mask not marked
+    `no_target` would teach that the expression means nothing); evaluation splits keep their published counts."""
     if keep or not degenerate:
         return tasks
     bad = set(degenerate)
@@ -506,13 +415,19 @@ def drop_degenerate(tasks: dict[str, list[dict]], degenerate: list[int], keep: b
     return {split: rows for split, rows in kept.items() if rows}
 
 
-def _header_size(path: str) -> tuple[int, int] | None:
-    """(height, width) from the image's header, without decoding it; None when it cannot be read."""
+def _probe_image(path: str, verify: bool) -> tuple[tuple[int, int] | None, str | None]:
+    """(height, width) from the header, and with `verify` PIL's complaint if the image does not decode (JPEGs at
+    1/8 scale: cheap, and still reads the whole file)."""
+    size = None
     try:
         with PIL.Image.open(path) as image:
-            return image.height, image.width
-    except Exception:  # unreadable: reported by `verify` or when the row is read
-        return None
+            size = image.height, image.width
+            if verify:
+                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+                image.load()
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, … for bad files
+        return size, f"{type(error).__name__}: {error}"
+    return size, None
 
 
 def check_images(
@@ -525,10 +440,8 @@ def check_images(
     declared: dict[str, tuple[int, int, str]] | None = None,
 ) -> tuple[set[str], dict]:
     """The image files to skip, and a report: a missing (or, with `verify`, undecodable) file raises naming it,
-    unless `skip_missing`, in which case it is listed for skipping and counted.
-
-    `declared` maps a path to the (height, width) the annotations give it and who says so; a file of another
-    size is a ValueError (its masks would be drawn at the wrong size)."""
+    unless `skip_missing`, in which case it is listed for skipping and counted. `declared` maps a path to the
+    (height, width) the annotations give it and who says so; a file of another size is a ValueError."""
     paths = sorted(set(paths))
     missing = [path for path in paths if not os.path.isfile(path)]
     if missing and not skip_missing:
@@ -536,38 +449,27 @@ def check_images(
             f"{source}: {len(missing)} referenced image(s) missing, e.g. {missing[0]} "
             "(check image_root, or pass skip_missing_images=True to skip their refs and report the count)"
         )
-    if declared:
-        absent = set(missing)
-        present = [path for path in paths if path not in absent and path in declared]
-        with ThreadPoolExecutor(max_workers=max(1, num_proc or 1)) as pool:
-            for path, size in zip(present, pool.map(_header_size, present)):
-                height, width, who = declared[path]
-                if size is not None and size != (height, width):
-                    raise ValueError(
-                        f"{source}: image {path} is {size[1]}×{size[0]} (width×height) but {who} declares it "
-                        f"{width}×{height}: the masks would not fit it (fix the annotation or the image)"
-                    )
-    unreadable: list[tuple[str, str]] = []
-    if verify:
-        absent = set(missing)
-        present = [path for path in paths if path not in absent]
-        with ThreadPoolExecutor(max_workers=max(1, num_proc or 1)) as pool:  # PIL decodes without the GIL
-            for path, problem in zip(present, pool.map(_verify_image, present)):
-                if problem is not None:
-                    unreadable.append((path, problem))
-        if unreadable and not skip_missing:
-            path, problem = unreadable[0]
+    declared, absent = declared or {}, set(missing)
+    present = [path for path in paths if path not in absent and (verify or path in declared)]
+    with ThreadPoolExecutor(max_workers=max(1, num_proc or 1)) as pool:  # PIL decodes without the GIL
+        probed = list(zip(present, pool.map(_probe_image, present, [verify] * len(present))))
+    for path, (size, _) in probed:
+        if path in declared and size is not None and size != declared[path][:2]:
+            height, width, who = declared[path]
             raise ValueError(
-                f"{source}: corrupt or unreadable image {path} ({problem}); {len(unreadable)} such image(s) "
-                "in all (replace them, or pass skip_missing_images=True to skip their refs)"
+                f"{source}: image {path} is {size[1]}×{size[0]} (width×height) but {who} declares it "
+                f"{width}×{height}: the masks would not fit it (fix the annotation or the image)"
             )
+    unreadable = [(path, problem) for path, (_, problem) in probed if verify and problem is not None]
+    if unreadable and not skip_missing:
+        path, problem = unreadable[0]
+        raise ValueError(
+            f"{source}: corrupt or unreadable image {path} ({problem}); {len(unreadable)} such image(s) "
+            "in all (replace them, or pass skip_missing_images=True to skip their refs)"
+        )
     bad = set(missing) | {path for path, _ in unreadable}
-    report = {
-        "skipped_missing_images": len(missing),
-        "skipped_unreadable_images": len(unreadable),
-        "example_skipped": sorted(bad)[0] if bad else None,
-    }
-    return bad, report
+    report = {"skipped_missing_images": len(missing), "skipped_unreadable_images": len(unreadable)}
+    return bad, {**report, "example_skipped": min(bad, default=None)}
 
 
 def filter_images(
@@ -623,26 +525,19 @@ def load_refer(
 
     Args:
         data_root: folder holding `<dataset>/refs(<split_by>).p` (gRefCOCO: `grefs(unc).json`) and `instances.json`.
-        dataset: `refcoco`, `refcoco+`, `refcocog` or `grefcoco`.
-        split_by: `unc` / `google` (refcoco), `unc` (refcoco+, grefcoco), `umd` / `google` (refcocog);
-            default the first of these.
+        dataset, split_by: one of `SPLIT_BYS` and its schemes (default: the first, what the peers report).
         image_root: the COCO train2014 folder; default `<data_root>/images/mscoco/images/train2014`.
-        cache_dir: root of the build cache; default `$HF_DATASETS_CACHE/metris_hf`. The build lands in
-            `<cache_dir>/refer/<dataset>-<split_by>-<hash of the inputs' paths, sizes and mtimes>`.
-        num_proc: processes decoding masks (and threads verifying images) on a cache miss.
-        skip_missing_images: skip refs whose image is missing (or unreadable, with `verify_images`) and log how
-            many, instead of raising.
-        verify_images: decode every image once at build time, so a corrupt JPEG is reported by name now rather
-            than when training reaches it.
+        cache_dir: the build lands in `<cache_dir>/refer/<dataset>-<split_by>-<hash of the inputs' paths, sizes
+            and mtimes>`; default cache_dir `$HF_DATASETS_CACHE/metris_hf`.
+        num_proc: processes decoding masks (and threads reading images) on a cache miss.
+        skip_missing_images: skip refs whose image is missing (or, with `verify_images`, corrupt) and log how many.
+        verify_images: decode every image once at build time, so a corrupt JPEG is named now.
         keep_degenerate: keep refs whose target mask is empty (polygons of < 3 points or outside the image) in
-            the train split; by default they are left out of it (and always counted and named in a warning).
-        sentence_field: which text of each REFER sentence the rows hold: `sent` (REFER's cleaned, lowercased
-            copy; what the authors of METRIS train and test on) or `raw` (as typed; LAVT's choice). Where it is
-            blank the other is used.
+            the train split; by default they are left out of it (and always named in a warning).
+        sentence_field: `sent` or `raw` (see `clean_sentences`).
     """
-    dataset = check_dataset(dataset)
+    split_by = check_split_by(dataset, split_by)  # checks the dataset's name first
     sentence_field = check_sentence_field(sentence_field)
-    split_by = check_split_by(dataset, split_by)
     refs_path, instances_path = refer_files(data_root, dataset, split_by)
     root = Path(image_root) if image_root is not None else default_image_root(data_root)
     if not root.is_dir():
@@ -671,8 +566,6 @@ def load_refer(
         tasks, dropped, degenerate = build_tasks(
             refs, instances, root, str(refs_path), str(instances_path), sentence_field
         )
-        if not tasks:
-            raise ValueError(f"{refs_path}: no refs with a non-blank sentence")
         tasks = drop_degenerate(tasks, degenerate, keep_degenerate)
         tasks, report = filter_images(
             tasks, skip_missing=skip_missing_images, verify=verify_images, num_proc=num_proc, source=what

@@ -1,24 +1,13 @@
-"""The one schema every source is mapped to, mask encoding, the on-disk cache, and the one-row-per-sentence view.
+"""The one schema every source is mapped to (`FEATURES`, one row per referred object; columns in docs/data.md),
+mask decoding and validation, the on-disk cache, and the one-row-per-sentence view.
 
-Schema (one row per referred object, "ref"):
-
-| column | feature | content |
-| --- | --- | --- |
-| `image` | `Image()` | COCO: the file path only (read lazily, nothing embedded); synthetic: embedded PNG bytes |
-| `mask` | `Image()` | 1-bit PNG (PIL mode "1"): `np.asarray(row["mask"])` is the boolean H×W mask |
-| `sentences` | list of str | every expression of the object (REFER's `sent`, or `raw` with `sentence_field="raw"`) |
-| `ref_id`, `image_id` | int64 | ids from the annotation files (synthetic: unique per split) |
-| `ann_ids` | list of int64 | the COCO annotations whose union is the mask (empty for no-target) |
-| `category_id` | int64 | the COCO category (-1 for no-target, or several targets of different categories) |
-| `bbox` | list of float32 | [x, y, w, h] around all targets ([0, 0, 0, 0] for no-target) |
-| `no_target` | bool | gRefCOCO: the expression matches nothing and the mask is all zero |
-
-Masks are stored as 1-bit PNGs because that is the most compact form the `Image` feature round-trips
-losslessly (a 640×480 COCO mask is ~1 KB) and it decodes to a boolean array, so no 0/1 vs 0/255 question arises.
+Masks are 1-bit PNGs in an `Image` column: the most compact form it round-trips losslessly (a 640×480 COCO mask
+is ~1 KB), and it decodes to a boolean array, so no 0/1 vs 0/255 question arises. COCO images are stored as paths.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -34,7 +23,8 @@ from typing import Any
 import datasets
 import numpy as np
 import PIL.Image
-from datasets import DatasetDict, Features, Image, List, Value
+from datasets import Dataset, DatasetDict, Features, Image, List, NamedSplit, Value
+from datasets.arrow_writer import ArrowWriter
 from pycocotools import mask as mask_utils
 
 logger = logging.getLogger(__name__)
@@ -92,6 +82,10 @@ MAX_IMAGE_SIDE = 16384
 POLYGON_REACH = 4
 
 
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
@@ -100,14 +94,18 @@ def _is_coordinate(value: Any, reach: float) -> bool:
     return _is_number(value) and math.isfinite(value) and abs(value) <= reach
 
 
-def check_image_size(height: Any, width: Any) -> tuple[int, int]:
-    """(height, width) as ints, or a ValueError saying what is wrong (missing, not whole, ≤ 0, too large)."""
+def check_image_size(info: dict, image_id: Any) -> tuple[int, int]:
+    """An image entry's (height, width) as ints, or a ValueError naming the image and what is wrong."""
+    missing = [key for key in ("height", "width") if key not in info]
+    if missing:
+        raise ValueError(f"image {image_id} lacks {missing}")
     sides = []
-    for name, value in (("height", height), ("width", width)):
+    for name in ("height", "width"):
+        value = info[name]
         if not _is_number(value) or not math.isfinite(value) or value != int(value):
-            raise ValueError(f"image {name} must be a whole number, got {value!r}")
+            raise ValueError(f"image {image_id}: image {name} must be a whole number, got {value!r}")
         if not 0 < value <= MAX_IMAGE_SIDE:
-            raise ValueError(f"image {name} must lie in [1, {MAX_IMAGE_SIDE}], got {value}")
+            raise ValueError(f"image {image_id}: image {name} must lie in [1, {MAX_IMAGE_SIDE}], got {value}")
         sides.append(int(value))
     return sides[0], sides[1]
 
@@ -134,13 +132,12 @@ def _compressed_counts(counts: str) -> list[int]:
 
 
 def segmentation_rle(segmentation: Any, height: int, width: int) -> Any:
-    """One COCO `segmentation` (polygons, uncompressed or compressed RLE), validated → pycocotools' RLE, or None
-    for an empty list.
+    """One COCO `segmentation` (polygons, uncompressed or compressed RLE), validated → pycocotools' RLE (None:
+    nothing to draw).
 
-    Why validate: pycocotools trusts its input. A NaN or far-away polygon point makes it rasterise without
-    end (the machine runs out of memory), and RLE runs that do not add up to height × width make it write
-    past the mask. Every number is checked here, before pycocotools sees it. Polygons of fewer than 3 points
-    are skipped (pycocotools would read a 4-number list as a box); the caller sees an empty mask.
+    Why validate: pycocotools trusts its input. A NaN or far-away polygon point makes it rasterise without end,
+    and RLE runs that do not add up to height × width make it write past the mask. Polygons of fewer than 3
+    points are skipped (pycocotools would read a 4-number list as a box).
     """
     if isinstance(segmentation, list):
         reach = POLYGON_REACH * max(height, width)
@@ -181,79 +178,74 @@ def segmentation_rle(segmentation: Any, height: int, width: int) -> Any:
     raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
 
 
-def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """One COCO `segmentation` → boolean H×W mask via pycocotools, validated first (see `segmentation_rle`).
-
-    Polygons of one object are merged as a union: where two of them overlap the pixel is foreground
-    (LAVT's loader sums the decoded polygons and so loses such pixels; we deliberately do not).
-    """
-    rle = segmentation_rle(segmentation, height, width)
-    if rle is None:
-        return np.zeros((height, width), dtype=bool)
-    return mask_utils.decode(rle).astype(bool)
-
-
-def segmentation_area(segmentation: Any, height: int, width: int) -> int:
-    """Foreground pixels of one validated `segmentation` without decoding it: 0 marks a degenerate annotation
-    (no polygon of 3 points, or every point outside the image)."""
-    rle = segmentation_rle(segmentation, height, width)
-    return 0 if rle is None else int(mask_utils.area(rle))
-
-
-def union_mask(annotations: Iterable[dict], height: int, width: int) -> np.ndarray:
-    """The union of the masks of several COCO annotations (one for RefCOCO, several for gRefCOCO)."""
+def union_mask(segmentations: Iterable[Any], height: int, width: int) -> np.ndarray:
+    """The union of several COCO segmentations (all polygons of one object, all targets of a gRefCOCO ref), as
+    a boolean H×W mask: where two polygons overlap the pixel is foreground (LAVT's loader sums the decoded
+    polygons and so loses such pixels; we deliberately do not)."""
     mask = np.zeros((height, width), dtype=bool)
-    for annotation in annotations:
-        try:
-            mask |= decode_segmentation(annotation["segmentation"], height, width)
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"annotation {annotation.get('id')}: bad segmentation ({error})") from error
+    for segmentation in segmentations:
+        rle = segmentation_rle(segmentation, height, width)
+        if rle is not None:
+            mask |= mask_utils.decode(rle).astype(bool)
     return mask
 
 
-def union_bbox(boxes: Iterable[Iterable[float]]) -> list[float]:
-    """[x, y, w, h] boxes → the box around all of them ([0, 0, 0, 0] when there are none)."""
-    boxes = [list(map(float, box)) for box in boxes]
-    if not boxes:
-        return [0.0, 0.0, 0.0, 0.0]
-    x0 = min(b[0] for b in boxes)
-    y0 = min(b[1] for b in boxes)
-    x1 = max(b[0] + b[2] for b in boxes)
-    y1 = max(b[1] + b[3] for b in boxes)
-    return [x0, y0, x1 - x0, y1 - y0]
+def check_annotation(
+    ann: dict, image_id: int, height: int, width: int, required: tuple[str, ...]
+) -> tuple[list[float], int]:
+    """A COCO annotation's checked bbox and mask area (0: a degenerate target), or a ValueError naming it: a
+    `required` key missing, another image's annotation, a bad category, bbox or segmentation."""
+    ann_id = ann.get("id")
+    missing = [key for key in ("segmentation", "bbox", *required) if key not in ann]
+    if missing:
+        raise ValueError(f"annotation {ann_id} lacks {missing}")
+    if ann.get("image_id", image_id) != image_id:
+        raise ValueError(f"annotation {ann_id} belongs to image {ann['image_id']}, not to the ref's image {image_id}")
+    if "category_id" in required and not _is_id(ann["category_id"]):
+        raise ValueError(f"annotation {ann_id}: category_id must be an integer, got {ann['category_id']!r}")
+    try:
+        return check_bbox(ann["bbox"]), segmentation_area(ann["segmentation"], height, width)
+    except ValueError as error:
+        raise ValueError(f"annotation {ann_id}: {error}") from None
 
 
 def check_bbox(bbox: Any) -> list[float]:
     """A COCO [x, y, w, h] box of 4 finite numbers, w and h ≥ 0, or a ValueError saying what it is."""
-    if (
-        not isinstance(bbox, (list, tuple))
-        or len(bbox) != 4
-        or not all(_is_number(v) and math.isfinite(v) for v in bbox)
-    ):
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_coordinate(v, math.inf) for v in bbox):
         raise ValueError(f"bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
     if bbox[2] < 0 or bbox[3] < 0:
         raise ValueError(f"bbox has a negative width or height: {bbox!r}")
     return [float(v) for v in bbox]
 
 
+def segmentation_area(segmentation: Any, height: int, width: int) -> int:
+    """Foreground pixels of a validated segmentation without decoding it (0: a degenerate target)."""
+    rle = segmentation_rle(segmentation, height, width)
+    return 0 if rle is None else int(mask_utils.area(rle))
+
+
+def union_bbox(boxes: Iterable[Iterable[float]]) -> list[float]:
+    """[x, y, w, h] boxes → the box around all of them ([0, 0, 0, 0] when there are none)."""
+    boxes = np.asarray([list(box) for box in boxes], dtype=np.float64).reshape(-1, 4)
+    if not len(boxes):
+        return [0.0, 0.0, 0.0, 0.0]
+    (x0, y0), (x1, y1) = boxes[:, :2].min(0), (boxes[:, :2] + boxes[:, 2:]).max(0)
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+
+
 SENTENCE_FIELDS = ("sent", "raw")
 
 
 def check_sentence_field(field: str) -> str:
-    """`sent` (REFER's cleaned, lowercased text, what the authors of METRIS train and test on) or `raw`."""
     if field not in SENTENCE_FIELDS:
         raise ValueError(f"sentence_field must be one of {', '.join(SENTENCE_FIELDS)}, got {field!r}")
     return field
 
 
 def clean_sentences(sentences: Any, field: str = "sent") -> list[str]:
-    """REFER sentence entries (dicts with `raw`/`sent`, or plain strings) → non-blank strings.
-
-    `field` picks the text: `sent` (default) is REFER's cleaned, lowercased copy, the one the authors of METRIS
-    tokenise; `raw` is the text as the annotator typed it (what LAVT feeds its tokenizer). Where the chosen field
-    is blank the other one is used. Blank expressions are dropped: the processor refuses them. Anything else (a
-    bare string, which would split into characters; numbers; None; a non-text `raw`) is a ValueError: the caller
-    adds which ref it is.
+    """REFER sentence entries (dicts with `raw`/`sent`, or plain strings) → non-blank strings (the processor
+    refuses blank ones). `field` picks the text, the other one standing in where it is blank: `sent` (REFER's
+    cleaned, lowercased copy, what the authors of METRIS tokenise) or `raw` (as typed; what LAVT tokenises).
     """
     other = "raw" if check_sentence_field(field) == "sent" else "sent"
     if isinstance(sentences, (str, bytes)) or not isinstance(sentences, (list, tuple)):
@@ -322,48 +314,34 @@ def fingerprint(payload: Any) -> str:
 
 
 def write_splits(data: DatasetDict, folder: Path) -> None:
-    """Writes each split as `<split>.arrow`, then `splits.json` (the marker of a complete write).
-
-    Not `save_to_disk`: in datasets 5 it always embeds the files an `Image` column points to, which for COCO
-    would copy every referenced JPEG into the cache. An `ArrowWriter` keeps paths as paths.
-    """
-    from datasets.arrow_writer import ArrowWriter
-
+    """Writes each split as `<split>.arrow`, then `splits.json` (the marker of a complete write). Not
+    `save_to_disk`: it embeds the files an `Image` column points to (every COCO JPEG); `ArrowWriter` keeps paths."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, table in data.items():
-        writer = ArrowWriter(features=table.features, path=str(folder / f"{split}.arrow"))
-        try:
+        with ArrowWriter(features=table.features, path=str(folder / f"{split}.arrow")) as writer:
             for batch in table.with_format("arrow").iter(1000):
                 writer.write_table(batch)
             writer.finalize()
-        finally:
-            writer.close()
     (folder / "splits.json").write_text(json.dumps(list(data)))
 
 
 def read_splits(folder: Path) -> DatasetDict:
     """The DatasetDict `write_splits` wrote, memory-mapped."""
     names = json.loads((folder / "splits.json").read_text())
-    return DatasetDict(
-        {
-            name: datasets.Dataset.from_file(str(folder / f"{name}.arrow"), split=datasets.NamedSplit(name))
-            for name in names
-        }
-    )
+    return DatasetDict({n: Dataset.from_file(str(folder / f"{n}.arrow"), split=NamedSplit(n)) for n in names})
 
 
 def cached_build(cache_path: Path, build: Callable[[Path], tuple[DatasetDict, dict]], what: str) -> DatasetDict:
     """Loads `cache_path` if a previous build saved it there, else builds, saves and loads it.
 
-    `build(work_dir)` returns the DatasetDict and a JSON-able report (skipped images, dropped sentences),
-    which is kept beside the data and logged again on every cache hit. The save goes to a temporary folder
-    renamed into place, so concurrent builders (two test workers, two training processes) never see a
-    half-written cache: whoever renames first wins, the other discards its copy.
+    `build(work_dir)` returns the DatasetDict and a JSON-able report (skipped images, dropped sentences), kept
+    beside the data and logged again on every cache hit. The save goes to a temporary folder renamed into place,
+    so concurrent builders never see a half-written cache: whoever renames first wins.
     """
-    report_path = cache_path / "metris_build.json"
     if (cache_path / "splits.json").is_file():
         logger.info("%s: loading the cached build %s", what, cache_path)
-        _log_report(what, _read_report(report_path))
+        with contextlib.suppress(OSError, ValueError):  # a lost report only loses the warnings
+            _log_report(what, json.loads((cache_path / "metris_build.json").read_text()))
         return read_splits(cache_path)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -391,16 +369,8 @@ def cached_build(cache_path: Path, build: Callable[[Path], tuple[DatasetDict, di
     return read_splits(cache_path)
 
 
-def _read_report(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _log_report(what: str, report: dict) -> None:
-    skipped = report.get("skipped_missing_images", 0) + report.get("skipped_unreadable_images", 0)
-    if skipped:
+    if report.get("skipped_missing_images") or report.get("skipped_unreadable_images"):
         logger.warning(
             "%s: %d ref(s) skipped because their image is missing or unreadable (%d missing, %d unreadable; e.g. %s)",
             what,
@@ -431,20 +401,16 @@ def _log_report(what: str, report: dict) -> None:
 
 
 def _explode(batch: dict[str, list]) -> dict[str, list]:
-    out: dict[str, list] = {name: [] for name in SENTENCE_FEATURES}
-    for i, sentences in enumerate(batch["sentences"]):
-        for index, sentence in enumerate(sentences):
-            out["sentence"].append(sentence)
-            out["image"].append(batch["image"][i])
-            out["mask"].append(batch["mask"][i])
-            out["ref_id"].append(batch["ref_id"][i])
-            out["image_id"].append(batch["image_id"][i])
-            out["no_target"].append(batch["no_target"][i])
-            out["sent_index"].append(index)
+    counts = [len(sentences) for sentences in batch["sentences"]]
+    out = {
+        name: [v for v, n in zip(batch[name], counts) for _ in range(n)] for name in SENTENCE_FEATURES if name in batch
+    }
+    out["sentence"] = [sentence for sentences in batch["sentences"] for sentence in sentences]
+    out["sent_index"] = [index for n in counts for index in range(n)]
     return out
 
 
-def sentence_rows(dataset: datasets.Dataset) -> datasets.Dataset:
+def sentence_rows(dataset: Dataset) -> Dataset:
     """One split → one row per (object, sentence): the evaluation protocol's samples.
 
     Columns: `sentence`, `image`, `mask`, `ref_id`, `image_id`, `no_target`, `sent_index` (the sentence's
@@ -456,9 +422,7 @@ def sentence_rows(dataset: datasets.Dataset) -> datasets.Dataset:
     if missing:
         raise ValueError(f"sentence_rows needs the metris_hf.data schema; missing column(s) {sorted(missing)}")
     raw = dataset.cast_column("image", Image(decode=False)).cast_column("mask", Image(decode=False))
-    undecoded = SENTENCE_FEATURES.copy()
-    undecoded["image"] = Image(decode=False)
-    undecoded["mask"] = Image(decode=False)
+    undecoded = Features({**SENTENCE_FEATURES, "image": Image(decode=False), "mask": Image(decode=False)})
     exploded = raw.map(
         _explode,
         batched=True,

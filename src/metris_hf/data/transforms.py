@@ -12,17 +12,11 @@ from torch.utils.data import DataLoader
 class RefTrainTransform:
     """`train_dataset.with_transform(transform)` + `DataLoader(..., collate_fn=transform.collate)`.
 
-    For each object row it draws one of the object's sentences, as LAVT does, but from `(seed, epoch, ref_id)`
-    rather than from a global random state: the draw does not depend on the worker, the batch or what ran
-    before, so a run resumed mid-training sees exactly the sentences the uninterrupted run saw. Call
+    Draws one sentence per object row, as LAVT does, but from `(seed, epoch, ref_id)` rather than a global random
+    state, so a run resumed mid-training sees exactly the sentences the uninterrupted run saw. Call
     `set_epoch(epoch)` before each epoch (DataLoader workers copy the transform when an epoch's iterator starts).
-
-    Sizes come from the processor alone (its image processor's `size`, its `max_length`), the one place a
-    checkpoint saves them, so training, validation and inference cannot disagree: the image is resized to that
-    size, rescaled and normalised; the sentence is tokenised to `max_length` tokens; the mask becomes `labels`
-    (that size, int64 0/1, nearest neighbour). No augmentation beyond that, and in particular no horizontal
-    flip: flipping the image would turn "the man on the left" into a wrong label unless every "left" and
-    "right" in the text were swapped too, which LAVT and METRIS do not do.
+    Sizes come from the processor alone, the one place a checkpoint saves them. No horizontal flip: it would make
+    "the man on the left" a wrong label unless the text were swapped too, which LAVT and METRIS do not do.
     """
 
     def __init__(self, processor: Any, seed: int = 0):
@@ -49,8 +43,6 @@ class RefTrainTransform:
 
     def sentence_index(self, ref_id: int, num_sentences: int) -> int:
         """Which of an object's `num_sentences` sentences this epoch uses: a pure function of (seed, epoch, ref_id)."""
-        if num_sentences <= 0:
-            raise ValueError(f"ref {ref_id} has no sentences")
         entropy = [self.seed, self.epoch, int(ref_id) & 0xFFFFFFFFFFFFFFFF]
         return int(np.random.default_rng(np.random.SeedSequence(entropy)).integers(num_sentences))
 
@@ -63,26 +55,14 @@ class RefTrainTransform:
         ]
         images = [image.convert("RGB") for image in batch["image"]]
         masks = [np.asarray(mask) for mask in batch["mask"]]
-        encoded = self.processor(
-            images=images,
-            text=texts,
-            segmentation_maps=masks,
-            return_tensors="pt",
-        )
-        return {
-            "pixel_values": list(encoded["pixel_values"]),
-            "input_ids": list(encoded["input_ids"]),
-            "attention_mask": list(encoded["attention_mask"]),
-            "labels": list(encoded["labels"]),
-            "ref_id": list(batch["ref_id"]),
-        }
+        encoded = self.processor(images=images, text=texts, segmentation_maps=masks, return_tensors="pt")
+        fields = {key: list(encoded[key]) for key in ("pixel_values", "input_ids", "attention_mask", "labels")}
+        return {**fields, "ref_id": list(batch["ref_id"])}
 
     @staticmethod
     def collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Rows from `__call__` → one batch: each field stacked along a new first dimension, the rows' ref ids
-        as `ref_ids` (int64; not a model input: the training loop takes it out before the forward)."""
-        if not rows:
-            raise ValueError("cannot collate an empty batch")
+        """Rows from `__call__` → one batch: each field stacked, the rows' ref ids as `ref_ids` (int64; not a model
+        input: the training loop takes it out before the forward)."""
         batch = {
             key: torch.stack([row[key] for row in rows])
             for key in ("pixel_values", "input_ids", "attention_mask", "labels")
@@ -94,13 +74,10 @@ class RefTrainTransform:
 def training_loader(
     data: Any, processor: Any, batch_size: int, *, num_workers: int = 0, seed: int = 0
 ) -> tuple[DataLoader, RefTrainTransform]:
-    """The loader `scripts/train.py` trains from (and `scripts/dev/benchmark.py --parts data` times): `data` (object
-    rows of the common schema) through `RefTrainTransform(processor, seed)`, shuffled, full batches only.
-
-    The loader draws its order and its workers' base seed from its own generator rather than from the global
-    RNG: a resumed run creates its iterator at another moment than an uninterrupted one, and must not shift the
-    dropout stream. Returns the transform too: call its `set_epoch` with the loader's each epoch.
-    """
+    """The loader `scripts/train.py` trains from: `data` through `RefTrainTransform(processor, seed)`, shuffled,
+    full batches only, its order and workers' seeds from its own generator (a resumed run creates its iterator at
+    another moment and must not shift the global RNG's dropout stream). Call the returned transform's `set_epoch`
+    each epoch."""
     transform = RefTrainTransform(processor, seed=seed)
     loader = DataLoader(
         data.with_transform(transform),

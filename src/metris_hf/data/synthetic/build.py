@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -46,7 +47,6 @@ def iter_synthetic(
         raise ValueError(f"need seed >= 0 and image_size >= 16, got seed={seed}, image_size={image_size}")
     code = SPLIT_CODES[split]
     emitted, scene_index = 0, 0
-    empty_png = None
     while emitted < num_refs:
         rng = np.random.default_rng(np.random.SeedSequence([seed, code, scene_index, SYNTHETIC_VERSION]))
         scene = render_scene(rng, image_size, code * IMAGE_ID_STRIDE + scene_index)
@@ -57,7 +57,7 @@ def iter_synthetic(
             count = int(rng.integers(2, 4))
             if rng.random() < no_target_fraction:
                 sentences = absent_sentences(scene.objects, count, rng)
-                mask, ann_ids, category, bbox = None, [], -1, [0.0, 0.0, 0.0, 0.0]
+                mask, ann_ids, category, bbox = np.zeros((image_size,) * 2, bool), [], -1, [0.0, 0.0, 0.0, 0.0]
             else:
                 sentences = target_sentences(int(target), scene.objects, image_size, count, rng)
                 obj = scene.objects[target]
@@ -65,21 +65,16 @@ def iter_synthetic(
                 ann_ids, category, bbox = [obj.ann_id], SHAPES.index(obj.shape) + 1, _bbox(mask)
             if len(sentences) < 2:
                 continue
-            if mask is None:
-                empty_png = empty_png or mask_to_png(np.zeros((image_size, image_size), dtype=bool))
-                mask_png = empty_png
-            else:
-                mask_png = mask_to_png(mask)
             row = {
                 "image": {"bytes": scene.image_png, "path": None},
-                "mask": {"bytes": mask_png, "path": None},
+                "mask": {"bytes": mask_to_png(mask), "path": None},
                 "sentences": sentences,
                 "ref_id": code * IMAGE_ID_STRIDE + emitted,
                 "image_id": scene.image_id,
                 "ann_ids": ann_ids,
                 "category_id": category,
                 "bbox": bbox,
-                "no_target": mask is None,
+                "no_target": not ann_ids,
             }
             emitted += 1
             yield scene, row
@@ -129,10 +124,6 @@ def load_synthetic(
     num_train, num_val, num_test = (int(n) for n in sizes)
     name = f"{num_train}-{num_val}-{num_test}-{image_size}px-seed{seed}-nt{no_target_fraction:g}-v{SYNTHETIC_VERSION}"
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
-
-    def build(_: Path) -> tuple[DatasetDict, dict]:
-        return make_synthetic(
-            num_train, num_val, num_test, image_size, seed, no_target_fraction=no_target_fraction
-        ), {}
-
-    return cached_build(root / "synthetic" / name, build, f"synthetic {name}")
+    sets = (num_train, num_val, num_test, image_size, seed)
+    build = functools.partial(make_synthetic, *sets, no_target_fraction=no_target_fraction)
+    return cached_build(root / "synthetic" / name, lambda _: (build(), {}), f"synthetic {name}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,22 +27,17 @@ SUPERLATIVE_GAP = 0.08
 
 
 def _descriptors(obj: SceneObject, rng: np.random.Generator) -> list[Descriptor]:
-    out = []
-    for use_size in (False, True):
-        for use_colour in (False, True):
-            for use_shape in (False, True):
-                if not (use_size or use_colour or use_shape):
-                    continue
-                noun = "shape" if use_shape else str(rng.choice(GENERIC_NOUNS))
-                out.append(
-                    Descriptor(
-                        obj.size if use_size else None,
-                        obj.colour if use_colour else None,
-                        obj.shape if use_shape else None,
-                        noun,
-                    )
-                )
-    return out
+    """Every non-empty choice of (size, colour, shape) to name; a generic noun stands in for an unnamed shape."""
+    return [
+        Descriptor(
+            obj.size if size else None,
+            obj.colour if colour else None,
+            obj.shape if shape else None,
+            "shape" if shape else str(rng.choice(GENERIC_NOUNS)),
+        )
+        for size, colour, shape in itertools.product((False, True), repeat=3)
+        if size or colour or shape
+    ]
 
 
 def _unique_descriptor(index: int, objects: Sequence[SceneObject], rng: np.random.Generator) -> Descriptor | None:

@@ -91,14 +91,8 @@ class Expression:
 
 
 def _in_region(obj: SceneObject, region: str, size: int, margin: float) -> bool:
-    third = size / 3
-    if region == "left":
-        return obj.cx < third + margin
-    if region == "right":
-        return obj.cx > 2 * third - margin
-    if region == "top":
-        return obj.cy < third + margin
-    return obj.cy > 2 * third - margin  # bottom
+    low, high = size / 3 + margin, 2 * (size / 3) - margin  # the outer thirds, widened by `margin`
+    return {"left": obj.cx < low, "right": obj.cx > high, "top": obj.cy < low, "bottom": obj.cy > high}[region]
 
 
 def _related(obj: SceneObject, landmark: SceneObject, relation: str, margin: float) -> bool:
