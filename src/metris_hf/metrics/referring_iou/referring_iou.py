@@ -59,15 +59,7 @@ _CITATION = """\
 }
 """
 
-_DESCRIPTION = """\
-Referring image segmentation figures from per-sample (predicted mask, reference mask) pairs of binary H x W masks.
-Configuration "refcoco" (default): overall IoU (oIoU = sum of intersections / sum of unions), mean IoU (mIoU) and
-precision at IoU thresholds (P@t = share of samples with IoU >= t), following LAVT's evaluation code (also used by
-METRIS); a sample whose union is empty has IoU 0. Configuration "grefcoco": cumulative IoU (cIoU), generalized IoU
-(gIoU), no-target accuracy (N-acc) and target accuracy (T-acc), following ReLA/GRES's evaluator; an empty
-reference marks a no-target sample and an empty prediction means "no target". Masks are reduced to per-sample
-counts when added, so the memory held does not grow with the mask size.
-"""
+_DESCRIPTION = __doc__
 
 _KWARGS_DESCRIPTION = """
 Args:
@@ -148,28 +140,11 @@ def _as_mask_list(masks: Any, name: str) -> list:
     return list(masks)
 
 
-def _binarize(mask: Any, kind: str, index: int, threshold: float | None):
-    """A boolean H x W mask (numpy, or torch on the mask's device); raises on anything that is not one."""
-    if _is_tensor(mask):
-        if mask.ndim != 2:
-            raise ValueError(f"{kind} of sample {index} must be a 2-D (H x W) mask, got shape {tuple(mask.shape)}")
-        if str(mask.dtype) == "torch.bool":
-            return mask
-        if mask.is_complex():
-            raise ValueError(f"{kind} of sample {index} has complex dtype {mask.dtype}")
-        if threshold is not None:
-            if mask.is_floating_point() and not bool(mask.isfinite().all()):
-                raise ValueError(f"{kind} of sample {index} holds NaN or inf: probabilities must be finite")
-            return mask > threshold
-        bad = (mask != 0) & (mask != 1)
-        if bool(bad.any()):
-            example = mask[bad].flatten()[0].item()
-            raise ValueError(
-                f"{kind} of sample {index} is not binary (found value {example!r}); "
-                "masks must hold only 0/1/True/False"
-                + (", or pass threshold=... for probability maps" if kind == "prediction" else "")
-            )
-        return mask != 0
+def _binarize(mask: Any, kind: str, index: int, threshold: float | None) -> np.ndarray:
+    """A boolean H x W numpy mask; raises on anything that is not one."""
+    if _is_tensor(mask):  # any device; numpy has no bfloat16 (converted to float32 exactly)
+        mask = mask.detach().cpu()
+        mask = (mask.float() if str(mask.dtype) == "torch.bfloat16" else mask).numpy()
     array = np.asarray(mask)
     if array.ndim != 2:
         raise ValueError(f"{kind} of sample {index} must be a 2-D (H x W) mask, got shape {array.shape}")
@@ -183,10 +158,9 @@ def _binarize(mask: Any, kind: str, index: int, threshold: float | None):
         return array > threshold
     bad = (array != 0) & (array != 1)
     if bad.any():
-        example = array[bad].flat[0].item()
         raise ValueError(
-            f"{kind} of sample {index} is not binary (found value {example!r}); masks must hold only 0/1/True/False"
-            + (", or pass threshold=... for probability maps" if kind == "prediction" else "")
+            f"{kind} of sample {index} is not binary (found value {array[bad].flat[0].item()!r}); masks must hold "
+            "only 0/1/True/False" + (", or pass threshold=... for probability maps" if kind == "prediction" else "")
         )
     return array != 0
 
@@ -195,18 +169,9 @@ def _pair_counts(prediction: Any, reference: Any, index: int, threshold: float |
     """(intersection, union, prediction area, reference area) of one sample: all the metric ever keeps."""
     pred = _binarize(prediction, "prediction", index, threshold)
     ref = _binarize(reference, "reference", index, None)  # ground truth is never thresholded
-    if tuple(pred.shape) != tuple(ref.shape):
-        raise ValueError(
-            f"sample {index}: prediction shape {tuple(pred.shape)} differs from reference shape {tuple(ref.shape)}"
-        )
-    if _is_tensor(pred) and _is_tensor(ref):
-        ref = ref.to(pred.device)
-        inter, pred_area, ref_area = int((pred & ref).sum()), int(pred.sum()), int(ref.sum())
-    else:
-        pred = pred.detach().cpu().numpy() if _is_tensor(pred) else pred
-        ref = ref.detach().cpu().numpy() if _is_tensor(ref) else ref
-        inter = int(np.count_nonzero(pred & ref))
-        pred_area, ref_area = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
+    if pred.shape != ref.shape:
+        raise ValueError(f"sample {index}: prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    inter, pred_area, ref_area = (int(np.count_nonzero(m)) for m in (pred & ref, pred, ref))
     return inter, pred_area + ref_area - inter, pred_area, ref_area
 
 
@@ -262,8 +227,7 @@ class ReferringIou(evaluate.Metric):
             raise ValueError(f"unexpected inputs {sorted(kwargs)}: add takes prediction, reference, threshold")
         if prediction is None or reference is None:
             raise ValueError("add needs both prediction and reference")
-        row = _pair_counts(prediction, reference, 0, self._threshold(threshold))
-        super().add(**dict(zip(_COUNT_COLUMNS, row)))
+        self.add_batch(predictions=[prediction], references=[reference], threshold=threshold)
 
     def compute(
         self,
