@@ -74,15 +74,9 @@ Args:
         or per call to `add`, `add_batch` and `compute`. Default None: predictions must be binary.
     iou_thresholds (`sequence` of `float`, *optional*, "refcoco", `compute` only): the t of P@t, default
         (0.5, 0.7, 0.9).
-Returns ("refcoco"):
-    oIoU (`float`): sum of intersections / sum of unions, in [0, 1].
-    mIoU (`float`): mean per-sample IoU (0 for an empty union), in [0, 1].
-    P@t (`float`): share of samples with IoU >= t, one key per threshold ("P@0.5", "P@0.7", "P@0.9").
-Returns ("grefcoco"):
-    cIoU (`float`): sum of intersections / sum of unions (NaN if every union is empty).
-    gIoU (`float`): mean per-sample score: IoU on target samples, 1 or 0 on no-target samples.
-    N-acc (`float`): share of no-target samples predicted empty (NaN without no-target samples).
-    T-acc (`float`): share of target samples predicted non-empty (NaN without target samples).
+Returns:
+    `dict` of `float` in [0, 1] (see the description): "refcoco" gives oIoU, mIoU and P@t per threshold ("P@0.5",
+    "P@0.7", "P@0.9"); "grefcoco" gives cIoU, gIoU, N-acc and T-acc (NaN where undefined).
 Examples:
     >>> import numpy as np, evaluate
     >>> metric = evaluate.load("src/metris_hf/metrics/referring_iou/referring_iou.py")
@@ -125,17 +119,12 @@ def _as_mask_list(masks: Any, name: str) -> list:
     if masks is None:
         raise ValueError(f"{name} is missing: pass both predictions and references")
     if isinstance(masks, np.ndarray) or _is_tensor(masks):
-        if masks.ndim == 2:
-            raise ValueError(
-                f"{name} is a single 2-D mask of shape {tuple(masks.shape)}: pass a list of H x W masks "
-                "(or use add(prediction=..., reference=...) for one sample)"
-            )
         if masks.ndim != 3:
+            single = " (a single 2-D mask: use add(prediction=..., reference=...) for one sample)" * (masks.ndim == 2)
             raise ValueError(
-                f"{name} must be a list of H x W masks or an N x H x W array, got shape {tuple(masks.shape)}"
+                f"{name} must be a list of H x W masks or an N x H x W array, got shape {tuple(masks.shape)}{single}"
             )
-        return list(masks)
-    if isinstance(masks, (str, bytes)) or not isinstance(masks, Sequence):
+    elif isinstance(masks, (str, bytes)) or not isinstance(masks, Sequence):
         raise ValueError(f"{name} must be a list of H x W masks or an N x H x W array, got {type(masks).__name__}")
     return list(masks)
 
