@@ -67,11 +67,8 @@ def evaluate_referring(
     dtype = next(model.parameters()).dtype
     for batch in tqdm(loader, desc="evaluating", disable=not progress or not is_main):
         with accelerator.autocast() if accelerator is not None else nullcontext():
-            outputs = model(
-                pixel_values=batch["pixel_values"].to(device, dtype),
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-            )
+            text = {key: batch[key].to(device) for key in ("input_ids", "attention_mask")}
+            outputs = model(pixel_values=batch["pixel_values"].to(device, dtype), **text)
         if resolution == "model":
             references = [label.bool().cpu().numpy() for label in batch["labels"]]
         else:

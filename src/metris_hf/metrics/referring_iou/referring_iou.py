@@ -281,8 +281,5 @@ class ReferringIou(evaluate.Metric):
         thresholds = [float(t) for t in iou_thresholds]
         if not thresholds or any(not 0.0 <= t <= 1.0 for t in thresholds):
             raise ValueError(f"iou_thresholds must be a non-empty list of numbers in [0, 1], got {iou_thresholds!r}")
-        total_union = int(uni.sum())
-        result = {"oIoU": int(inter.sum()) / total_union if total_union > 0 else 0.0, "mIoU": float(iou.mean())}
-        for t in thresholds:
-            result[f"P@{t:g}"] = float(np.mean(iou >= t))
-        return result
+        oiou = int(inter.sum()) / int(uni.sum()) if uni.sum() > 0 else 0.0  # LAVT's guard, as for one sample
+        return {"oIoU": oiou, "mIoU": float(iou.mean()), **{f"P@{t:g}": float(np.mean(iou >= t)) for t in thresholds}}
