@@ -1,10 +1,6 @@
-"""Pictures of what METRIS sees (paper Fig. 7b / 15) with PIL only, so `make demo` needs no plotting library.
-
-One row per (image, expression): the ground truth where it is known (else the image), the prediction, and the
-last decoder stage's attention over the visual-expression and over the linguistic-expression tokens, each map
-with its colour bar. Masks are outlined and the rest dimmed, never tinted: a tint would change the very colour
-an expression like "the red star" names. Each figure records where its panels are (`figure_panels`), so tests
-and readers can find them in the saved PNG.
+"""Pictures of what METRIS sees (paper Fig. 7b / 15) with PIL only, so `make demo` needs no plotting library:
+one row per (image, expression) of outlined masks and attention maps with colour bars (`render_row`). Each
+figure records where its panels are (`figure_panels`), so tests and readers can find them in the saved PNG.
 """
 
 from __future__ import annotations
