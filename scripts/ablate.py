@@ -177,13 +177,10 @@ def format_table(results: dict[str, dict]) -> str:
     for row, result in results.items():
         cells = []
         for key in (*METRIC_KEYS, "AUC-PR"):
-            values = [100 * v for v in result["per_seed"][key]] if key != "AUC-PR" else result["per_seed"][key]
-            cell = f"{statistics.mean(values):.2f}" if key != "AUC-PR" else f"{statistics.mean(values):.3f}"
-            if len(values) > 1:
-                cell += (
-                    f" ± {statistics.stdev(values):.2f}" if key != "AUC-PR" else f" ± {statistics.stdev(values):.3f}"
-                )
-            cells.append(cell)
+            scale, digits = (1, 3) if key == "AUC-PR" else (100, 2)  # AUC-PR as a fraction, the rest in percent
+            values = [scale * v for v in result["per_seed"][key]]
+            cell = f"{statistics.mean(values):.{digits}f}"
+            cells.append(cell + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""))
         lines.append(f"| {ROWS[row][0]} | {result['parameters'] / 1e6:.2f} M | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
