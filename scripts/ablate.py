@@ -20,6 +20,7 @@ import json
 import statistics
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from transformers import AutoModel, AutoProcessor
 
 import metris_hf  # noqa: F401  (registers the Auto classes)
 from metris_hf.data import load_dataset_by_name, sentence_rows
-from metris_hf.evaluation import EvalCollator, evaluate_referring
+from metris_hf.evaluation import collate_for_evaluation, evaluate_referring
 
 ROWS = {  # name: (paper table, config overrides)
     "pure_le": ("Table 5: Pure LE", "guidance=pure_le"),
@@ -106,7 +107,7 @@ def train_row(args: argparse.Namespace, row: str, seed: int, run_dir: Path) -> N
 def pixel_histograms(model, processor, data, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Counts of foreground and background pixels per probability bin: enough for any threshold's P and R."""
     positives, negatives = np.zeros(PR_BINS, np.int64), np.zeros(PR_BINS, np.int64)
-    loader = DataLoader(data, batch_size=batch_size, collate_fn=EvalCollator(processor, keep_original=False))
+    loader = DataLoader(data, batch_size=batch_size, collate_fn=partial(collate_for_evaluation, processor=processor))
     for batch in loader:
         outputs = model(
             pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
@@ -176,13 +177,10 @@ def format_table(results: dict[str, dict]) -> str:
     for row, result in results.items():
         cells = []
         for key in (*METRIC_KEYS, "AUC-PR"):
-            values = [100 * v for v in result["per_seed"][key]] if key != "AUC-PR" else result["per_seed"][key]
-            cell = f"{statistics.mean(values):.2f}" if key != "AUC-PR" else f"{statistics.mean(values):.3f}"
-            if len(values) > 1:
-                cell += (
-                    f" ± {statistics.stdev(values):.2f}" if key != "AUC-PR" else f" ± {statistics.stdev(values):.3f}"
-                )
-            cells.append(cell)
+            scale, digits = (1, 3) if key == "AUC-PR" else (100, 2)  # AUC-PR as a fraction, the rest in percent
+            values = [scale * v for v in result["per_seed"][key]]
+            cell = f"{statistics.mean(values):.{digits}f}"
+            cells.append(cell + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""))
         lines.append(f"| {ROWS[row][0]} | {result['parameters'] / 1e6:.2f} M | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -13,6 +13,8 @@ each object keeps its colour), and the decoder's attention over the visual and t
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from itertools import groupby, islice
 from pathlib import Path
 
 import numpy as np
@@ -35,35 +37,25 @@ def iou(prediction: np.ndarray, target: np.ndarray) -> float:
     return float(np.logical_and(prediction, target).sum() / union) if union else float(not prediction.any())
 
 
+def scene_refs(image_size: int, seed: int) -> Iterator[list[tuple]]:
+    """The synthetic test scenes of `seed`, each as its (scene, row) refs (a scene's refs come one after the other)."""
+    for _, refs in groupby(iter_synthetic(10**9, image_size, seed, "test"), lambda pair: pair[0].image_id):
+        yield list(refs)
+
+
 def demo_scenes(num_scenes: int, expressions_per_scene: int, image_size: int, seed: int) -> list[tuple]:
     """The first `num_scenes` test scenes of `seed` with at least `expressions_per_scene` refs, with those refs."""
-    scenes: list[tuple] = []
-    for scene, row in iter_synthetic(10**9, image_size, seed, "test"):
-        if not scenes or scenes[-1][0].image_id != scene.image_id:
-            if scenes and len(scenes[-1][1]) < expressions_per_scene:
-                scenes.pop()
-            if len(scenes) == num_scenes:
-                break
-            scenes.append((scene, []))
-        if len(scenes[-1][1]) < expressions_per_scene:
-            scenes[-1][1].append(row)
-    return scenes
+    scenes = ((refs[0][0], [row for _, row in refs]) for refs in scene_refs(image_size, seed))
+    chosen = ((scene, rows[:expressions_per_scene]) for scene, rows in scenes if len(rows) >= expressions_per_scene)
+    return list(islice(chosen, num_scenes))
 
 
 def write_scene(path: str | Path, index: int = QUICK_START_SCENE, seed: int = DEMO_SEED) -> list[str]:
     """Writes test scene `index` of `seed` (128×128) to `path` as a PNG; returns the expressions generated for it."""
-    expressions: list[str] = []
-    first_id = None
-    for scene, row in iter_synthetic(10**9, 128, seed, "test"):
-        first_id = scene.image_id if first_id is None else first_id
-        if scene.image_id > first_id + index:
-            break
-        if scene.image_id == first_id + index:
-            if not expressions:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(scene.image).save(path)
-            expressions.extend(row["sentences"])
-    return expressions
+    refs = next(islice(scene_refs(128, seed), index, None))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(refs[0][0].image).save(path)
+    return [sentence for _, row in refs for sentence in row["sentences"]]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -51,8 +51,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.dataset != "synthetic" and (args.data_root is None or not Path(args.data_root).is_dir()):
         parser.error(f"--data_root must be an existing folder for --dataset {args.dataset}")
-    if not Path(args.model_name_or_path).exists() and args.model_name_or_path.count("/") > 1:
-        parser.error(f"--model_name_or_path {args.model_name_or_path} is neither a folder nor a Hub id")
     try:
         check_model_source(args.model_name_or_path, "--model_name_or_path")
         check_threshold(args.threshold)

@@ -18,6 +18,7 @@ import argparse
 import functools
 import os
 import tempfile
+from itertools import groupby, islice
 from pathlib import Path
 from typing import Any
 
@@ -47,19 +48,14 @@ def example_scenes(folder: str | os.PathLike, count: int = 4) -> list[list[str]]
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    scenes: dict[int, tuple[Any, list[str]]] = {}
-    for scene, row in iter_synthetic(10 * count, EXAMPLE_SIZE, EXAMPLE_SEED, "test"):
-        if scene.image_id not in scenes:
-            if len(scenes) == count:
-                break
-            scenes[scene.image_id] = (scene, [])
-        scenes[scene.image_id][1].append(row["sentences"][0])
+    scenes = groupby(iter_synthetic(10 * count, EXAMPLE_SIZE, EXAMPLE_SEED, "test"), lambda pair: pair[0].image_id)
     examples = []
-    for index, (scene, sentences) in enumerate(scenes.values()):
+    for index, (_, refs) in enumerate(islice(scenes, count)):  # a scene's refs come one after the other
+        refs = list(refs)
         path = folder / f"scene_{index}.png"
         if not path.is_file():
-            Image.fromarray(scene.image).save(path)
-        examples.append([str(path), "\n".join(sentences[:3])])
+            Image.fromarray(refs[0][0].image).save(path)
+        examples.append([str(path), "\n".join(row["sentences"][0] for _, row in refs[:3])])
     return examples
 
 
@@ -89,20 +85,13 @@ class Segmenter:
             return None
         from .visualization import explain, render_row, stack_rows
 
-        rows = [
-            render_row(image, text, mask, attention)
-            for text, (mask, attention) in zip(
-                expressions, explain(self.model, self.processor, image, expressions, threshold=threshold)
-            )
-        ]
-        return stack_rows(rows)
+        explained = explain(self.model, self.processor, image, expressions, threshold=threshold)
+        return stack_rows([render_row(image, text, *pair) for text, pair in zip(expressions, explained)])
 
 
 def display_image(path: str | os.PathLike) -> Image.Image:
-    """The picture the overlays are drawn on: RGB, oriented, and for a photo more than twice `DISPLAY_SIDE` on its
-    longer side, decoded at a reduced scale (a JPEG by its decoder) or reduced in uint8 by an integer factor that
-    keeps it above `DISPLAY_SIDE`: the full-size decode is dropped at once, and the overlays are drawn at display
-    size anyway."""
+    """The picture the overlays are drawn on: RGB, oriented, and no more than about twice `DISPLAY_SIDE` on its
+    longer side (a JPEG's decoder draft, else an integer `reduce`): the overlays are drawn at display size."""
     side = 2 * DISPLAY_SIDE
     image, _ = open_local_image(path, draft_to=(side, side))
     factor = max(image.size) // side
@@ -111,10 +100,7 @@ def display_image(path: str | os.PathLike) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-@functools.lru_cache(maxsize=2)
-def load_segmenter(name: str) -> Segmenter:
-    """Models are loaded once per name (switching back and forth between two costs nothing)."""
-    return Segmenter(name)
+load_segmenter = functools.lru_cache(maxsize=2)(Segmenter)  # switching back and forth between two models is free
 
 
 def segment(
@@ -156,22 +142,14 @@ def segment(
     overlays, files, lines = [], [], []
     for index, (expression, result) in enumerate(zip(expressions, results)):
         mask = np.asarray(result["mask"])  # 0/255 uint8: no boolean copy of a photo-sized mask
-        histogram = result["mask"].histogram()
-        area = 1 - histogram[0] / max(1, sum(histogram))
+        area = np.count_nonzero(mask) / mask.size
         overlays.append((outline_overlay(image, mask), f"{expression} — score {result['score']:.3f}"))
         path = folder / f"mask_{index}.png"
         result["mask"].save(path)
         files.append(str(path))
         lines.append(f"| {index + 1} | {expression} | {result['score']:.3f} | {100 * area:.1f} % |")
-    status = "\n".join(
-        [
-            f"Done: {len(expressions)} expression(s), model `{segmenter.name}` ({segmenter.backend})",
-            "",
-            "| # | expression | score | area |",
-            "|---|---|---|---|",
-            *lines,
-        ]
-    )
+    header = f"Done: {len(expressions)} expression(s), model `{segmenter.name}` ({segmenter.backend})"
+    status = "\n".join([header, "", "| # | expression | score | area |", "|---|---|---|---|", *lines])
     if show_attention and sheet is None:
         status += "\n\nAttention maps need the PyTorch model (an ONNX export returns the mask logits only)."
     return overlays, files, sheet, status

@@ -1,17 +1,14 @@
-"""The paper's evaluation protocol, shared by `scripts/train.py` (validation) and `scripts/run_evaluation.py`.
-
-Protocol (LAVT, METRIS, ReLA): every sentence of every object is one sample; the prediction is made at
-480×480 and compared with the ground truth resized to 480×480 with nearest neighbour (`resolution="model"`).
-`resolution="original"` compares at the image's own size instead (CGFormer/CRIS style), and says so.
-
-Distributed: the loader is prepared by the accelerator (each process predicts its share), the masks are gathered
-with `gather_for_metrics` (which drops the samples repeated to even out the last batch), and the main process
-scores them.
+"""The paper's evaluation protocol (LAVT, METRIS, ReLA), shared by `scripts/train.py` and `scripts/run_evaluation.py`:
+every sentence of every object is one sample, predicted at the model's input size (480×480) and compared with the
+ground truth resized to it with nearest neighbour (`resolution="model"`), or at the image's own size
+(`resolution="original"`, CGFormer/CRIS style). Distributed, each process predicts its share and
+`gather_for_metrics` (which drops the samples repeated to even out the last batch) brings them to the main process.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -24,23 +21,12 @@ from . import metrics as metris_metrics
 RESOLUTIONS = ("model", "original")
 
 
-class EvalCollator:
-    """Rows with `image`, `sentence`, `mask` → model inputs, plus the original masks for `resolution="original"`."""
-
-    def __init__(self, processor: Any, keep_original: bool):
-        self.processor = processor
-        self.keep_original = keep_original
-
-    def __call__(self, rows: list[dict]) -> dict:
-        images = [row["image"].convert("RGB") for row in rows]
-        masks = [np.asarray(row["mask"], dtype=np.uint8) for row in rows]
-        batch = self.processor(
-            images=images, text=[row["sentence"] for row in rows], segmentation_maps=masks, return_tensors="pt"
-        )
-        batch = dict(batch)
-        if self.keep_original:
-            batch["original_masks"] = masks
-        return batch
+def collate_for_evaluation(rows: list[dict], processor: Any, keep_original: bool = False) -> dict:
+    """Rows with `image`, `sentence`, `mask` → model inputs and `labels`, plus `original_masks` if asked."""
+    masks = [np.asarray(row["mask"], dtype=np.uint8) for row in rows]
+    images, texts = [row["image"].convert("RGB") for row in rows], [row["sentence"] for row in rows]
+    batch = dict(processor(images=images, text=texts, segmentation_maps=masks, return_tensors="pt"))
+    return {**batch, "original_masks": masks} if keep_original else batch
 
 
 @torch.no_grad()
@@ -72,7 +58,7 @@ def evaluate_referring(
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=EvalCollator(processor, keep_original=resolution == "original"),
+        collate_fn=partial(collate_for_evaluation, processor=processor, keep_original=resolution == "original"),
     )
     if accelerator is not None:
         loader = accelerator.prepare_data_loader(loader)
@@ -81,11 +67,8 @@ def evaluate_referring(
     dtype = next(model.parameters()).dtype
     for batch in tqdm(loader, desc="evaluating", disable=not progress or not is_main):
         with accelerator.autocast() if accelerator is not None else nullcontext():
-            outputs = model(
-                pixel_values=batch["pixel_values"].to(device, dtype),
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-            )
+            text = {key: batch[key].to(device) for key in ("input_ids", "attention_mask")}
+            outputs = model(pixel_values=batch["pixel_values"].to(device, dtype), **text)
         if resolution == "model":
             references = [label.bool().cpu().numpy() for label in batch["labels"]]
         else:
@@ -98,8 +81,4 @@ def evaluate_referring(
         if is_main:
             metric.add_batch(predictions=[p for p, _ in pairs], references=[r for _, r in pairs])
     model.train(was_training)
-    if not is_main:
-        return None
-    result = {key: float(value) for key, value in metric.compute().items()}
-    result["resolution"] = resolution
-    return result
+    return {**metric.compute(), "resolution": resolution} if is_main else None

@@ -26,7 +26,7 @@ _CHECKPOINT_KEYS = ("architectures", "dtype", "torch_dtype", "transformers_versi
 
 def tiny_swin_config(**overrides: Any) -> SwinConfig:
     """A four-stage Swin of ~0.1 M parameters (strides 4-32), all stages out."""
-    kwargs = dict(
+    defaults = dict(
         image_size=64,
         patch_size=4,
         window_size=2,
@@ -35,13 +35,12 @@ def tiny_swin_config(**overrides: Any) -> SwinConfig:
         num_heads=[1, 1, 2, 2],
         out_features=["stage1", "stage2", "stage3", "stage4"],
     )
-    kwargs.update(overrides)
-    return SwinConfig(**kwargs)
+    return SwinConfig(**defaults | overrides)
 
 
 def tiny_bert_config(**overrides: Any) -> BertConfig:
     """A one-layer BERT with a 256-token vocabulary (room for the test and synthetic vocabularies)."""
-    kwargs = dict(
+    defaults = dict(
         vocab_size=256,
         hidden_size=32,
         num_hidden_layers=1,
@@ -49,13 +48,12 @@ def tiny_bert_config(**overrides: Any) -> BertConfig:
         intermediate_size=64,
         max_position_embeddings=64,
     )
-    kwargs.update(overrides)
-    return BertConfig(**kwargs)
+    return BertConfig(**defaults | overrides)
 
 
 def tiny_metris_config(**overrides: Any) -> MetrisConfig:
     """A METRIS of a few hundred thousand parameters; any `MetrisConfig` field can be overridden."""
-    kwargs: dict[str, Any] = dict(
+    defaults: dict[str, Any] = dict(
         backbone_config=tiny_swin_config(),
         text_config=tiny_bert_config(),
         hidden_size=32,
@@ -67,8 +65,7 @@ def tiny_metris_config(**overrides: Any) -> MetrisConfig:
         mlp_ratio=2.0,
         article_token_ids=[6, 7, 5],  # "a", "an", "the"
     )
-    kwargs.update(overrides)
-    return MetrisConfig(**kwargs)
+    return MetrisConfig(**defaults | overrides)
 
 
 def _architecture(config_dict: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +83,7 @@ def small_metris_config(**overrides: Any) -> MetrisConfig:
     FileNotFoundError if this install lacks the package data.
     """
     saved = json.loads((embedded_checkpoint() / "config.json").read_text(encoding="utf-8"))
-    return MetrisConfig(**{**_architecture(saved), **overrides})
+    return MetrisConfig(**_architecture(saved) | overrides)
 
 
 PRESETS: dict[str, Callable[..., MetrisConfig]] = {"tiny": tiny_metris_config, "small": small_metris_config}

@@ -1,10 +1,6 @@
-"""Pictures of what METRIS sees (paper Fig. 7b / 15) with PIL only, so `make demo` needs no plotting library.
-
-One row per (image, expression): the ground truth where it is known (else the image), the prediction, and the
-last decoder stage's attention over the visual-expression and over the linguistic-expression tokens, each map
-with its colour bar. Masks are outlined and the rest dimmed, never tinted: a tint would change the very colour
-an expression like "the red star" names. Each figure records where its panels are (`figure_panels`), so tests
-and readers can find them in the saved PNG.
+"""Pictures of what METRIS sees (paper Fig. 7b / 15) with PIL only, so `make demo` needs no plotting library:
+one row per (image, expression) of outlined masks and attention maps with colour bars (`render_row`). Each
+figure records where its panels are (`figure_panels`), so tests and readers can find them in the saved PNG.
 """
 
 from __future__ import annotations
@@ -57,13 +53,9 @@ def outline_overlay(
     colour: tuple[int, int, int] = OUTLINE_COLOUR,
     max_side: int = DISPLAY_SIDE,
 ) -> Image.Image:
-    """The image with everything outside the mask dimmed and an outline drawn around it: the object itself keeps
-    its own colour (a tinted fill would hide the very colour an expression like "the red star" refers to).
-
-    Drawn at display size (at most `max_side` pixels on the longer side) and in uint8 with PIL, so a 100-MP photo
-    costs what a 1.6-MP one does: time and memory are bounded by the picture shown, not by the photo. The mask
-    PNG a user downloads stays at the image's own size; only this picture is reduced.
-    """
+    """The image, dimmed outside the mask, with an outline around it (the object keeps its own colour). Drawn in
+    uint8 at display size (at most `max_side` pixels on the longer side): a 100-MP photo costs what a 1.6-MP one
+    does."""
     mask = np.asarray(mask)
     if max(image.size) > max_side:
         scale = max_side / max(image.size)
@@ -84,9 +76,8 @@ def outline_overlay(
     return shown
 
 
-def colour_bar(height: int, low: float, high: float) -> tuple[Image.Image, int]:
-    """A vertical bar for `heatmap`'s colours (high at the top) with its two end values written beside it;
-    returns the picture and the bar's own width within it."""
+def colour_bar(height: int, low: float, high: float) -> Image.Image:
+    """A vertical bar (`BAR_WIDTH` wide) of `heatmap`'s colours, high at the top, its two end values beside it."""
     font = _font(11)
     strip = colour_map(np.linspace(1, 0, height)[:, None].repeat(BAR_WIDTH, 1))
     labels = [f"{high:.2f}", f"{low:.2f}"]
@@ -97,7 +88,7 @@ def colour_bar(height: int, low: float, high: float) -> tuple[Image.Image, int]:
     draw.rectangle((0, 0, BAR_WIDTH - 1, height - 1), outline=(90, 90, 90))
     draw.text((BAR_WIDTH + 3, 0), labels[0], fill="black", font=font)
     draw.text((BAR_WIDTH + 3, height - 1), labels[1], fill="black", font=font, anchor="ls")
-    return bar, BAR_WIDTH
+    return bar
 
 
 def guidance_attention_maps(outputs, index: int = 0) -> dict[str, np.ndarray]:
@@ -132,48 +123,38 @@ def render_row(
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     shown = image.convert("RGB").resize(size, Image.BILINEAR)
 
-    def at_panel_size(m: np.ndarray) -> np.ndarray:
-        return np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
+    def outlined(m: np.ndarray) -> Image.Image:
+        small = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
+        return outline_overlay(shown, small, colour=FIGURE_OUTLINE)
 
-    pictures: list[tuple[str, str, Image.Image, int]] = []  # kind, title, picture, width of the part described
-    if target is None:
-        pictures.append(("image", "image", shown, size[0]))
-    else:
-        pictures.append(
-            (
-                "ground truth",
-                "ground truth",
-                outline_overlay(shown, at_panel_size(target), colour=FIGURE_OUTLINE),
-                size[0],
-            )
-        )
     notes = ([] if mask.any() else ["empty"]) + ([] if iou is None else [f"IoU {iou:.2f}"])
-    title = "prediction" + (f" ({', '.join(notes)})" if notes else "")
-    pictures.append(("prediction", title, outline_overlay(shown, at_panel_size(mask), colour=FIGURE_OUTLINE), size[0]))
+    pictures = [  # kind, title, picture
+        ("image", "image", shown) if target is None else ("ground truth", "ground truth", outlined(target)),
+        ("prediction", "prediction" + (f" ({', '.join(notes)})" if notes else ""), outlined(mask)),
+    ]
     for name, label in ATTENTION_PANELS:
         if name in attention:
             values = attention[name]
-            pictures.append(("attention", label, Image.blend(shown, heatmap(values, size), 0.6), size[0]))
-            bar, bar_width = colour_bar(size[1], float(values.min()), float(values.max()))
-            pictures.append(("colourbar", f"{label}: share of attention", bar, bar_width))
+            pictures.append(("attention", label, Image.blend(shown, heatmap(values, size), 0.6)))
+            bar = colour_bar(size[1], float(values.min()), float(values.max()))
+            pictures.append(("colourbar", f"{label}: share of attention", bar))
 
-    title_font, label_font = _font(15), _font(12)
     title_height, label_height = 24, 18
-    width = sum(p.width for _, _, p, _ in pictures) + sum(
-        BAR_GAP if kind == "colourbar" else GAP for kind, _, _, _ in pictures[1:]
-    )
-    row = Image.new("RGB", (width, title_height + label_height + size[1] + 6), "white")
+    lefts, x = [], 0
+    for i, (kind, _, picture) in enumerate(pictures):
+        x += (BAR_GAP if kind == "colourbar" else GAP) if i else 0
+        lefts.append(x)
+        x += picture.width
+    row = Image.new("RGB", (x, title_height + label_height + size[1] + 6), "white")
     draw = ImageDraw.Draw(row)
-    draw.text((3, 4), f'"{expression}"', fill="black", font=title_font)
-    panels, x, top = [], 0, title_height + label_height
-    for i, (kind, text, picture, described) in enumerate(pictures):
-        if i:
-            x += BAR_GAP if kind == "colourbar" else GAP
+    draw.text((3, 4), f'"{expression}"', fill="black", font=_font(15))
+    label_font, top, panels = _font(12), title_height + label_height, []
+    for x, (kind, text, picture) in zip(lefts, pictures):
         if kind != "colourbar":
             draw.text((x + 1, title_height + 1), text, fill="black", font=label_font)
         row.paste(picture, (x, top))
-        panels.append({"kind": kind, "title": text, "box": [x, top, x + described, top + picture.height]})
-        x += picture.width
+        width = BAR_WIDTH if kind == "colourbar" else picture.width  # a bar's box leaves its labels out
+        panels.append({"kind": kind, "title": text, "box": [x, top, x + width, top + picture.height]})
     row.info["panels"] = panels
     return row
 
@@ -218,13 +199,7 @@ def explain(model, processor, image: Image.Image, expressions: list[str], thresh
             'attn_implementation="eager") or call model.set_attn_implementation("eager")'
         )
     inputs = processor(images=[image] * len(expressions), text=expressions, return_tensors="pt")
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    outputs = model(
-        pixel_values=inputs["pixel_values"].to(device, dtype),
-        input_ids=inputs["input_ids"].to(device),
-        attention_mask=inputs["attention_mask"].to(device),
-        output_attentions=True,
-    )
+    outputs = model(**inputs.to(model.device, model.dtype), output_attentions=True)  # dtype: pixel values only
     masks = processor.post_process_referring_segmentation(
         outputs, target_sizes=[(image.height, image.width)] * len(expressions), threshold=threshold
     )

@@ -59,15 +59,7 @@ _CITATION = """\
 }
 """
 
-_DESCRIPTION = """\
-Referring image segmentation figures from per-sample (predicted mask, reference mask) pairs of binary H x W masks.
-Configuration "refcoco" (default): overall IoU (oIoU = sum of intersections / sum of unions), mean IoU (mIoU) and
-precision at IoU thresholds (P@t = share of samples with IoU >= t), following LAVT's evaluation code (also used by
-METRIS); a sample whose union is empty has IoU 0. Configuration "grefcoco": cumulative IoU (cIoU), generalized IoU
-(gIoU), no-target accuracy (N-acc) and target accuracy (T-acc), following ReLA/GRES's evaluator; an empty
-reference marks a no-target sample and an empty prediction means "no target". Masks are reduced to per-sample
-counts when added, so the memory held does not grow with the mask size.
-"""
+_DESCRIPTION = __doc__
 
 _KWARGS_DESCRIPTION = """
 Args:
@@ -82,15 +74,9 @@ Args:
         or per call to `add`, `add_batch` and `compute`. Default None: predictions must be binary.
     iou_thresholds (`sequence` of `float`, *optional*, "refcoco", `compute` only): the t of P@t, default
         (0.5, 0.7, 0.9).
-Returns ("refcoco"):
-    oIoU (`float`): sum of intersections / sum of unions, in [0, 1].
-    mIoU (`float`): mean per-sample IoU (0 for an empty union), in [0, 1].
-    P@t (`float`): share of samples with IoU >= t, one key per threshold ("P@0.5", "P@0.7", "P@0.9").
-Returns ("grefcoco"):
-    cIoU (`float`): sum of intersections / sum of unions (NaN if every union is empty).
-    gIoU (`float`): mean per-sample score: IoU on target samples, 1 or 0 on no-target samples.
-    N-acc (`float`): share of no-target samples predicted empty (NaN without no-target samples).
-    T-acc (`float`): share of target samples predicted non-empty (NaN without target samples).
+Returns:
+    `dict` of `float` in [0, 1] (see the description): "refcoco" gives oIoU, mIoU and P@t per threshold ("P@0.5",
+    "P@0.7", "P@0.9"); "grefcoco" gives cIoU, gIoU, N-acc and T-acc (NaN where undefined).
 Examples:
     >>> import numpy as np, evaluate
     >>> metric = evaluate.load("src/metris_hf/metrics/referring_iou/referring_iou.py")
@@ -133,43 +119,21 @@ def _as_mask_list(masks: Any, name: str) -> list:
     if masks is None:
         raise ValueError(f"{name} is missing: pass both predictions and references")
     if isinstance(masks, np.ndarray) or _is_tensor(masks):
-        if masks.ndim == 2:
-            raise ValueError(
-                f"{name} is a single 2-D mask of shape {tuple(masks.shape)}: pass a list of H x W masks "
-                "(or use add(prediction=..., reference=...) for one sample)"
-            )
         if masks.ndim != 3:
+            single = " (a single 2-D mask: use add(prediction=..., reference=...) for one sample)" * (masks.ndim == 2)
             raise ValueError(
-                f"{name} must be a list of H x W masks or an N x H x W array, got shape {tuple(masks.shape)}"
+                f"{name} must be a list of H x W masks or an N x H x W array, got shape {tuple(masks.shape)}{single}"
             )
-        return list(masks)
-    if isinstance(masks, (str, bytes)) or not isinstance(masks, Sequence):
+    elif isinstance(masks, (str, bytes)) or not isinstance(masks, Sequence):
         raise ValueError(f"{name} must be a list of H x W masks or an N x H x W array, got {type(masks).__name__}")
     return list(masks)
 
 
-def _binarize(mask: Any, kind: str, index: int, threshold: float | None):
-    """A boolean H x W mask (numpy, or torch on the mask's device); raises on anything that is not one."""
-    if _is_tensor(mask):
-        if mask.ndim != 2:
-            raise ValueError(f"{kind} of sample {index} must be a 2-D (H x W) mask, got shape {tuple(mask.shape)}")
-        if str(mask.dtype) == "torch.bool":
-            return mask
-        if mask.is_complex():
-            raise ValueError(f"{kind} of sample {index} has complex dtype {mask.dtype}")
-        if threshold is not None:
-            if mask.is_floating_point() and not bool(mask.isfinite().all()):
-                raise ValueError(f"{kind} of sample {index} holds NaN or inf: probabilities must be finite")
-            return mask > threshold
-        bad = (mask != 0) & (mask != 1)
-        if bool(bad.any()):
-            example = mask[bad].flatten()[0].item()
-            raise ValueError(
-                f"{kind} of sample {index} is not binary (found value {example!r}); "
-                "masks must hold only 0/1/True/False"
-                + (", or pass threshold=... for probability maps" if kind == "prediction" else "")
-            )
-        return mask != 0
+def _binarize(mask: Any, kind: str, index: int, threshold: float | None) -> np.ndarray:
+    """A boolean H x W numpy mask; raises on anything that is not one."""
+    if _is_tensor(mask):  # any device; numpy has no bfloat16 (converted to float32 exactly)
+        mask = mask.detach().cpu()
+        mask = (mask.float() if str(mask.dtype) == "torch.bfloat16" else mask).numpy()
     array = np.asarray(mask)
     if array.ndim != 2:
         raise ValueError(f"{kind} of sample {index} must be a 2-D (H x W) mask, got shape {array.shape}")
@@ -183,10 +147,9 @@ def _binarize(mask: Any, kind: str, index: int, threshold: float | None):
         return array > threshold
     bad = (array != 0) & (array != 1)
     if bad.any():
-        example = array[bad].flat[0].item()
         raise ValueError(
-            f"{kind} of sample {index} is not binary (found value {example!r}); masks must hold only 0/1/True/False"
-            + (", or pass threshold=... for probability maps" if kind == "prediction" else "")
+            f"{kind} of sample {index} is not binary (found value {array[bad].flat[0].item()!r}); masks must hold "
+            "only 0/1/True/False" + (", or pass threshold=... for probability maps" if kind == "prediction" else "")
         )
     return array != 0
 
@@ -195,18 +158,9 @@ def _pair_counts(prediction: Any, reference: Any, index: int, threshold: float |
     """(intersection, union, prediction area, reference area) of one sample: all the metric ever keeps."""
     pred = _binarize(prediction, "prediction", index, threshold)
     ref = _binarize(reference, "reference", index, None)  # ground truth is never thresholded
-    if tuple(pred.shape) != tuple(ref.shape):
-        raise ValueError(
-            f"sample {index}: prediction shape {tuple(pred.shape)} differs from reference shape {tuple(ref.shape)}"
-        )
-    if _is_tensor(pred) and _is_tensor(ref):
-        ref = ref.to(pred.device)
-        inter, pred_area, ref_area = int((pred & ref).sum()), int(pred.sum()), int(ref.sum())
-    else:
-        pred = pred.detach().cpu().numpy() if _is_tensor(pred) else pred
-        ref = ref.detach().cpu().numpy() if _is_tensor(ref) else ref
-        inter = int(np.count_nonzero(pred & ref))
-        pred_area, ref_area = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
+    if pred.shape != ref.shape:
+        raise ValueError(f"sample {index}: prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    inter, pred_area, ref_area = (int(np.count_nonzero(m)) for m in (pred & ref, pred, ref))
     return inter, pred_area + ref_area - inter, pred_area, ref_area
 
 
@@ -262,8 +216,7 @@ class ReferringIou(evaluate.Metric):
             raise ValueError(f"unexpected inputs {sorted(kwargs)}: add takes prediction, reference, threshold")
         if prediction is None or reference is None:
             raise ValueError("add needs both prediction and reference")
-        row = _pair_counts(prediction, reference, 0, self._threshold(threshold))
-        super().add(**dict(zip(_COUNT_COLUMNS, row)))
+        self.add_batch(predictions=[prediction], references=[reference], threshold=threshold)
 
     def compute(
         self,
@@ -328,8 +281,5 @@ class ReferringIou(evaluate.Metric):
         thresholds = [float(t) for t in iou_thresholds]
         if not thresholds or any(not 0.0 <= t <= 1.0 for t in thresholds):
             raise ValueError(f"iou_thresholds must be a non-empty list of numbers in [0, 1], got {iou_thresholds!r}")
-        total_union = int(uni.sum())
-        result = {"oIoU": int(inter.sum()) / total_union if total_union > 0 else 0.0, "mIoU": float(iou.mean())}
-        for t in thresholds:
-            result[f"P@{t:g}"] = float(np.mean(iou >= t))
-        return result
+        oiou = int(inter.sum()) / int(uni.sum()) if uni.sum() > 0 else 0.0  # LAVT's guard, as for one sample
+        return {"oIoU": oiou, "mIoU": float(iou.mean()), **{f"P@{t:g}": float(np.mean(iou >= t)) for t in thresholds}}
