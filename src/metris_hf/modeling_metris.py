@@ -13,17 +13,20 @@ Shapes: B batch, L expression tokens, N = H4·W4 pixels of the stride-32 map, D 
 Boolean masks use True = "may be attended / is a real token"; attention takes them as additive biases.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import stochastic_depth  # drop path: a residual branch dropped per sample, rescaled
 from transformers import AutoBackbone, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import load_backbone
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.siglip.modeling_siglip import eager_attention_forward  # softmax(q·kᵀ·scale + bias)·v
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, auto_docstring, can_return_tuple
 
@@ -130,25 +133,6 @@ def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(q·kᵀ·scaling + mask)·v on (B, heads, L, d) inputs; returns (B, Lq, heads, d) and the weights."""
-    weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
-    if attention_mask is not None:
-        weights = weights + attention_mask
-    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = F.dropout(weights, p=dropout, training=module.training)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
-
-
 def run_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -231,8 +215,6 @@ class MetrisMixFFN(MetrisMLP):
         self.dwconv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
 
     def forward(self, hidden_states: torch.Tensor, spatial_shape: tuple[int, int] | None = None) -> torch.Tensor:
-        if spatial_shape is None:
-            raise ValueError("a Mix-FFN block needs the (height, width) of its pixel grid")
         batch, num_pixels, _ = hidden_states.shape
         hidden = self.fc1(hidden_states)
         grid = hidden.view(batch, *spatial_shape, -1).permute(0, 3, 1, 2)
@@ -240,17 +222,9 @@ class MetrisMixFFN(MetrisMLP):
         return self.dropout(self.fc2(self.dropout(self.act(hidden))))
 
 
-def drop_path(hidden_states: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: drops a residual branch per sample (rescaled), as the authors' blocks do in training."""
-    if rate == 0.0 or not training:
-        return hidden_states
-    keep = 1.0 - rate
-    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
-    return hidden_states * hidden_states.new_empty(shape).bernoulli_(keep).div_(keep)
-
-
 class MetrisAttentionBlock(GradientCheckpointingLayer):
-    """`x ← x + MHA(LN(x), LN'(context), mask); x ← x + MLP(LN''(x))`, with drop path on both branches.
+    """`x ← x + MHA(LN(x), LN'(context), mask); x ← x + MLP(LN''(x))`, with drop path on both branches in training
+    (as the authors' blocks).
 
     The one block behind the stage-4 refinement, the language enhancer, Eq. 6 (masked cross-attention), Eq. 7
     (self-attention: `context` is `x` itself, normalised by its own norm as in the authors' code) and the decoder.
@@ -275,9 +249,9 @@ class MetrisAttentionBlock(GradientCheckpointingLayer):
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         attended, weights = self.attention(self.norm_q(hidden_states), self.norm_kv(context), attention_mask, **kwargs)
-        hidden_states = hidden_states + drop_path(attended, self.drop_path_rate, self.training)
+        hidden_states = hidden_states + stochastic_depth(attended, self.drop_path_rate, "row", self.training)
         mlp_out = self.mlp(self.norm_mlp(hidden_states), spatial_shape)
-        hidden_states = hidden_states + drop_path(mlp_out, self.drop_path_rate, self.training)
+        hidden_states = hidden_states + stochastic_depth(mlp_out, self.drop_path_rate, "row", self.training)
         return hidden_states, weights
 
 
@@ -565,31 +539,32 @@ class MetrisDecoder(nn.Module):
         )
         self.fuse = nn.ModuleList([MetrisFuseConv(dim + channels, dim) for channels in skip_channels])
 
-    def attend(self, index: int, feature, guidance, guidance_bias, **kwargs: Unpack[TransformersKwargs]):
-        batch, channels, height, width = feature.shape
-        # Channels-last memory makes both reshapes views: (B, D, H, W) ⇄ (B, HW, D) without copies.
-        pixels = feature.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(batch, -1, channels)
-        pixels, weights = self.blocks[index](pixels, guidance, guidance_bias, (height, width), **kwargs)
-        return pixels.view(batch, height, width, channels).permute(0, 3, 1, 2), weights
-
     def forward(
         self,
-        top: torch.Tensor,
+        feature: torch.Tensor,
         skips: list[torch.Tensor],
         guidance: torch.Tensor,
         guidance_bias: torch.Tensor,
         **kwargs: Unpack[TransformersKwargs],
-    ):
-        """top (B, D, H4, W4); skips from deep to shallow (F3, F2, F1) → the stride-4 map, stage maps, attentions."""
-        feature, weights = self.attend(0, top, guidance, guidance_bias, **kwargs)
-        states, attentions = [feature], [weights]
-        for index, (skip, fuse) in enumerate(zip(skips, self.fuse), start=1):
-            feature = F.interpolate(feature, size=skip.shape[-2:], mode="bilinear", align_corners=True)
-            feature = fuse(torch.cat([feature, skip], dim=1))
-            feature, weights = self.attend(index, feature, guidance, guidance_bias, **kwargs)
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """feature F4 (B, D, H4, W4); skips from deep to shallow (F3, F2, F1) → each stage's map, and its attention
+        weights where the attention computes them (eager)."""
+        states, attentions = [], []
+        for index, block in enumerate(self.blocks):
+            if index > 0:
+                skip = skips[index - 1]
+                feature = F.interpolate(feature, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+                feature = self.fuse[index - 1](torch.cat([feature, skip], dim=1))
+            batch, channels, height, width = feature.shape
+            # Channels-last memory makes both reshapes views: (B, D, H, W) ⇄ (B, HW, D) without copies.
+            pixels = (
+                feature.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(batch, -1, channels)
+            )
+            pixels, weights = block(pixels, guidance, guidance_bias, (height, width), **kwargs)
+            feature = pixels.view(batch, height, width, channels).permute(0, 3, 1, 2)
             states.append(feature)
-            attentions.append(weights)
-        return feature, states, attentions
+            attentions += [weights] if weights is not None else []
+        return states, attentions
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -616,40 +591,29 @@ class MetrisPreTrainedModel(PreTrainedModel):
         super().__init__(config, *inputs, **kwargs)
 
     def enable_input_require_grads(self) -> None:
-        """As `PreTrainedModel`'s, for every sub-model's input embeddings (each once), but the Swin's patch
-        embeddings return a tuple: the hook marks its first element."""
+        """As `PreTrainedModel`'s (the text and the vision embeddings), but the Swin's patch embeddings return a
+        tuple: the hook marks its first element."""
 
         def make_outputs_require_grads(module, inputs, output):
             (output[0] if isinstance(output, tuple) else output).requires_grad_(True)
 
-        embeddings = {}
-        for module in self.modules():
-            if isinstance(module, PreTrainedModel):
-                try:
-                    found = module.get_input_embeddings()
-                except NotImplementedError:
-                    continue
-                if found is not None:
-                    embeddings[id(found)] = found
+        embeddings = [self.base_model.get_input_embeddings()]
+        with contextlib.suppress(NotImplementedError):  # a timm backbone names none
+            embeddings.append(self.base_model.vision_encoder.backbone.get_input_embeddings())
         self._require_grads_hooks = [
-            module.register_forward_hook(make_outputs_require_grads) for module in embeddings.values()
+            e.register_forward_hook(make_outputs_require_grads) for e in embeddings if e is not None
         ]
-        if self._require_grads_hooks:
-            self._require_grads_hook = self._require_grads_hooks[0]
+        self._require_grads_hook = self._require_grads_hooks[0]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
         if self.config.weight_init == "authors" and getattr(module, "_pytorch_default_init", False):
             pytorch_default_init(module)
-        elif isinstance(module, nn.Linear):
-            init.trunc_normal_(module.weight, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Conv2d):
-            if module.groups > 1:  # Mix-FFN's depthwise conv: He init over its 3×3 fan-out, as the authors'
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            if isinstance(module, nn.Conv2d) and module.groups > 1:  # Mix-FFN's depthwise conv: He init over its
                 init.normal_(module.weight, std=math.sqrt(2.0 / (module.kernel_size[0] * module.kernel_size[1])))
-            else:
+            else:  # 3×3 fan-out, as the authors'
                 init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -756,15 +720,6 @@ class MetrisModel(MetrisPreTrainedModel):
         r"""
         pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`):
             Normalised images, H and W multiples of 32 (480×480 in the paper).
-        input_ids (`torch.LongTensor` of shape `(B, L)`):
-            The tokenised expressions.
-        attention_mask (`torch.LongTensor` of shape `(B, L)`, *optional*):
-            1 for real tokens, 0 for padding; padding is masked everywhere.
-        output_attentions (`bool`, *optional*):
-            Return the decoder's attention over the guidance set (`decoder_attentions`); needs
-            `attn_implementation="eager"`, as fused kernels compute no weights.
-        output_hidden_states (`bool`, *optional*):
-            Return the encoder's maps F1..F4 (`encoder_hidden_states`) and the decoder's (`decoder_hidden_states`).
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -795,12 +750,12 @@ class MetrisModel(MetrisPreTrainedModel):
         guidance, guidance_mask = self.guidance_set(text_states, linguistic, visual, pixels, word_mask, cues)
         guidance_bias = attention_bias(guidance_mask[:, None, None, :], guidance.dtype)
         top = pixels.view(batch, h4, w4, -1).permute(0, 3, 1, 2)
-        feature, decoder_states, decoder_attentions = self.decoder(
+        decoder_states, decoder_attentions = self.decoder(
             top, skips[::-1], guidance, guidance_bias, output_attentions=output_attentions, **kwargs
         )
         # Masks leave as 0/1 integers (the `attention_mask` convention): outputs a user can subtract and compare.
         return MetrisModelOutput(
-            last_hidden_state=feature,
+            last_hidden_state=decoder_states[-1],
             relevance_scores=scores,
             curation_mask=curated.long() if curated is not None else None,
             temperature=temperature,
@@ -810,7 +765,7 @@ class MetrisModel(MetrisPreTrainedModel):
             guidance_mask=guidance_mask.long(),
             encoder_hidden_states=(*skips, f4) if output_hidden_states else None,
             decoder_hidden_states=tuple(decoder_states) if output_hidden_states else None,
-            decoder_attentions=tuple(w for w in decoder_attentions if w is not None) if output_attentions else None,
+            decoder_attentions=tuple(decoder_attentions) if output_attentions else None,
         )
 
 
@@ -883,12 +838,6 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
         self.criterion = MetrisLoss(config)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.metris.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.metris.set_input_embeddings(value)
-
     @can_return_tuple
     @auto_docstring
     def forward(
@@ -897,34 +846,15 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MetrisReferringSegmentationOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`):
             Normalised images, H and W multiples of 32 (480×480 in the paper).
-        input_ids (`torch.LongTensor` of shape `(B, L)`):
-            The tokenised expressions.
-        attention_mask (`torch.LongTensor` of shape `(B, L)`, *optional*):
-            1 for real tokens, 0 for padding; padding is masked everywhere.
         labels (`torch.LongTensor` of shape `(B, H, W)`, *optional*):
             Binary target masks at the `pixel_values` size; an all-zero mask is a no-target sample (gRefCOCO).
-        output_attentions (`bool`, *optional*):
-            Return the decoder's attention over the guidance set (`decoder_attentions`); needs
-            `attn_implementation="eager"`, as fused kernels compute no weights.
-        output_hidden_states (`bool`, *optional*):
-            Return the encoder's maps F1..F4 (`encoder_hidden_states`) and the decoder's (`decoder_hidden_states`).
         """
-        outputs: MetrisModelOutput = self.metris(
-            pixel_values,
-            input_ids,
-            attention_mask,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            **kwargs,
-        )
+        outputs: MetrisModelOutput = self.metris(pixel_values, input_ids, attention_mask, return_dict=True, **kwargs)
         class_logits = self.classifier(outputs.last_hidden_state)
         # weighted_ce keeps two classes; their difference is the same single logit as bce's.
         logits = class_logits[:, 1:] - class_logits[:, :1] if class_logits.shape[1] == 2 else class_logits
