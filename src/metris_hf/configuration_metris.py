@@ -5,7 +5,7 @@
 import difflib
 import json
 import math
-from typing import Literal, get_args
+from typing import Literal
 
 from huggingface_hub.dataclasses import as_validated_field, strict
 from transformers import AutoConfig
@@ -20,9 +20,6 @@ LinguisticCues = Literal["all", "global", "local"]
 MaskLoss = Literal["bce", "weighted_ce"]
 TemperatureParametrization = Literal["tau", "log_tau"]
 WeightInit = Literal["authors", "trunc_normal"]
-GUIDANCE_MODES, LINGUISTIC_CUES, MASK_LOSSES, TEMPERATURE_PARAMETRIZATIONS, WEIGHT_INITS = (
-    get_args(choice) for choice in (Guidance, LinguisticCues, MaskLoss, TemperatureParametrization, WeightInit)
-)
 
 # Upper bounds far above any METRIS (the paper's is 768 wide with 2 enhancer rounds and 4 + 4 VEE blocks), so that a
 # typo such as `hidden_size=10**6` is refused in one line instead of allocating terabytes.
@@ -285,12 +282,4 @@ def parse_config_overrides(text: str | None) -> dict:
     return overrides
 
 
-__all__ = [
-    "MetrisConfig",
-    "parse_config_overrides",
-    "GUIDANCE_MODES",
-    "LINGUISTIC_CUES",
-    "MASK_LOSSES",
-    "TEMPERATURE_PARAMETRIZATIONS",
-    "WEIGHT_INITS",
-]
+__all__ = ["MetrisConfig", "parse_config_overrides"]

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import stochastic_depth  # drop path: a residual branch dropped per sample, rescaled
 from transformers import AutoBackbone, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import load_backbone
@@ -222,9 +221,18 @@ class MetrisMixFFN(MetrisMLP):
         return self.dropout(self.fc2(self.dropout(self.act(hidden))))
 
 
+def drop_path(hidden_states: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drops a residual branch per sample (rescaled), as the authors' blocks do in training. Kept
+    here, not imported: torchvision's would make remote code need torchvision; transformers' draws other numbers."""
+    if rate == 0.0 or not training:
+        return hidden_states
+    keep = 1.0 - rate
+    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+    return hidden_states * hidden_states.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
 class MetrisAttentionBlock(GradientCheckpointingLayer):
-    """`x ← x + MHA(LN(x), LN'(context), mask); x ← x + MLP(LN''(x))`, with drop path on both branches in training
-    (as the authors' blocks).
+    """`x ← x + MHA(LN(x), LN'(context), mask); x ← x + MLP(LN''(x))`, with drop path on both branches.
 
     The one block behind the stage-4 refinement, the language enhancer, Eq. 6 (masked cross-attention), Eq. 7
     (self-attention: `context` is `x` itself, normalised by its own norm as in the authors' code) and the decoder.
@@ -249,9 +257,9 @@ class MetrisAttentionBlock(GradientCheckpointingLayer):
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         attended, weights = self.attention(self.norm_q(hidden_states), self.norm_kv(context), attention_mask, **kwargs)
-        hidden_states = hidden_states + stochastic_depth(attended, self.drop_path_rate, "row", self.training)
+        hidden_states = hidden_states + drop_path(attended, self.drop_path_rate, self.training)
         mlp_out = self.mlp(self.norm_mlp(hidden_states), spatial_shape)
-        hidden_states = hidden_states + stochastic_depth(mlp_out, self.drop_path_rate, "row", self.training)
+        hidden_states = hidden_states + drop_path(mlp_out, self.drop_path_rate, self.training)
         return hidden_states, weights
 
 
@@ -872,12 +880,7 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
             loss_terms = self.criterion(
                 class_logits, labels, outputs.relevance_scores, outputs.temperature, no_target_logits
             )
-            weights = {
-                "mask": self.config.mask_loss_weight,
-                "contrastive": self.config.contrastive_loss_weight,
-                "no_target": self.config.no_target_loss_weight,
-            }
-            loss = sum(weights[name] * term for name, term in loss_terms.items())
+            loss = sum(getattr(self.config, f"{name}_loss_weight") * term for name, term in loss_terms.items())
 
         return MetrisReferringSegmentationOutput(
             loss=loss, logits=logits, loss_terms=loss_terms, no_target_logits=no_target_logits, **outputs
