@@ -359,16 +359,12 @@ class MetrisVisionEncoder(nn.Module):
             self.channels = list(self.backbone.channels)
             # SwinModel's final norm is never used by a backbone; dropping it keeps DDP free of unused parameters.
             self.backbone.swin.layernorm = nn.Identity()
-        self.fusions = (
-            nn.ModuleList(
-                [
-                    MetrisPixelWordAttention(config, channels, gated=index < len(self.channels) - 1)
-                    for index, channels in enumerate(self.channels)
-                ]
+        self.fusions = None
+        if config.early_fusion:  # the last stage's fusion has no gate: its output only feeds the decoder
+            last = len(self.channels) - 1
+            self.fusions = nn.ModuleList(
+                [MetrisPixelWordAttention(config, c, gated=i < last) for i, c in enumerate(self.channels)]
             )
-            if config.early_fusion
-            else None
-        )
 
     def stage_norm(self, index: int) -> nn.Module:
         if self.is_timm:
@@ -565,9 +561,8 @@ class MetrisDecoder(nn.Module):
                 feature = self.fuse[index - 1](torch.cat([feature, skip], dim=1))
             batch, channels, height, width = feature.shape
             # Channels-last memory makes both reshapes views: (B, D, H, W) ⇄ (B, HW, D) without copies.
-            pixels = (
-                feature.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(batch, -1, channels)
-            )
+            feature = feature.contiguous(memory_format=torch.channels_last)
+            pixels = feature.permute(0, 2, 3, 1).reshape(batch, -1, channels)
             pixels, weights = block(pixels, guidance, guidance_bias, (height, width), **kwargs)
             feature = pixels.view(batch, height, width, channels).permute(0, 3, 1, 2)
             states.append(feature)
@@ -619,9 +614,9 @@ class MetrisPreTrainedModel(PreTrainedModel):
         if self.config.weight_init == "authors" and getattr(module, "_pytorch_default_init", False):
             pytorch_default_init(module)
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
-            if isinstance(module, nn.Conv2d) and module.groups > 1:  # Mix-FFN's depthwise conv: He init over its
+            if isinstance(module, nn.Conv2d) and module.groups > 1:  # Mix-FFN's depthwise conv: He init, 3×3 fan-out
                 init.normal_(module.weight, std=math.sqrt(2.0 / (module.kernel_size[0] * module.kernel_size[1])))
-            else:  # 3×3 fan-out, as the authors'
+            else:
                 init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
