@@ -224,24 +224,19 @@ class MetrisConfig(PreTrainedConfig):
         deep inside the backbone with a bare tensor-size mismatch. Relative-position Swins pad, so any size works.
         """
         width = height if width is None else width
-        for name, value in (("height", height), ("width", width)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"image {name} must be a positive integer, got {value!r}")
-        fixed, source = None, None
         if getattr(self.backbone_config, "use_absolute_embeddings", False):
-            fixed, source = (
-                self.backbone_config.image_size,
-                "backbone_config.image_size (Swin with absolute position embeddings)",
+            fixed = self.backbone_config.image_size
+            source = "backbone_config.image_size (Swin with absolute position embeddings)"
+        elif (fixed := (self.backbone_kwargs or {}).get("img_size")) is not None:
+            source = 'backbone_kwargs["img_size"] (timm Swin)'
+        else:
+            return
+        fixed = tuple(fixed) if isinstance(fixed, (list, tuple)) else (fixed, fixed)
+        if (height, width) != fixed:
+            raise ValueError(
+                f"this backbone takes only {fixed[0]}×{fixed[1]} inputs ({source}), got {height}×{width}: "
+                f"use --image_size {fixed[0]}, or a config whose backbone is built for {height}×{width}"
             )
-        elif (self.backbone_kwargs or {}).get("img_size") is not None:
-            fixed, source = self.backbone_kwargs["img_size"], 'backbone_kwargs["img_size"] (timm Swin)'
-        if fixed is not None:
-            fixed = tuple(fixed) if isinstance(fixed, (list, tuple)) else (fixed, fixed)
-            if (height, width) != fixed:
-                raise ValueError(
-                    f"this backbone takes only {fixed[0]}×{fixed[1]} inputs ({source}), got {height}×{width}: "
-                    f"use --image_size {fixed[0]}, or a config whose backbone is built for {height}×{width}"
-                )
 
     @property
     def num_refinement_blocks(self) -> int:
