@@ -5,7 +5,7 @@
 import difflib
 import json
 import math
-from typing import Literal, get_args
+from typing import Literal
 
 from huggingface_hub.dataclasses import as_validated_field, strict
 from transformers import AutoConfig
@@ -20,9 +20,6 @@ LinguisticCues = Literal["all", "global", "local"]
 MaskLoss = Literal["bce", "weighted_ce"]
 TemperatureParametrization = Literal["tau", "log_tau"]
 WeightInit = Literal["authors", "trunc_normal"]
-GUIDANCE_MODES, LINGUISTIC_CUES, MASK_LOSSES, TEMPERATURE_PARAMETRIZATIONS, WEIGHT_INITS = (
-    get_args(choice) for choice in (Guidance, LinguisticCues, MaskLoss, TemperatureParametrization, WeightInit)
-)
 
 # Upper bounds far above any METRIS (the paper's is 768 wide with 2 enhancer rounds and 4 + 4 VEE blocks), so that a
 # typo such as `hidden_size=10**6` is refused in one line instead of allocating terabytes.
@@ -227,24 +224,19 @@ class MetrisConfig(PreTrainedConfig):
         deep inside the backbone with a bare tensor-size mismatch. Relative-position Swins pad, so any size works.
         """
         width = height if width is None else width
-        for name, value in (("height", height), ("width", width)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"image {name} must be a positive integer, got {value!r}")
-        fixed, source = None, None
         if getattr(self.backbone_config, "use_absolute_embeddings", False):
-            fixed, source = (
-                self.backbone_config.image_size,
-                "backbone_config.image_size (Swin with absolute position embeddings)",
+            fixed = self.backbone_config.image_size
+            source = "backbone_config.image_size (Swin with absolute position embeddings)"
+        elif (fixed := (self.backbone_kwargs or {}).get("img_size")) is not None:
+            source = 'backbone_kwargs["img_size"] (timm Swin)'
+        else:
+            return
+        fixed = tuple(fixed) if isinstance(fixed, (list, tuple)) else (fixed, fixed)
+        if (height, width) != fixed:
+            raise ValueError(
+                f"this backbone takes only {fixed[0]}×{fixed[1]} inputs ({source}), got {height}×{width}: "
+                f"use --image_size {fixed[0]}, or a config whose backbone is built for {height}×{width}"
             )
-        elif (self.backbone_kwargs or {}).get("img_size") is not None:
-            fixed, source = self.backbone_kwargs["img_size"], 'backbone_kwargs["img_size"] (timm Swin)'
-        if fixed is not None:
-            fixed = tuple(fixed) if isinstance(fixed, (list, tuple)) else (fixed, fixed)
-            if (height, width) != fixed:
-                raise ValueError(
-                    f"this backbone takes only {fixed[0]}×{fixed[1]} inputs ({source}), got {height}×{width}: "
-                    f"use --image_size {fixed[0]}, or a config whose backbone is built for {height}×{width}"
-                )
 
     @property
     def num_refinement_blocks(self) -> int:
@@ -285,12 +277,4 @@ def parse_config_overrides(text: str | None) -> dict:
     return overrides
 
 
-__all__ = [
-    "MetrisConfig",
-    "parse_config_overrides",
-    "GUIDANCE_MODES",
-    "LINGUISTIC_CUES",
-    "MASK_LOSSES",
-    "TEMPERATURE_PARAMETRIZATIONS",
-    "WEIGHT_INITS",
-]
+__all__ = ["MetrisConfig", "parse_config_overrides"]

@@ -44,13 +44,6 @@ def flop_counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, depth=None, custom_mapping=CPU_SDPA)
 
 
-def part_of(name: str) -> str:
-    for prefix, part in PARTS.items():
-        if name == prefix or name.startswith(prefix + "."):
-            return part
-    return "other"
-
-
 def count_macs(config: MetrisConfig, image_size: int, max_length: int, batch_size: int = 1) -> dict:
     """Params and GMACs (per image) of one forward pass, split by part."""
     model = MetrisForReferringSegmentation(config).eval()
@@ -58,7 +51,8 @@ def count_macs(config: MetrisConfig, image_size: int, max_length: int, batch_siz
     input_ids = torch.ones(batch_size, max_length, dtype=torch.long)
     params: dict[str, int] = defaultdict(int)
     for name, param in model.named_parameters():
-        params[part_of(name)] += param.numel()
+        part = next((part for prefix, part in PARTS.items() if name.startswith(prefix + ".")), "other")
+        params[part] += param.numel()
     counter = flop_counter()
     with counter, torch.no_grad():
         model(pixel_values=pixel_values, input_ids=input_ids)

@@ -13,6 +13,7 @@ Shapes: B batch, L expression tokens, N = H4·W4 pixels of the stride-32 map, D 
 Boolean masks use True = "may be attended / is a real token"; attention takes them as additive biases.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from transformers import initialization as init
 from transformers.backbone_utils import load_backbone
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.siglip.modeling_siglip import eager_attention_forward  # softmax(q·kᵀ·scale + bias)·v
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, auto_docstring, can_return_tuple
 
@@ -130,25 +132,6 @@ def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float,
-    dropout: float = 0.0,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(q·kᵀ·scaling + mask)·v on (B, heads, L, d) inputs; returns (B, Lq, heads, d) and the weights."""
-    weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
-    if attention_mask is not None:
-        weights = weights + attention_mask
-    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = F.dropout(weights, p=dropout, training=module.training)
-    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
-
-
 def run_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -231,8 +214,6 @@ class MetrisMixFFN(MetrisMLP):
         self.dwconv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
 
     def forward(self, hidden_states: torch.Tensor, spatial_shape: tuple[int, int] | None = None) -> torch.Tensor:
-        if spatial_shape is None:
-            raise ValueError("a Mix-FFN block needs the (height, width) of its pixel grid")
         batch, num_pixels, _ = hidden_states.shape
         hidden = self.fc1(hidden_states)
         grid = hidden.view(batch, *spatial_shape, -1).permute(0, 3, 1, 2)
@@ -241,7 +222,8 @@ class MetrisMixFFN(MetrisMLP):
 
 
 def drop_path(hidden_states: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
-    """Stochastic depth: drops a residual branch per sample (rescaled), as the authors' blocks do in training."""
+    """Stochastic depth: drops a residual branch per sample (rescaled), as the authors' blocks do in training. Kept
+    here, not imported: torchvision's would make remote code need torchvision; transformers' draws other numbers."""
     if rate == 0.0 or not training:
         return hidden_states
     keep = 1.0 - rate
@@ -377,16 +359,12 @@ class MetrisVisionEncoder(nn.Module):
             self.channels = list(self.backbone.channels)
             # SwinModel's final norm is never used by a backbone; dropping it keeps DDP free of unused parameters.
             self.backbone.swin.layernorm = nn.Identity()
-        self.fusions = (
-            nn.ModuleList(
-                [
-                    MetrisPixelWordAttention(config, channels, gated=index < len(self.channels) - 1)
-                    for index, channels in enumerate(self.channels)
-                ]
+        self.fusions = None
+        if config.early_fusion:  # the last stage's fusion has no gate: its output only feeds the decoder
+            last = len(self.channels) - 1
+            self.fusions = nn.ModuleList(
+                [MetrisPixelWordAttention(config, c, gated=i < last) for i, c in enumerate(self.channels)]
             )
-            if config.early_fusion
-            else None
-        )
 
     def stage_norm(self, index: int) -> nn.Module:
         if self.is_timm:
@@ -565,31 +543,31 @@ class MetrisDecoder(nn.Module):
         )
         self.fuse = nn.ModuleList([MetrisFuseConv(dim + channels, dim) for channels in skip_channels])
 
-    def attend(self, index: int, feature, guidance, guidance_bias, **kwargs: Unpack[TransformersKwargs]):
-        batch, channels, height, width = feature.shape
-        # Channels-last memory makes both reshapes views: (B, D, H, W) ⇄ (B, HW, D) without copies.
-        pixels = feature.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(batch, -1, channels)
-        pixels, weights = self.blocks[index](pixels, guidance, guidance_bias, (height, width), **kwargs)
-        return pixels.view(batch, height, width, channels).permute(0, 3, 1, 2), weights
-
     def forward(
         self,
-        top: torch.Tensor,
+        feature: torch.Tensor,
         skips: list[torch.Tensor],
         guidance: torch.Tensor,
         guidance_bias: torch.Tensor,
         **kwargs: Unpack[TransformersKwargs],
-    ):
-        """top (B, D, H4, W4); skips from deep to shallow (F3, F2, F1) → the stride-4 map, stage maps, attentions."""
-        feature, weights = self.attend(0, top, guidance, guidance_bias, **kwargs)
-        states, attentions = [feature], [weights]
-        for index, (skip, fuse) in enumerate(zip(skips, self.fuse), start=1):
-            feature = F.interpolate(feature, size=skip.shape[-2:], mode="bilinear", align_corners=True)
-            feature = fuse(torch.cat([feature, skip], dim=1))
-            feature, weights = self.attend(index, feature, guidance, guidance_bias, **kwargs)
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """feature F4 (B, D, H4, W4); skips from deep to shallow (F3, F2, F1) → each stage's map, and its attention
+        weights where the attention computes them (eager)."""
+        states, attentions = [], []
+        for index, block in enumerate(self.blocks):
+            if index > 0:
+                skip = skips[index - 1]
+                feature = F.interpolate(feature, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+                feature = self.fuse[index - 1](torch.cat([feature, skip], dim=1))
+            batch, channels, height, width = feature.shape
+            # Channels-last memory makes both reshapes views: (B, D, H, W) ⇄ (B, HW, D) without copies.
+            feature = feature.contiguous(memory_format=torch.channels_last)
+            pixels = feature.permute(0, 2, 3, 1).reshape(batch, -1, channels)
+            pixels, weights = block(pixels, guidance, guidance_bias, (height, width), **kwargs)
+            feature = pixels.view(batch, height, width, channels).permute(0, 3, 1, 2)
             states.append(feature)
-            attentions.append(weights)
-        return feature, states, attentions
+            attentions += [weights] if weights is not None else []
+        return states, attentions
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -616,38 +594,27 @@ class MetrisPreTrainedModel(PreTrainedModel):
         super().__init__(config, *inputs, **kwargs)
 
     def enable_input_require_grads(self) -> None:
-        """As `PreTrainedModel`'s, for every sub-model's input embeddings (each once), but the Swin's patch
-        embeddings return a tuple: the hook marks its first element."""
+        """As `PreTrainedModel`'s (the text and the vision embeddings), but the Swin's patch embeddings return a
+        tuple: the hook marks its first element."""
 
         def make_outputs_require_grads(module, inputs, output):
             (output[0] if isinstance(output, tuple) else output).requires_grad_(True)
 
-        embeddings = {}
-        for module in self.modules():
-            if isinstance(module, PreTrainedModel):
-                try:
-                    found = module.get_input_embeddings()
-                except NotImplementedError:
-                    continue
-                if found is not None:
-                    embeddings[id(found)] = found
+        embeddings = [self.base_model.get_input_embeddings()]
+        with contextlib.suppress(NotImplementedError):  # a timm backbone names none
+            embeddings.append(self.base_model.vision_encoder.backbone.get_input_embeddings())
         self._require_grads_hooks = [
-            module.register_forward_hook(make_outputs_require_grads) for module in embeddings.values()
+            e.register_forward_hook(make_outputs_require_grads) for e in embeddings if e is not None
         ]
-        if self._require_grads_hooks:
-            self._require_grads_hook = self._require_grads_hooks[0]
+        self._require_grads_hook = self._require_grads_hooks[0]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
         if self.config.weight_init == "authors" and getattr(module, "_pytorch_default_init", False):
             pytorch_default_init(module)
-        elif isinstance(module, nn.Linear):
-            init.trunc_normal_(module.weight, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Conv2d):
-            if module.groups > 1:  # Mix-FFN's depthwise conv: He init over its 3×3 fan-out, as the authors'
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            if isinstance(module, nn.Conv2d) and module.groups > 1:  # Mix-FFN's depthwise conv: He init, 3×3 fan-out
                 init.normal_(module.weight, std=math.sqrt(2.0 / (module.kernel_size[0] * module.kernel_size[1])))
             else:
                 init.trunc_normal_(module.weight, std=std)
@@ -756,15 +723,6 @@ class MetrisModel(MetrisPreTrainedModel):
         r"""
         pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`):
             Normalised images, H and W multiples of 32 (480×480 in the paper).
-        input_ids (`torch.LongTensor` of shape `(B, L)`):
-            The tokenised expressions.
-        attention_mask (`torch.LongTensor` of shape `(B, L)`, *optional*):
-            1 for real tokens, 0 for padding; padding is masked everywhere.
-        output_attentions (`bool`, *optional*):
-            Return the decoder's attention over the guidance set (`decoder_attentions`); needs
-            `attn_implementation="eager"`, as fused kernels compute no weights.
-        output_hidden_states (`bool`, *optional*):
-            Return the encoder's maps F1..F4 (`encoder_hidden_states`) and the decoder's (`decoder_hidden_states`).
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -795,12 +753,12 @@ class MetrisModel(MetrisPreTrainedModel):
         guidance, guidance_mask = self.guidance_set(text_states, linguistic, visual, pixels, word_mask, cues)
         guidance_bias = attention_bias(guidance_mask[:, None, None, :], guidance.dtype)
         top = pixels.view(batch, h4, w4, -1).permute(0, 3, 1, 2)
-        feature, decoder_states, decoder_attentions = self.decoder(
+        decoder_states, decoder_attentions = self.decoder(
             top, skips[::-1], guidance, guidance_bias, output_attentions=output_attentions, **kwargs
         )
         # Masks leave as 0/1 integers (the `attention_mask` convention): outputs a user can subtract and compare.
         return MetrisModelOutput(
-            last_hidden_state=feature,
+            last_hidden_state=decoder_states[-1],
             relevance_scores=scores,
             curation_mask=curated.long() if curated is not None else None,
             temperature=temperature,
@@ -810,7 +768,7 @@ class MetrisModel(MetrisPreTrainedModel):
             guidance_mask=guidance_mask.long(),
             encoder_hidden_states=(*skips, f4) if output_hidden_states else None,
             decoder_hidden_states=tuple(decoder_states) if output_hidden_states else None,
-            decoder_attentions=tuple(w for w in decoder_attentions if w is not None) if output_attentions else None,
+            decoder_attentions=tuple(decoder_attentions) if output_attentions else None,
         )
 
 
@@ -883,12 +841,6 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
         self.criterion = MetrisLoss(config)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.metris.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.metris.set_input_embeddings(value)
-
     @can_return_tuple
     @auto_docstring
     def forward(
@@ -897,34 +849,15 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MetrisReferringSegmentationOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`):
             Normalised images, H and W multiples of 32 (480×480 in the paper).
-        input_ids (`torch.LongTensor` of shape `(B, L)`):
-            The tokenised expressions.
-        attention_mask (`torch.LongTensor` of shape `(B, L)`, *optional*):
-            1 for real tokens, 0 for padding; padding is masked everywhere.
         labels (`torch.LongTensor` of shape `(B, H, W)`, *optional*):
             Binary target masks at the `pixel_values` size; an all-zero mask is a no-target sample (gRefCOCO).
-        output_attentions (`bool`, *optional*):
-            Return the decoder's attention over the guidance set (`decoder_attentions`); needs
-            `attn_implementation="eager"`, as fused kernels compute no weights.
-        output_hidden_states (`bool`, *optional*):
-            Return the encoder's maps F1..F4 (`encoder_hidden_states`) and the decoder's (`decoder_hidden_states`).
         """
-        outputs: MetrisModelOutput = self.metris(
-            pixel_values,
-            input_ids,
-            attention_mask,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
-            **kwargs,
-        )
+        outputs: MetrisModelOutput = self.metris(pixel_values, input_ids, attention_mask, return_dict=True, **kwargs)
         class_logits = self.classifier(outputs.last_hidden_state)
         # weighted_ce keeps two classes; their difference is the same single logit as bce's.
         logits = class_logits[:, 1:] - class_logits[:, :1] if class_logits.shape[1] == 2 else class_logits
@@ -942,12 +875,7 @@ class MetrisForReferringSegmentation(MetrisPreTrainedModel):
             loss_terms = self.criterion(
                 class_logits, labels, outputs.relevance_scores, outputs.temperature, no_target_logits
             )
-            weights = {
-                "mask": self.config.mask_loss_weight,
-                "contrastive": self.config.contrastive_loss_weight,
-                "no_target": self.config.no_target_loss_weight,
-            }
-            loss = sum(weights[name] * term for name, term in loss_terms.items())
+            loss = sum(getattr(self.config, f"{name}_loss_weight") * term for name, term in loss_terms.items())
 
         return MetrisReferringSegmentationOutput(
             loss=loss, logits=logits, loss_terms=loss_terms, no_target_logits=no_target_logits, **outputs

@@ -30,30 +30,20 @@ from .onnx_runtime import INPUT_NAMES, METADATA_FILE, ONNX_FILE, OnnxModelError,
 
 
 class _LogitsOnly(torch.nn.Module):
-    """The model with positional inputs and tensor outputs only, the form an ONNX graph has."""
+    """The model with positional inputs and tensor outputs only, the form an ONNX graph has; eager attention, which
+    traces with a symbolic batch, and float32."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.model = model
-        self.has_no_target = getattr(model, "no_target_classifier", None) is not None
+        model.set_attn_implementation("eager")
+        self.model = model.float()
+        has_no_target = getattr(model, "no_target_classifier", None) is not None
+        self.output_names = ["logits", "no_target_logits"] if has_no_target else ["logits"]
+        self.eval()
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         outputs = self.model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
-        if self.has_no_target:
-            return outputs.logits, outputs.no_target_logits
-        return outputs.logits
-
-
-def _load_for_export(model: str | os.PathLike | torch.nn.Module) -> torch.nn.Module:
-    """The model in the form that traces with a symbolic batch: eager attention."""
-    from transformers import AutoModel
-
-    if isinstance(model, torch.nn.Module):
-        if hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation("eager")
-    else:
-        model = AutoModel.from_pretrained(str(model), attn_implementation="eager")
-    return model.float().eval()
+        return tuple(outputs[name] for name in self.output_names)
 
 
 def _example_inputs(model: torch.nn.Module, image_size: int, length: int, batch: int = 2) -> tuple[torch.Tensor, ...]:
@@ -67,59 +57,36 @@ def _example_inputs(model: torch.nn.Module, image_size: int, length: int, batch:
 
 
 def _export_graph(
-    network: _LogitsOnly,
-    example: tuple[torch.Tensor, ...],
-    path: Path,
-    output_names: list[str],
-    opset: int,
-    dynamo: bool,
-) -> tuple[str, str | None]:
-    """Writes the graph; returns (the exporter that succeeded, why the first choice failed or None)."""
-    try:
-        if not dynamo:
-            raise RuntimeError("the TorchScript exporter was asked for")
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        # the text encoder's position table bounds the expression length
-        max_tokens = int(getattr(network.model.config.text_config, "max_position_embeddings", 512))
-        length = torch.export.Dim("sequence", min=2, max=max_tokens)
-        with torch.no_grad():
-            torch.onnx.export(
-                network,
-                example,
-                str(path),
-                dynamo=True,
-                opset_version=opset,
-                external_data=False,
-                input_names=list(INPUT_NAMES),
-                output_names=output_names,
-                verbose=False,
-                dynamic_shapes={
-                    "pixel_values": {0: batch},
-                    "input_ids": {0: batch, 1: length},
-                    "attention_mask": {0: batch, 1: length},
-                },
-            )
-        return "dynamo", None
-    except Exception as error:  # noqa: BLE001 - any failure of the new exporter falls back to the old one
-        reason = "asked for" if not dynamo else f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-    axes = {
-        "pixel_values": {0: "batch"},
-        "input_ids": {0: "batch", 1: "sequence"},
-        "attention_mask": {0: "batch", 1: "sequence"},
+    model: torch.nn.Module, path: Path, image_size: int, max_length: int, opset: int, dynamo: bool
+) -> dict[str, Any]:
+    """Writes the graph; returns the exporter that succeeded, why the first choice failed (or None) and the output
+    names."""
+    network = _LogitsOnly(model)
+    example = _example_inputs(network.model, image_size, max_length)
+    outputs = network.output_names
+    axes = {"pixel_values": {0: "batch"}, "input_ids": {0: "batch", 1: "sequence"}}
+    axes["attention_mask"] = axes["input_ids"]
+    # the text encoder's position table bounds the expression length
+    max_tokens = int(getattr(network.model.config.text_config, "max_position_embeddings", 512))
+    dims = {
+        "batch": torch.export.Dim("batch", min=1, max=4096),
+        "sequence": torch.export.Dim("sequence", min=2, max=max_tokens),
     }
-    axes.update({name: {0: "batch"} for name in output_names})
+    # (the TorchScript exporter ignores external_data and is quiet unless verbose is True)
+    common = {"input_names": list(INPUT_NAMES), "output_names": outputs, "opset_version": opset}
+    common |= {"external_data": False, "verbose": False}
+    reason = "asked for"
     with torch.no_grad():
-        torch.onnx.export(
-            network,
-            example,
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=list(INPUT_NAMES),
-            output_names=output_names,
-            dynamic_axes=axes,
-        )
-    return "torchscript", reason
+        if dynamo:
+            try:
+                shapes = {name: {axis: dims[dim] for axis, dim in named.items()} for name, named in axes.items()}
+                torch.onnx.export(network, example, str(path), dynamo=True, dynamic_shapes=shapes, **common)
+                return {"exporter": "dynamo", "fallback_reason": None, "outputs": outputs}
+            except Exception as error:  # noqa: BLE001 - any failure of the new exporter falls back to the old one
+                reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        axes |= {name: {0: "batch"} for name in outputs}
+        torch.onnx.export(network, example, str(path), dynamo=False, dynamic_axes=axes, **common)
+    return {"exporter": "torchscript", "fallback_reason": reason, "outputs": outputs}
 
 
 def export_onnx(
@@ -134,30 +101,26 @@ def export_onnx(
 
     `model`: a checkpoint folder, a Hub id, or a loaded METRIS model (then pass its `processor`).
     """
-    from transformers import AutoProcessor
+    from transformers import AutoModel, AutoProcessor
 
     source = None if isinstance(model, torch.nn.Module) else str(model)
     if processor is None:
         if source is None:
             raise ValueError("give the processor when exporting an already loaded model")
         processor = AutoProcessor.from_pretrained(source)
-    network = _LogitsOnly(_load_for_export(model)).eval()
+    if source is not None:
+        model = AutoModel.from_pretrained(source)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / ONNX_FILE
     size = processor.image_processor.size
-    example = _example_inputs(network.model, int(size["height"]), processor.max_length)
-    output_names = ["logits", "no_target_logits"] if network.has_no_target else ["logits"]
 
     start = time.perf_counter()
-    exporter, reason = _export_graph(network, example, path, output_names, opset, dynamo)
+    metadata = _export_graph(model, path, int(size["height"]), processor.max_length, opset, dynamo)
     processor.save_pretrained(output_dir)
-    metadata = {
-        "exporter": exporter,
-        "fallback_reason": reason,
+    metadata |= {
         "opset": opset,
         "source": source,
-        "outputs": output_names,
         "image_size": [int(size["height"]), int(size["width"])],
         "max_length": int(processor.max_length),  # what the torch-free runtime tokenises to
         "torch": torch.__version__,
@@ -278,18 +241,13 @@ def onnxruntime_benchmark_worker(job: dict[str, Any]) -> dict[str, Any]:
     from .presets import tiny_metris_config
 
     torch.manual_seed(0)
-    config = tiny_metris_config() if job["tiny"] else MetrisConfig()
-    config._attn_implementation = "eager"
-    model = MetrisForReferringSegmentation(config).eval()
-    network = _LogitsOnly(_load_for_export(model)).eval()
-    example = _example_inputs(network.model, job["image_size"], job["max_length"])
-    output_names = ["logits", "no_target_logits"] if network.has_no_target else ["logits"]
+    model = MetrisForReferringSegmentation(tiny_metris_config() if job["tiny"] else MetrisConfig())
     with tempfile.TemporaryDirectory(dir=job.get("workdir")) as folder:
         path = Path(folder) / ONNX_FILE
         start = time.perf_counter()
-        exporter, _ = _export_graph(network, example, path, output_names, opset=18, dynamo=True)
+        exporter = _export_graph(model, path, job["image_size"], job["max_length"], opset=18, dynamo=True)["exporter"]
         export_seconds = time.perf_counter() - start
-        del model, network
+        del model
         timing = time_onnxruntime(
             path, job["batch_sizes"], job["image_size"], job["max_length"], job["repeats"], job.get("threads")
         )
