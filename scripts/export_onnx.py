@@ -5,7 +5,7 @@
 
 Writes `model.onnx` (pixel_values, input_ids, attention_mask → mask logits; batch and expression length
 dynamic), the processor's files beside it (the ONNX route pre- and post-processes with them), and
-`onnx_export.json` (which exporter made it, torch version, export time). Without `--model`, the embedded
+`onnx_export.json` (opset, sizes, torch version, export time). Without `--model`, the embedded
 checkpoint is exported. With `--check`, the exported graph is run once against PyTorch and the largest
 logit difference printed.
 """
@@ -25,17 +25,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--model", default=None, help="checkpoint folder or Hub id (default: the embedded one)")
     parser.add_argument("--output", required=True, help="folder for model.onnx and the processor")
     parser.add_argument("--opset", type=int, default=18)
-    parser.add_argument(
-        "--torchscript",
-        action="store_true",
-        help="use the older TorchScript exporter instead of torch.export (dynamo=True)",
-    )
     parser.add_argument("--check", action="store_true", help="compare onnxruntime's logits with PyTorch's once")
     args = parser.parse_args(argv)
     if args.model is not None:
         check_model_source(args.model, "--model")  # a missing folder is named as one, not read as a Hub id
     model = args.model or str(embedded_checkpoint())
-    path = export_onnx(model, args.output, opset=args.opset, dynamo=not args.torchscript)
+    path = export_onnx(model, args.output, opset=args.opset)
     size_mb = path.stat().st_size / 2**20
     print(f"wrote {path} ({size_mb:.1f} MB) and the processor to {path.parent}")
     if args.check:

@@ -371,7 +371,6 @@ def bench_onnxruntime(args) -> list[dict]:
             "peak_mb": result["peak_memory_mb"],
             "startup_s": result["startup_seconds"],
             "export_s": result["export_seconds"],
-            "exporter": result["exporter"],
             "onnx_mb": result["onnx_mb"],
         }
         for row in result["rows"]
@@ -598,7 +597,7 @@ def print_report(report: dict) -> None:
         print(
             f"\nonnxruntime {r['dtype']} batch {r['batch_size']}: {r['metris_s']:.3f} s, peak {r['peak_mb']:.0f} MB, "
             f"start-up {r['startup_s']:.1f} s (a process without torch or transformers); "
-            f"export {r['export_s']:.0f} s via {r['exporter']}, {r['onnx_mb']:.0f} MB file"
+            f"export {r['export_s']:.0f} s, {r['onnx_mb']:.0f} MB file"
         )
     if "train" in report:
         print("\ntraining step (forward + backward + AdamW)")

@@ -11,8 +11,8 @@ pipeline without torch or transformers.
 The export uses torch's exporter (`torch.onnx.export(..., dynamo=True)`), with the batch and the expression
 length dynamic. Attention runs in its eager form for the export: with a symbolic batch, the SDPA path of the
 Swin backbone reshapes a transposed tensor in a way the exporter's decomposition cannot express as a view.
-If the dynamo route fails anyway (another torch version), the TorchScript exporter is tried, and the file
-`onnx_export.json` beside the model says which one produced it.
+(The older TorchScript exporter cannot export METRIS at all: it has no ONNX form for the curation step's boolean
+`scatter_`, so it is not offered.) `onnx_export.json` beside the model records the opset, sizes and torch version.
 """
 
 from __future__ import annotations
@@ -56,37 +56,33 @@ def _example_inputs(model: torch.nn.Module, image_size: int, length: int, batch:
     return pixel_values, input_ids, attention_mask
 
 
-def _export_graph(
-    model: torch.nn.Module, path: Path, image_size: int, max_length: int, opset: int, dynamo: bool
-) -> dict[str, Any]:
-    """Writes the graph; returns the exporter that succeeded, why the first choice failed (or None) and the output
-    names."""
+def _export_graph(model: torch.nn.Module, path: Path, image_size: int, max_length: int, opset: int) -> list[str]:
+    """Writes the graph with torch.export; returns its output names."""
     network = _LogitsOnly(model)
     example = _example_inputs(network.model, image_size, max_length)
-    outputs = network.output_names
-    axes = {"pixel_values": {0: "batch"}, "input_ids": {0: "batch", 1: "sequence"}}
-    axes["attention_mask"] = axes["input_ids"]
     # the text encoder's position table bounds the expression length
     max_tokens = int(getattr(network.model.config.text_config, "max_position_embeddings", 512))
-    dims = {
-        "batch": torch.export.Dim("batch", min=1, max=4096),
-        "sequence": torch.export.Dim("sequence", min=2, max=max_tokens),
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    sequence = torch.export.Dim("sequence", min=2, max=max_tokens)
+    shapes = {
+        "pixel_values": {0: batch},
+        "input_ids": {0: batch, 1: sequence},
+        "attention_mask": {0: batch, 1: sequence},
     }
-    # (the TorchScript exporter ignores external_data and is quiet unless verbose is True)
-    common = {"input_names": list(INPUT_NAMES), "output_names": outputs, "opset_version": opset}
-    common |= {"external_data": False, "verbose": False}
-    reason = "asked for"
     with torch.no_grad():
-        if dynamo:
-            try:
-                shapes = {name: {axis: dims[dim] for axis, dim in named.items()} for name, named in axes.items()}
-                torch.onnx.export(network, example, str(path), dynamo=True, dynamic_shapes=shapes, **common)
-                return {"exporter": "dynamo", "fallback_reason": None, "outputs": outputs}
-            except Exception as error:  # noqa: BLE001 - any failure of the new exporter falls back to the old one
-                reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-        axes |= {name: {0: "batch"} for name in outputs}
-        torch.onnx.export(network, example, str(path), dynamo=False, dynamic_axes=axes, **common)
-    return {"exporter": "torchscript", "fallback_reason": reason, "outputs": outputs}
+        torch.onnx.export(
+            network,
+            example,
+            str(path),
+            dynamo=True,
+            dynamic_shapes=shapes,
+            input_names=list(INPUT_NAMES),
+            output_names=network.output_names,
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+    return network.output_names
 
 
 def export_onnx(
@@ -94,7 +90,6 @@ def export_onnx(
     output_dir: str | os.PathLike,
     processor: Any | None = None,
     opset: int = 18,
-    dynamo: bool = True,
 ) -> Path:
     """Writes `model.onnx` (inputs pixel_values, input_ids, attention_mask; output `logits`, plus
     `no_target_logits` for checkpoints with that head) and the processor into `output_dir`; returns the ONNX path.
@@ -116,9 +111,10 @@ def export_onnx(
     size = processor.image_processor.size
 
     start = time.perf_counter()
-    metadata = _export_graph(model, path, int(size["height"]), processor.max_length, opset, dynamo)
+    outputs = _export_graph(model, path, int(size["height"]), processor.max_length, opset)
     processor.save_pretrained(output_dir)
-    metadata |= {
+    metadata = {
+        "outputs": outputs,
         "opset": opset,
         "source": source,
         "image_size": [int(size["height"]), int(size["width"])],
@@ -231,7 +227,7 @@ def onnxruntime_benchmark_worker(job: dict[str, Any]) -> dict[str, Any]:
     PyTorch (same config and seed), exported here, then timed by `time_onnxruntime`.
 
     `job`: tiny (bool), batch_sizes, image_size, max_length, repeats, optional threads and workdir. Returns
-    {"rows": [{"batch_size", "seconds"}], "peak_memory_mb", "export_seconds", "exporter", "onnx_mb"}; the peak
+    {"rows": [{"batch_size", "seconds"}], "peak_memory_mb", "export_seconds", "onnx_mb"}; the peak
     memory is the timing process's alone (onnxruntime, NumPy, the session), not the export's.
     """
     import tempfile
@@ -245,13 +241,13 @@ def onnxruntime_benchmark_worker(job: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=job.get("workdir")) as folder:
         path = Path(folder) / ONNX_FILE
         start = time.perf_counter()
-        exporter = _export_graph(model, path, job["image_size"], job["max_length"], opset=18, dynamo=True)["exporter"]
+        _export_graph(model, path, job["image_size"], job["max_length"], opset=18)
         export_seconds = time.perf_counter() - start
         del model
         timing = time_onnxruntime(
             path, job["batch_sizes"], job["image_size"], job["max_length"], job["repeats"], job.get("threads")
         )
-        timing.update(export_seconds=export_seconds, exporter=exporter, onnx_mb=path.stat().st_size / 2**20)
+        timing.update(export_seconds=export_seconds, onnx_mb=path.stat().st_size / 2**20)
     return timing
 
 
