@@ -28,7 +28,7 @@ from transformers.utils import logging
 from .cpu_kernels import optimize_for_cpu_inference
 from .image_io import load_local_image, open_local_image, reduce_for
 from .image_processing_metris import check_threshold, to_rgb_uint8
-from .processing_metris import check_processor_for_model, check_tokenizer_vocabulary
+from .processing_metris import check_processor_for_model
 
 logger = logging.get_logger(__name__)
 
@@ -67,9 +67,7 @@ class ReferringImageSegmentationPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         if self.processor is None:
             raise ValueError(f"the {TASK} pipeline needs the checkpoint's processor (MetrisProcessor)")
-        text_config = getattr(self.model.config, "text_config", None)
         where = f"pipeline ({self.model.name_or_path})" if getattr(self.model, "name_or_path", "") else "pipeline"
-        check_tokenizer_vocabulary(self.processor.tokenizer, where, getattr(text_config, "vocab_size", None))
         check_processor_for_model(self.processor, self.model.config, where)
         check_finite_weights(self.model)
         if self.device.type == "cpu":
