@@ -158,13 +158,10 @@ class MetrisProcessor(ProcessorMixin):
                 kind = "an empty list" if isinstance(texts, (list, tuple)) else type(text).__name__
                 raise ValueError(f"text must be a string or a list of strings, got {kind}")
             for index, expression in enumerate(texts):
-                if not isinstance(expression, str) or not expression.strip():
-                    problem = (
-                        "empty or whitespace-only" if isinstance(expression, str) else f"a {type(expression).__name__}"
-                    )
-                    raise ValueError(
-                        f"expression {index} is {problem} ({expression!r}): a referring expression (a non-blank string) is needed"
-                    )
+                if not isinstance(expression, str):
+                    raise ValueError(f"expression {index} is a {type(expression).__name__}, not a string")
+                if not expression.strip():
+                    raise ValueError(f"expression {index} is empty or whitespace-only: an expression is needed")
             encoding = self.tokenizer(list(texts), **text_kwargs)  # a list, so rows even for one string
             data["input_ids"], data["attention_mask"] = encoding["input_ids"], encoding["attention_mask"]
         if images is not None:
