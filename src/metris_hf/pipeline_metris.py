@@ -1,16 +1,12 @@
-"""The `referring-image-segmentation` pipeline: (image, expression) → the mask of what the expression means.
+"""The `referring-image-segmentation` pipeline (transformers has none; `import metris_hf` registers it).
 
-    import metris_hf
-    from transformers import pipeline
     segmenter = pipeline("referring-image-segmentation", model="path/to/checkpoint")
     segmenter(image, "the dog on the left")      # {"mask": PIL "L" image 0/255 at the image size, "score": float}
     segmenter(image, ["the dog", "the man"])     # one result per expression
     segmenter([{"image": ..., "text": ...}, ...], batch_size=8)
 
-transformers has no such task, so it is registered here (`register_pipeline`, called on `import metris_hf`).
-Model, processor, device and dtype are handled as by every transformers pipeline; batching does not change a
-prediction, because every expression is padded to the processor's fixed `max_length`. On CPU the pipeline applies
-`metris_hf.cpu_kernels.optimize_for_cpu_inference` to its model (in place: same weights, same results).
+Batching does not change a prediction: every expression is padded to the processor's fixed `max_length`. On CPU
+the model gets `cpu_kernels.optimize_for_cpu_inference` (in place: same weights, same results).
 """
 
 from __future__ import annotations
@@ -70,31 +66,22 @@ class ReferringImageSegmentationPipeline(Pipeline):
 
         Every example of a list is checked here, so that a bad one is named before anything runs; generators and
         datasets stream through and each item is checked in `preprocess`."""
-        dicts = isinstance(image, (list, tuple)) and image and all(isinstance(item, dict) for item in image)
-        if isinstance(image, dict) or dicts:
+        if isinstance(image, dict):
             if text is not None:
-                raise ValueError(
-                    "give the expressions inside the dicts ({'image': ..., 'text': ...}), not beside them"
-                )
-            if dicts:
-                return super().__call__(
-                    [self._checked(item, f"example {n}") for n, item in enumerate(image)], **kwargs
-                )
+                raise ValueError("give the expression inside the dict ({'image': ..., 'text': ...}), not beside it")
             return super().__call__(self._checked(image, "input"), **kwargs)
         if isinstance(image, (list, tuple)) or (isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4):
-            images, texts = list(image), [text] if isinstance(text, str) else text
-            if not images or not isinstance(texts, (list, tuple)):
-                raise ValueError("give a non-empty list of images and one expression (a string) per image")
-            if len(images) == 1 and len(texts) > 1:
-                images = images * len(texts)
-            if len(images) != len(texts):
-                raise ValueError(
-                    f"got {len(images)} images and {len(texts)} expressions: give one expression per image"
-                )
-            pairs = enumerate(zip(images, texts))
-            return super().__call__(
-                [self._checked({"image": i, "text": t}, f"example {n}") for n, (i, t) in pairs], **kwargs
-            )
+            examples = list(image)  # dicts, or images paired with `text`
+            if text is not None or not examples or not all(isinstance(example, dict) for example in examples):
+                texts = [text] if isinstance(text, str) else text
+                if not examples or not isinstance(texts, (list, tuple)):
+                    raise ValueError("give a non-empty list of images and one expression (a string) per image")
+                if len(examples) == 1 and len(texts) > 1:
+                    examples = examples * len(texts)
+                if len(examples) != len(texts):
+                    raise ValueError(f"got {len(examples)} images and {len(texts)} expressions: give one per image")
+                examples = [{"image": i, "text": t} for i, t in zip(examples, texts)]
+            return super().__call__([self._checked(e, f"example {n}") for n, e in enumerate(examples)], **kwargs)
         if not isinstance(image, _IMAGE_TYPES):
             return super().__call__(image, **kwargs)  # a generator or dataset of {"image", "text"} dicts
         if text is None:
@@ -103,18 +90,15 @@ class ReferringImageSegmentationPipeline(Pipeline):
             return super().__call__(self._checked({"image": image, "text": text}, "input"), **kwargs)
         if not isinstance(text, (list, tuple)) or not text:
             raise ValueError("text must be a string or a non-empty list of strings")
-        self._check_image(image, "input")
-        original = None
-        if isinstance(image, (str, os.PathLike)):  # read a path once, not once per expression
-            image, original = self._open(image, "input")
+        self._check_image(image, "input")  # and a path is read once, not once per expression:
+        image, original = self._open(image, "input") if isinstance(image, (str, os.PathLike)) else (image, None)
         examples = [self._checked({"image": image, "text": t}, f"expression {n}") for n, t in enumerate(text)]
         return super().__call__([{**example, _ORIGINAL_SIZE: original} for example in examples], **kwargs)
 
     def _open(self, image: Any, where: str) -> tuple[Any, tuple[int, int]]:
-        """→ (the image, reduced in uint8 when it is much larger than the model's input, and its own (H, W)). A path
-        is decoded no larger than the model needs (a JPEG at a reduced scale), so one image's peak memory is its
-        decoded uint8 bytes plus a constant, whatever its size; arrays and tensors get their layout settled once, so
-        the size reported is the one processed."""
+        """→ (the image, its own (H, W)). A path is decoded no larger than the model needs (a JPEG at a reduced
+        scale) and a PIL image reduced in uint8 (below), so one image's peak memory is its decoded bytes plus a
+        constant; an array's layout is settled once, so the size reported is the one processed."""
         target = _model_size(self.processor)
         try:
             if isinstance(image, (str, os.PathLike)):
@@ -148,12 +132,11 @@ class ReferringImageSegmentationPipeline(Pipeline):
     @staticmethod
     def _check_image(image: Any, where: str) -> None:
         if isinstance(image, (str, os.PathLike)):
-            path = os.fspath(image)
-            if path.lower().startswith(("http://", "https://")) or not os.path.isfile(path):
-                try:
-                    open_local_image(path)  # raises the explanatory error
-                except ValueError as error:
-                    raise ValueError(f"{where}: {error}") from error
+            try:
+                if not os.path.isfile(image):  # a URL or a missing file, named by open_local_image
+                    open_local_image(image)
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from error
         elif not isinstance(image, _IMAGE_TYPES):
             raise ValueError(
                 f"{where}: unsupported image type {type(image).__name__} (a PIL image, NumPy array, tensor or "

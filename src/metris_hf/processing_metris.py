@@ -98,15 +98,14 @@ class MetrisProcessor(ProcessorMixin):
     `[[image], [image]]`), or one image with several expressions (the image is processed once and repeated);
     masks, when given, are one per expression.
 
-    Tokenizer settings, by priority as everywhere in transformers: the call's kwargs (`max_length=32`,
-    `text_kwargs={"max_length": 32}`), then the tokenizer's init kwargs (saved in its `tokenizer_config.json`;
-    `processor.max_length = 32` sets that one, 20 unless the tokenizer says), then the defaults below.
+    Tokenizer settings, as everywhere in transformers: the call's kwargs (`max_length=32`), else the tokenizer's init
+    kwargs (`processor.max_length = 32` sets one, saved in `tokenizer_config.json`), else `text_kwargs` below.
     """
 
     text_kwargs: ClassVar[dict[str, Any]] = {
         "padding": "max_length",
         "truncation": True,
-        "return_token_type_ids": False,  # the model takes none
+        "return_token_type_ids": False,
     }
     model_input_names: ClassVar[list[str]] = ["pixel_values", "input_ids", "attention_mask"]
 
