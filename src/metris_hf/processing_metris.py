@@ -161,8 +161,7 @@ class MetrisProcessor(ProcessorMixin):
                     raise ValueError(f"expression {index} is a {type(expression).__name__}, not a string")
                 if not expression.strip():
                     raise ValueError(f"expression {index} is empty or whitespace-only: an expression is needed")
-            encoding = self.tokenizer(list(texts), **text_kwargs)  # a list, so rows even for one string
-            data["input_ids"], data["attention_mask"] = encoding["input_ids"], encoding["attention_mask"]
+            data.update(self.tokenizer(list(texts), **text_kwargs))  # a list, so rows even for one string
         if images is not None:
             image_list = _flat(images, "images")
             repeat = 1
