@@ -175,7 +175,7 @@ class ReferringImageSegmentationPipeline(Pipeline):
 
 
 _ORIGINAL_SIZE = "_original_size"  # (H, W) of an image decoded at a reduced scale, carried to the mask's size
-_REDUCIBLE_MODES = ("L", "RGB", "RGBA", "LA", "I", "F", "I;16")
+_REDUCIBLE_MODES = ("L", "RGB", "RGBA", "LA", "I", "F")  # the modes PIL's `Image.reduce` takes (12.x: not "I;16")
 
 
 def _model_size(processor: Any) -> tuple[int, int] | None:
