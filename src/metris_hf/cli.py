@@ -17,14 +17,7 @@ import numpy as np
 from .folders import check_model_source, run_command
 from .resources import HAS_TRANSFORMERS, embedded_checkpoint
 
-DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +49,7 @@ def _segment(argv: list[str] | None) -> int:
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:0 (default: cpu)")
     parser.add_argument(
         "--dtype",
-        choices=sorted(DTYPES),
+        choices=sorted({*DTYPE_ALIASES, *DTYPE_ALIASES.values()}),
         default="float32",
         help="weights and activations in this precision (default float32); bf16 halves the memory and is faster "
         "where the hardware has bfloat16 units (GPUs, CPUs with AVX-512 BF16 or AMX); masks differ from "
@@ -88,40 +81,32 @@ def _segment(argv: list[str] | None) -> int:
         except (ValueError, FileNotFoundError) as error:
             parser.error(str(error))
 
-    if args.backend == "onnx":
-        if args.dtype not in ("float32", "fp32"):
-            parser.error("--backend onnx runs the exported float32 graph: leave --dtype out")
-        if args.model is None:
-            parser.error("--backend onnx needs --model: a folder written by scripts/export_onnx.py")
-        from .onnx_runtime import OnnxReferringSegmenter  # onnxruntime, NumPy, Pillow, tokenizers: no torch
+    try:  # the folder's, the input's and the output's problems: one line, no traceback
+        if args.backend == "onnx":
+            if args.dtype not in ("float32", "fp32"):
+                parser.error("--backend onnx runs the exported float32 graph: leave --dtype out")
+            if args.model is None:
+                parser.error("--backend onnx needs --model: a folder written by scripts/export_onnx.py")
+            from .onnx_runtime import OnnxReferringSegmenter  # onnxruntime, NumPy, Pillow, tokenizers: no torch
 
-        try:
             segmenter = OnnxReferringSegmenter(args.model)
-            result = segmenter(args.image, args.text, threshold=args.threshold)
-        except (ValueError, OSError) as error:  # the folder's and the input's problems: one line, no traceback
-            parser.exit(1, f"metris-segment: error: {error}\n")
-    else:
-        if not HAS_TRANSFORMERS:
+        elif not HAS_TRANSFORMERS:
             parser.exit(
                 1,
                 "metris-segment: error: the pytorch backend needs torch and transformers (pip install "
                 "metris-hf); this install can run exported models with --backend onnx\n",
             )
-        from transformers import pipeline
+        else:
+            from transformers import pipeline
 
-        model = args.model or str(embedded_checkpoint())
-        try:
-            segmenter = pipeline(
-                "referring-image-segmentation", model=model, device=args.device, dtype=DTYPES[args.dtype]
-            )
-            result = segmenter(args.image, args.text, threshold=args.threshold)
-        except (ValueError, OSError) as error:  # our checks and transformers' loading errors: one line, no traceback
-            parser.exit(1, f"metris-segment: error: {error}\n")
-    try:
+            dtype = DTYPE_ALIASES.get(args.dtype, args.dtype)
+            model = args.model or str(embedded_checkpoint())
+            segmenter = pipeline("referring-image-segmentation", model=model, device=args.device, dtype=dtype)
+        result = segmenter(args.image, args.text, threshold=args.threshold)
         output.parent.mkdir(parents=True, exist_ok=True)
-        result["mask"].save(output, format="PNG")
-    except OSError as error:
-        parser.exit(1, f"metris-segment: error: cannot write {output}: {error}\n")
+        result["mask"].save(output, format="PNG")  # an OSError here names the path
+    except (ValueError, OSError) as error:
+        parser.exit(1, f"metris-segment: error: {error}\n")
     area = float(np.asarray(result["mask"]).astype(bool).mean())
     print(
         f"{output}: {result['mask'].width}×{result['mask'].height}, {100 * area:.1f}% of the image, "

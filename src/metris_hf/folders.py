@@ -1,11 +1,6 @@
-"""What a folder given on a command line (or to `from_pretrained`) is, so that a wrong one is named as such before
-anything loads.
-
-transformers reads a missing local folder as a Hub id ("Repo id must be in the form …"), a folder without
-`config.json` as an unknown model ("Unrecognized model …"), and Accelerate reads a model folder given as a training
-state as a wall of missing keys. The checks here, run on command-line arguments, say what the folder is and
-what was expected instead.
-"""
+"""What a folder given on a command line is, named before anything loads: transformers reads a missing local folder
+as a Hub id ("Repo id must be in the form …") and one without `config.json` as an unknown model, and Accelerate a
+model folder given as a training state as a wall of missing keys. Also `run_command`, every command's error exit."""
 
 from __future__ import annotations
 
@@ -29,13 +24,8 @@ def folder_kind(path: str | os.PathLike) -> str:
         return "missing"
     if (folder / "config.json").is_file():
         return "model"
-    if (
-        (folder / "progress.json").is_file()
-        or any(folder.glob("random_states_*.pkl"))
-        or (folder / "optimizer.bin").is_file()
-    ):
-        return "training_state"
-    return "other"
+    state_files = ((folder / "progress.json").is_file(), (folder / "optimizer.bin").is_file())
+    return "training_state" if any(state_files) or any(folder.glob("random_states_*.pkl")) else "other"
 
 
 def _looks_local(name: str) -> bool:

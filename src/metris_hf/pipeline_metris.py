@@ -1,16 +1,12 @@
-"""The `referring-image-segmentation` pipeline: (image, expression) → the mask of what the expression means.
+"""The `referring-image-segmentation` pipeline (transformers has none; `import metris_hf` registers it).
 
-    import metris_hf
-    from transformers import pipeline
     segmenter = pipeline("referring-image-segmentation", model="path/to/checkpoint")
     segmenter(image, "the dog on the left")      # {"mask": PIL "L" image 0/255 at the image size, "score": float}
     segmenter(image, ["the dog", "the man"])     # one result per expression
     segmenter([{"image": ..., "text": ...}, ...], batch_size=8)
 
-transformers has no such task, so it is registered here (`register_pipeline`, called on `import metris_hf`).
-Model, processor, device and dtype are handled as by every transformers pipeline; batching does not change a
-prediction, because every expression is padded to the processor's fixed `max_length`. On CPU the pipeline applies
-`metris_hf.cpu_kernels.optimize_for_cpu_inference` to its model (in place: same weights, same results).
+Batching does not change a prediction: every expression is padded to the processor's fixed `max_length`. On CPU
+the model gets `cpu_kernels.optimize_for_cpu_inference` (in place: same weights, same results).
 """
 
 from __future__ import annotations
@@ -26,22 +22,14 @@ from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 from transformers.utils import logging
 
 from .cpu_kernels import optimize_for_cpu_inference
-from .image_io import load_local_image, open_local_image, reduce_for
+from .image_io import open_local_image, reduce_for
 from .image_processing_metris import check_threshold, to_rgb_uint8
-from .processing_metris import check_processor_for_model, check_tokenizer_vocabulary
+from .processing_metris import check_processor_for_model
 
 logger = logging.get_logger(__name__)
 
 TASK = "referring-image-segmentation"
 _IMAGE_TYPES = (PIL.Image.Image, np.ndarray, torch.Tensor, str, os.PathLike)
-
-
-def _check_expression(text: Any, where: str) -> str:
-    if not isinstance(text, str):
-        raise ValueError(f"{where}: the expression must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise ValueError(f"{where}: the expression is empty or whitespace-only")
-    return text
 
 
 class ReferringImageSegmentationPipeline(Pipeline):
@@ -67,149 +55,114 @@ class ReferringImageSegmentationPipeline(Pipeline):
         super().__init__(*args, **kwargs)
         if self.processor is None:
             raise ValueError(f"the {TASK} pipeline needs the checkpoint's processor (MetrisProcessor)")
-        text_config = getattr(self.model.config, "text_config", None)
         where = f"pipeline ({self.model.name_or_path})" if getattr(self.model, "name_or_path", "") else "pipeline"
-        check_tokenizer_vocabulary(self.processor.tokenizer, where, getattr(text_config, "vocab_size", None))
         check_processor_for_model(self.processor, self.model.config, where)
         check_finite_weights(self.model)
         if self.device.type == "cpu":
             optimize_for_cpu_inference(self.model)  # CPU kernels for METRIS's own linears and GELUs, same weights
 
     def __call__(self, image: Any, text: str | list[str] | None = None, **kwargs: Any) -> Any:
-        """Returns one result dict for one (image, expression), else a list of them (see the class docstring)."""
+        """Returns one result dict for one (image, expression), else a list of them (see the class docstring).
+
+        Every example of a list is checked here, so that a bad one is named before anything runs; generators and
+        datasets stream through and each item is checked in `preprocess`."""
         if isinstance(image, dict):
             if text is not None:
                 raise ValueError("give the expression inside the dict ({'image': ..., 'text': ...}), not beside it")
             return super().__call__(self._checked(image, "input"), **kwargs)
-        if isinstance(image, (list, tuple)) and image and all(isinstance(item, dict) for item in image):
-            if text is not None:
-                raise ValueError(
-                    "give the expressions inside the dicts ({'image': ..., 'text': ...}), not beside them"
-                )
-            examples = [self._checked(item, f"example {index}") for index, item in enumerate(image)]
-            return super().__call__(examples, **kwargs)
         if isinstance(image, (list, tuple)) or (isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4):
-            images = list(image)
-            if not images:
-                raise ValueError("no image given (empty list)")
-            texts = [text] if isinstance(text, str) else text
-            if not isinstance(texts, (list, tuple)):
-                raise ValueError("give one expression (a string) per image")
-            if len(images) == 1 and len(texts) > 1:
-                images = images * len(texts)
-            if len(images) != len(texts):
-                raise ValueError(
-                    f"got {len(images)} images and {len(texts)} expressions: give one expression per image"
-                )
-            examples = [
-                self._checked({"image": i, "text": t}, f"example {n}") for n, (i, t) in enumerate(zip(images, texts))
-            ]
-            return super().__call__(examples, **kwargs)
-        if isinstance(image, _IMAGE_TYPES):
-            if text is None:
-                raise ValueError("a referring expression is needed: pipe(image, 'the dog on the left')")
-            if isinstance(text, str):
-                return super().__call__(self._checked({"image": image, "text": text}, "input"), **kwargs)
-            if not isinstance(text, (list, tuple)) or not text:
-                raise ValueError("text must be a string or a non-empty list of strings")
-            image, original = self._open(image, "input")  # read a path once, not once per expression
-            examples = [
-                {**self._checked({"image": image, "text": t}, f"expression {n}"), _ORIGINAL_SIZE: original}
-                for n, t in enumerate(text)
-            ]
-            return super().__call__(examples, **kwargs)
-        # generators and datasets of {"image", "text"} dicts stream through; each item is checked in preprocess
-        return super().__call__(image, **kwargs)
+            examples = list(image)  # dicts, or images paired with `text`
+            if text is not None or not examples or not all(isinstance(example, dict) for example in examples):
+                texts = [text] if isinstance(text, str) else text
+                if not examples or not isinstance(texts, (list, tuple)):
+                    raise ValueError("give a non-empty list of images and one expression (a string) per image")
+                if len(examples) == 1 and len(texts) > 1:
+                    examples = examples * len(texts)
+                if len(examples) != len(texts):
+                    raise ValueError(f"got {len(examples)} images and {len(texts)} expressions: give one per image")
+                examples = [{"image": i, "text": t} for i, t in zip(examples, texts)]
+            return super().__call__([self._checked(e, f"example {n}") for n, e in enumerate(examples)], **kwargs)
+        if not isinstance(image, _IMAGE_TYPES):
+            return super().__call__(image, **kwargs)  # a generator or dataset of {"image", "text"} dicts
+        if text is None:
+            raise ValueError("a referring expression is needed: pipe(image, 'the dog on the left')")
+        if isinstance(text, str):
+            return super().__call__(self._checked({"image": image, "text": text}, "input"), **kwargs)
+        if not isinstance(text, (list, tuple)) or not text:
+            raise ValueError("text must be a string or a non-empty list of strings")
+        self._check_image(image, "input")  # and a path is read once, not once per expression:
+        image, original = self._open(image, "input") if isinstance(image, (str, os.PathLike)) else (image, None)
+        examples = [self._checked({"image": image, "text": t}, f"expression {n}") for n, t in enumerate(text)]
+        return super().__call__([{**example, _ORIGINAL_SIZE: original} for example in examples], **kwargs)
 
-    def _open(self, image: Any, where: str) -> tuple[Any, tuple[int, int] | None]:
-        """A path → (the image decoded no larger than the model needs, reduced in uint8, and its own (H, W)); any
-        other image → (itself, None). One image's peak memory is then its decoded uint8 bytes (a JPEG's much
-        less, decoded at a reduced scale) plus a constant, whatever its size."""
-        if not isinstance(image, (str, os.PathLike)):
-            return self._load(image, where), None
+    def _open(self, image: Any, where: str) -> tuple[Any, tuple[int, int]]:
+        """→ (the image, its own (H, W)). A path is decoded no larger than the model needs (a JPEG at a reduced
+        scale) and a PIL image reduced in uint8 (below), so one image's peak memory is its decoded bytes plus a
+        constant; an array's layout is settled once, so the size reported is the one processed."""
         target = _model_size(self.processor)
-        draft_to = None if target is None else (3 * target[1], 3 * target[0])
         try:
-            opened, original = open_local_image(image, draft_to)
+            if isinstance(image, (str, os.PathLike)):
+                image, original = open_local_image(image, None if target is None else (3 * target[1], 3 * target[0]))
+            elif isinstance(image, PIL.Image.Image):
+                original = (image.height, image.width)
+            else:
+                image = to_rgb_uint8(image)
+                return image, tuple(image.shape[-2:])
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from error
-        return _reduced_early(opened, target), original
+        # A PIL image ≥ 6× the input a side is shrunk in uint8 by an integer factor that keeps it ≥ 3× (PIL's box
+        # filter, as the image processor's own first step), before any mode conversion or float copy.
+        return (reduce_for(image, target) if image.mode in _REDUCIBLE_MODES else image), original
 
     @staticmethod
-    def _load(image: Any, where: str, decode: bool = True) -> Any:
-        """Checks an image; a path is read (or, with `decode=False`, only checked: a long list of paths is
-        decoded one by one as the batches are built, not all up front)."""
+    def _checked(example: Any, where: str) -> dict[str, Any]:
+        """One example's keys, expression and image, checked without decoding a path (a long list of paths is
+        decoded batch by batch, not all up front)."""
+        if not isinstance(example, dict) or "image" not in example or "text" not in example:
+            got = sorted(example) if isinstance(example, dict) else type(example).__name__
+            raise ValueError(f"{where}: a dict input needs the keys 'image' and 'text', got {got}")
+        text = example["text"]
+        if not isinstance(text, str):
+            raise ValueError(f"{where}: the expression must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(f"{where}: the expression is empty or whitespace-only")
+        ReferringImageSegmentationPipeline._check_image(example["image"], where)
+        return example
+
+    @staticmethod
+    def _check_image(image: Any, where: str) -> None:
         if isinstance(image, (str, os.PathLike)):
             try:
-                if decode:
-                    return load_local_image(image)
-                text = os.fspath(image)
-                if text.lower().startswith(("http://", "https://")) or not os.path.isfile(text):
-                    load_local_image(text)  # raises the explanatory error
-                return image
+                if not os.path.isfile(image):  # a URL or a missing file, named by open_local_image
+                    open_local_image(image)
             except ValueError as error:
                 raise ValueError(f"{where}: {error}") from error
-        if not isinstance(image, _IMAGE_TYPES):
+        elif not isinstance(image, _IMAGE_TYPES):
             raise ValueError(
                 f"{where}: unsupported image type {type(image).__name__} (a PIL image, NumPy array, tensor or "
                 "local path is expected)"
             )
-        shape = (image.height, image.width) if isinstance(image, PIL.Image.Image) else tuple(image.shape)
-        if 0 in shape:
+        elif 0 in (shape := (image.height, image.width) if isinstance(image, PIL.Image.Image) else tuple(image.shape)):
             raise ValueError(f"{where}: the image has zero size (shape {shape})")
-        return image
-
-    def _checked(self, example: dict[str, Any], where: str) -> dict[str, Any]:
-        """Validates one example up front, so that a bad one in a batch is named before anything runs."""
-        if "image" not in example or "text" not in example:
-            raise ValueError(f"{where}: a dict input needs the keys 'image' and 'text', got {sorted(example)}")
-        image = self._load(example["image"], where, decode=False)
-        return {"image": image, "text": _check_expression(example["text"], where)}
 
     def _sanitize_parameters(
         self, threshold: float | None = None, max_length: int | None = None, **kwargs: Any
     ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         if kwargs:
             logger.warning(f"{type(self).__name__} ignores the argument(s) {sorted(kwargs)}")
-        preprocess_params: dict[str, Any] = {}
-        postprocess_params: dict[str, Any] = {}
-        if max_length is not None:
-            preprocess_params["max_length"] = max_length
-        if threshold is not None:
-            postprocess_params["threshold"] = check_threshold(threshold)
+        preprocess_params = {} if max_length is None else {"max_length": max_length}
+        postprocess_params = {} if threshold is None else {"threshold": check_threshold(threshold)}
         return preprocess_params, {}, postprocess_params
 
-    def preprocess(self, inputs: dict[str, Any], max_length: int | None = None) -> dict[str, torch.Tensor]:
-        if not isinstance(inputs, dict) or "image" not in inputs or "text" not in inputs:
-            raise ValueError(f"each input must be a dict with 'image' and 'text', got {type(inputs).__name__}")
-        image, original = self._open(inputs["image"], "input")
-        original = inputs.get(_ORIGINAL_SIZE) or original
-        text = _check_expression(inputs["text"], "input")
-        if isinstance(image, PIL.Image.Image):
-            if image.width == 0 or image.height == 0:
-                raise ValueError(f"input: the image has zero size ({image.width}×{image.height})")
-            original = original or (image.height, image.width)
-            image = _reduced_early(image, _model_size(self.processor))
-        else:
-            try:  # arrays and tensors: settle their layout once, so the size reported is the one processed
-                image = to_rgb_uint8(image)
-            except ValueError as error:
-                raise ValueError(f"input: {error}") from error
-            original = tuple(image.shape[-2:])
-        text_kwargs = {} if max_length is None else {"max_length": max_length}
-        encoded = self.processor(images=image, text=text, return_tensors="pt", **text_kwargs)
-        model_inputs = {key: encoded[key] for key in ("pixel_values", "input_ids", "attention_mask")}
-        model_inputs["pixel_values"] = model_inputs["pixel_values"].to(self.dtype)
-        model_inputs["target_size"] = torch.tensor([original], dtype=torch.long)
-        return model_inputs
+    def preprocess(self, inputs: Any, **text_kwargs: Any) -> dict[str, torch.Tensor]:
+        image, original = self._open(self._checked(inputs, "input")["image"], "input")
+        encoded = self.processor(images=image, text=inputs["text"], return_tensors="pt", **text_kwargs)
+        return {**encoded.to(self.dtype), "target_size": torch.tensor([inputs.get(_ORIGINAL_SIZE) or original])}
 
     def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         target_size = model_inputs.pop("target_size")
         outputs = self.model(**model_inputs)
-        result = {"target_size": target_size, "logits": outputs.logits}
-        if getattr(outputs, "no_target_logits", None) is not None:
-            result["no_target_logits"] = outputs.no_target_logits
-        return result
+        return {"target_size": target_size, "logits": outputs.logits, "no_target_logits": outputs.no_target_logits}
 
     def postprocess(self, model_outputs: dict[str, torch.Tensor], threshold: float = 0.5) -> dict[str, Any]:
         (result,) = self.processor.post_process_referring_segmentation(
@@ -222,26 +175,15 @@ class ReferringImageSegmentationPipeline(Pipeline):
 
 
 _ORIGINAL_SIZE = "_original_size"  # (H, W) of an image decoded at a reduced scale, carried to the mask's size
-_REDUCIBLE_MODES = ("L", "RGB", "RGBA", "LA", "I", "F", "I;16")
+_REDUCIBLE_MODES = ("L", "RGB", "RGBA", "LA", "I", "F")  # the modes PIL's `Image.reduce` takes (12.x: not "I;16")
 
 
 def _model_size(processor: Any) -> tuple[int, int] | None:
     """(height, width) the image processor resizes to, or None when it does not resize to a fixed size."""
-    image_processor = getattr(processor, "image_processor", None)
-    size = getattr(image_processor, "size", None) or {}
+    image_processor = processor.image_processor
+    size = image_processor.size or {}
     height, width = size.get("height"), size.get("width")
-    if not getattr(image_processor, "do_resize", True) or not height or not width:
-        return None
-    return int(height), int(width)
-
-
-def _reduced_early(image: Any, target: tuple[int, int] | None) -> Any:
-    """A PIL image at least 6× the model's input on both sides, shrunk in uint8 by an integer factor that keeps it
-    ≥ 3× the input (PIL's box filter, the first step of `Image.resize(reducing_gap=3)` and the same reduction the
-    image processor makes): done here, before any mode conversion or float copy, it bounds what follows."""
-    if target is None or not isinstance(image, PIL.Image.Image) or image.mode not in _REDUCIBLE_MODES:
-        return image
-    return reduce_for(image, target)
+    return (int(height), int(width)) if image_processor.do_resize and height and width else None
 
 
 def check_finite_weights(model: torch.nn.Module) -> None:
