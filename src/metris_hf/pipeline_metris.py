@@ -22,12 +22,12 @@ import numpy as np
 import PIL.Image
 import torch
 from transformers import AutoModel
+from transformers.image_utils import ChannelDimension, get_image_size, infer_channel_dimension_format
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 from transformers.utils import logging
 
 from .cpu_kernels import optimize_for_cpu_inference
-from .image_io import load_local_image, open_local_image, reduce_for
-from .image_processing_metris import check_threshold, to_rgb_uint8
+from .image_io import check_threshold, load_local_image, open_local_image, reduce_for
 from .processing_metris import check_processor_for_model, check_tokenizer_vocabulary
 
 logger = logging.get_logger(__name__)
@@ -191,11 +191,13 @@ class ReferringImageSegmentationPipeline(Pipeline):
             original = original or (image.height, image.width)
             image = _reduced_early(image, _model_size(self.processor))
         else:
-            try:  # arrays and tensors: settle their layout once, so the size reported is the one processed
-                image = to_rgb_uint8(image)
+            try:  # arrays and tensors: the size the image processor reads, by transformers' channel-axis rule
+                layout = (
+                    ChannelDimension.FIRST if image.ndim == 2 else infer_channel_dimension_format(image, (1, 3, 4))
+                )
+                original = get_image_size(image, layout)
             except ValueError as error:
                 raise ValueError(f"input: {error}") from error
-            original = tuple(image.shape[-2:])
         text_kwargs = {} if max_length is None else {"max_length": max_length}
         encoded = self.processor(images=image, text=text, return_tensors="pt", **text_kwargs)
         model_inputs = {key: encoded[key] for key in ("pixel_values", "input_ids", "attention_mask")}
