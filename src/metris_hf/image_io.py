@@ -86,8 +86,9 @@ def check_image_size(height: int, width: int, what: str = "image") -> None:
 
 
 def check_finite(values: Any, what: str = "image") -> None:
-    """NaN or inf in a float NumPy array or torch tensor (duck-typed: torch is not imported) is a ValueError."""
-    if "float" in str(values.dtype) and not bool(abs(values).max() < math.inf):  # NaN fails `<`
+    """NaN or inf in a float NumPy array or torch tensor (duck-typed: torch is not imported) is a ValueError; two
+    reductions, no copy (NaN propagates through min and max and fails both comparisons)."""
+    if "float" in str(values.dtype) and not (bool(values.min() > -math.inf) and bool(values.max() < math.inf)):
         raise ValueError(f"the {what} contains NaN or infinite values")
 
 

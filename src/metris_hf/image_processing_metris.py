@@ -151,20 +151,17 @@ class MetrisImageProcessingMixin:
         would move the contour, the sigmoid not being linear).
 
         Args:
-            outputs: the model output; needs `.logits` (B, 1, h, w) and optionally `.no_target_logits` (B,): where
-                sigmoid(no_target_logits) > 0.5 the model says nothing is referred and the mask is all False.
-            target_sizes: (height, width) per example, e.g. the original image sizes; a list of pairs or a
-                (B, 2) tensor. `None` = the processor's `size` (480×480), the resolution of `pixel_values` and
-                `labels`, at which the paper's protocol evaluates.
+            outputs: the model output (or a dict) with `logits` (B, 1, h, w) and optionally `no_target_logits` (B,):
+                where it is > 0 the model says nothing is referred and the mask is all False.
+            target_sizes: (height, width) per example (pairs or a (B, 2) tensor); `None` = the processor's `size`,
+                the resolution of `pixel_values` and `labels`, at which the paper's protocol evaluates.
             threshold: probability above which a pixel is foreground.
             return_scores: also return each mask's score: the mean probability inside the mask, or the highest
                 probability in the image when the mask is empty (how close the model came to finding something).
 
-        Returns:
-            a list of boolean tensors (H, W), on the logits' device; with `return_scores`, a list of
-            `{"mask": tensor, "score": float}`.
+        Returns: boolean tensors (H, W) on the logits' device; with `return_scores`, `{"mask", "score"}` dicts.
         """
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        logits = outputs["logits"]
         if logits.ndim == 3:
             logits = logits.unsqueeze(1)
         if logits.ndim != 4 or logits.shape[1] != 1:
@@ -176,13 +173,8 @@ class MetrisImageProcessingMixin:
                 f"{torch.nonzero(~finite).flatten().tolist()}: no mask can be read from them. Its weights are "
                 "probably corrupt (look for non-finite parameters), or the input overflowed its dtype"
             )
-        no_target = outputs.get("no_target_logits") if hasattr(outputs, "get") else None
-        if no_target is None:
-            no_target = getattr(outputs, "no_target_logits", None)
-        batch = logits.shape[0]
-        sizes = self._target_sizes(target_sizes, batch)
-        cut = logit_cut(threshold)
-
+        no_target = outputs.get("no_target_logits")
+        sizes, cut = self._target_sizes(target_sizes, logits.shape[0]), logit_cut(threshold)
         results: list[Any] = []
         for index, (height, width) in enumerate(sizes):
             empty = no_target is not None and float(no_target.reshape(-1)[index]) > 0
