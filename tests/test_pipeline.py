@@ -156,6 +156,7 @@ def test_image_inputs(segmenter, tmp_path, photo):
         (Image.fromarray(np.full((6, 7), 30000, np.uint16)), (7, 6)),
         (np.zeros((11, 13), np.uint8), (13, 11)),
         (np.zeros((3, 11, 13), np.float32), (13, 11)),  # CHW NumPy, the only possible reading
+        (np.zeros((3, 11, 4), np.uint8), (11, 3)),  # H×W×C NumPy, though its first axis could be channels
     ]:
         assert_result(segmenter(image, "the star"), *size)
 

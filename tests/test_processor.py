@@ -76,6 +76,8 @@ UNIFORM_CASES = [
     ("np HxWx3 float [0,1]", lambda: np.broadcast_to(np.float32([0.0, 0.5, 1.0]), (5, 7, 3)), (0, 0.5, 1), 0.01),
     ("np HxWx3 float [0,255]", lambda: np.broadcast_to(np.float64([3.0, 128.0, 255.0]), (5, 7, 3)), (3, 128, 255), 0),
     ("np HxWx4 opaque", lambda: np.broadcast_to(np.uint8([10, 20, 30, 255]), (5, 7, 4)), (10, 20, 30), 0),
+    # a NumPy strip 3 rows high is H×W×C (PIL's layout), though its first axis could be channels too
+    ("np 3xWx3 strip", lambda: np.broadcast_to(np.uint8([10, 20, 30]), (3, 7, 3)), (10, 20, 30), 0),
     ("np bool", lambda: np.ones((5, 7), bool), (1, 1, 1), 0),
     (
         "tensor CHW uint8",

@@ -1,14 +1,12 @@
 """Image processors for METRIS: images → `pixel_values`, masks → `labels`, mask logits → boolean masks.
 
-`MetrisImageProcessor` (torchvision, the default) and `MetrisImageProcessorPil` (PIL/NumPy) read inputs with the
-backends' own `process_image`: PIL images of any mode PIL converts to RGB (transparency on white), arrays and tensors
-H×W or C×H×W / H×W×C (C ∈ {1, 3, 4}; transformers' channel-axis rule, or `input_data_format`). Values follow
-transformers' convention: uint8 as is, floats as given (a [0, 1] image wants `do_rescale=False`), no uint8
-quantisation. METRIS-specific, in `MetrisImageProcessingMixin`: the paper's recipe (appendix A, as LAVT: resize to
-480×480 without keeping the aspect ratio, rescale, ImageNet mean/std; a PIL image ≥ 6× that size box-reduced first);
-local paths only (`image_io`); zero-size and non-finite images refused, naming the image; `segmentation_maps` →
-binary `labels` (foreground > 0, or > 0.5 for floats, in any channel; nearest resize, the evaluation protocol's
-ground truth); `post_process_referring_segmentation` (stride-4 logits → a boolean mask at the original size).
+`MetrisImageProcessor` (torchvision) and `MetrisImageProcessorPil` read inputs with the backends' own `process_image`
+(PIL modes converted to RGB, transparency on white; arrays H×W or with 1, 3 or 4 channels) and follow transformers'
+value convention: uint8 as is, floats as given (a [0, 1] image wants `do_rescale=False`), nothing quantised to uint8.
+METRIS-specific (`MetrisImageProcessingMixin`): the paper's recipe (appendix A, as LAVT: 480×480 without keeping the
+aspect ratio, rescale, ImageNet mean/std; a PIL image ≥ 6× that size box-reduced first); local paths only; zero-size
+and non-finite images refused by index; `segmentation_maps` → binary `labels` (nearest resize, the evaluation
+protocol's ground truth); `post_process_referring_segmentation` (stride-4 logits → a mask at the original size).
 """
 
 from __future__ import annotations
@@ -24,7 +22,13 @@ import torch
 import torch.nn.functional as F
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ChannelDimension, PILImageResampling
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    ChannelDimension,
+    PILImageResampling,
+    infer_channel_dimension_format,
+)
 from transformers.utils import TensorType, is_torchvision_available
 
 from .image_io import check_finite, check_image_size, check_threshold, load_local_image, logit_cut, reduce_for, to_rgb
@@ -50,6 +54,16 @@ def make_list(inputs: Any, what: str = "images") -> list[Any]:
     if isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim == 4:
         return list(inputs)
     return [inputs]
+
+
+def image_layout(image: np.ndarray | torch.Tensor) -> ChannelDimension:
+    """transformers' channel-axis rule (C ∈ {1, 3, 4}; channels-first if both axes could be), except that a NumPy
+    array is H×W×C, PIL's layout, whenever it can be. The pipeline reports mask sizes by it."""
+    if image.ndim == 2:
+        return ChannelDimension.FIRST
+    if isinstance(image, np.ndarray) and image.shape[-1] in (1, 3, 4):
+        return ChannelDimension.LAST
+    return infer_channel_dimension_format(image, (1, 3, 4))
 
 
 class MetrisImageProcessingMixin:
@@ -86,16 +100,18 @@ class MetrisImageProcessingMixin:
     ) -> Any:
         if isinstance(image, PIL.Image.Image):
             image = reduce_for(image, reduce_to, convert=to_rgb) if do_convert_rgb else image
+            if image.mode == "RGB":  # as is: the backend would first copy it through PIL's convert("RGB")
+                image, kwargs["input_data_format"] = np.array(image), ChannelDimension.LAST
         elif not isinstance(image, (np.ndarray, torch.Tensor)):
-            raise ValueError(
-                f"unsupported image type {type(image).__name__}: expected a PIL image, an array or a path"
-            )
+            raise ValueError(f"unsupported image type {type(image).__name__}: expected a PIL image, array or path")
         elif image.is_complex() if isinstance(image, torch.Tensor) else image.dtype.kind not in "biuf":
             raise ValueError(f"unsupported image dtype {image.dtype}")
         elif image.ndim not in (2, 3):
             raise ValueError(f"an image must have 2 or 3 dimensions, got shape {tuple(image.shape)}")
         elif image.ndim == 2:  # grey H×W: PilBackend would convert it to RGB before it adds the channel axis
             image, kwargs["input_data_format"] = image[None], ChannelDimension.FIRST
+        elif kwargs.get("input_data_format") is None:
+            kwargs["input_data_format"] = image_layout(image)
         if isinstance(image, np.ndarray):  # torch.from_numpy refuses negative strides (a flipped view)
             image = np.ascontiguousarray(image)
         return super().process_image(image, do_convert_rgb=do_convert_rgb, **kwargs)
@@ -133,8 +149,10 @@ class MetrisImageProcessingMixin:
             if len(masks) != len(images):
                 raise ValueError(f"got {len(images)} images but {len(masks)} segmentation maps")
             mask_kwargs = dict(kwargs, do_rescale=False, do_normalize=False, resample=self._mask_resample)
-            masks = self._preprocess([self._binary(mask) for mask in masks], return_tensors=None, **mask_kwargs)
-            data["labels"] = [self._label(mask) for mask in masks["pixel_values"]]
+            # foreground: > 0 (bool, 0/1, 0/255, palette index), > 0.5 for floats (soft masks), in any channel
+            masks = [self._cast((m > (0.5 if "float" in str(m.dtype) else 0)).any(0)[None], "uint8") for m in masks]
+            masks = self._preprocess(masks, return_tensors=None, **mask_kwargs)["pixel_values"]
+            data["labels"] = [self._cast(mask[0], "int64") for mask in masks]
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def post_process_referring_segmentation(
@@ -156,8 +174,8 @@ class MetrisImageProcessingMixin:
             target_sizes: (height, width) per example (pairs or a (B, 2) tensor); `None` = the processor's `size`,
                 the resolution of `pixel_values` and `labels`, at which the paper's protocol evaluates.
             threshold: probability above which a pixel is foreground.
-            return_scores: also return each mask's score: the mean probability inside the mask, or the highest
-                probability in the image when the mask is empty (how close the model came to finding something).
+            return_scores: also return each mask's score: the mean probability inside the mask, or the highest one
+                when it is empty (how close the model came to finding something).
 
         Returns: boolean tensors (H, W) on the logits' device; with `return_scores`, `{"mask", "score"}` dicts.
         """
@@ -168,10 +186,10 @@ class MetrisImageProcessingMixin:
             raise ValueError(f"expected mask logits of shape (B, 1, h, w), got {tuple(logits.shape)}")
         finite = torch.isfinite(logits).flatten(1).all(dim=1)
         if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten().tolist()
             raise ValueError(
-                f"the model's mask logits hold non-finite values (NaN or inf) for example(s) "
-                f"{torch.nonzero(~finite).flatten().tolist()}: no mask can be read from them. Its weights are "
-                "probably corrupt (look for non-finite parameters), or the input overflowed its dtype"
+                f"the model's mask logits hold non-finite values (NaN or inf) for example(s) {bad}: no mask can be "
+                "read from them. Its weights are probably corrupt, or the input overflowed its dtype"
             )
         no_target = outputs.get("no_target_logits")
         sizes, cut = self._target_sizes(target_sizes, logits.shape[0]), logit_cut(threshold)
@@ -184,11 +202,9 @@ class MetrisImageProcessingMixin:
 
     def _target_sizes(self, target_sizes: Any, batch: int) -> list[tuple[int, int]]:
         if target_sizes is None:
-            size = self.size
-            height, width = size["height"], size["width"]
-            if not height or not width:
+            if not (self.size.get("height") and self.size.get("width")):
                 raise ValueError("target_sizes is required when the processor's size is not a fixed height×width")
-            return [(int(height), int(width))] * batch
+            target_sizes = [(self.size["height"], self.size["width"])] * batch
         if isinstance(target_sizes, torch.Tensor):
             target_sizes = target_sizes.tolist()
         if len(target_sizes) != batch:
@@ -210,11 +226,10 @@ class MetrisImageProcessingMixin:
 def _mask_and_score(
     field: torch.Tensor, height: int, width: int, cut: float, empty: bool
 ) -> tuple[torch.Tensor, float]:
-    """The mask of one (1, 1, h, w) logit field at height×width and its score (the mean probability inside, or the
-    highest one when the mask is empty). Bilinear with align_corners=True is separable: the logits are upsampled
-    along the width only (h × width floats), then each band of output rows blends its two source rows, so the
-    memory is the boolean mask plus 16 MB, not a float32 field (576 MB for a 12000² image). A target smaller than
-    h×w (a tiny image) is resized whole, antialiased, so that it averages the logits it covers."""
+    """One (1, 1, h, w) logit field → its mask at height×width and score (mean probability inside, or the highest one
+    if empty). Bilinear (align_corners=True) is separable: upsampled along the width (h × width floats), then a band
+    of rows at a time, so memory is the mask plus 16 MB, not a float32 field (576 MB at 12000²). A target smaller
+    than h×w (a tiny image) is resized whole, antialiased, to average the logits it covers."""
     rows_in = field.shape[-2]
     if height < rows_in or width < field.shape[-1]:
         field = F.interpolate(field, size=(height, width), mode="bilinear", align_corners=True, antialias=True)
@@ -242,11 +257,7 @@ def _mask_and_score(
 
 
 class MetrisImageProcessor(MetrisImageProcessingMixin, TorchvisionBackend):
-    """METRIS image processor, torchvision backend (the default): batched resizing, optionally on a GPU.
-
-    `processor(images, segmentation_maps=None, return_tensors="pt")` → `pixel_values` (B, 3, 480, 480) and,
-    with masks, `labels` (B, 480, 480) int64 0/1.
-    """
+    """METRIS image processor, torchvision backend (the default): batched resizing, optionally on a GPU."""
 
     @property
     def _mask_resample(self) -> Any:
@@ -254,24 +265,16 @@ class MetrisImageProcessor(MetrisImageProcessingMixin, TorchvisionBackend):
         return tvF.InterpolationMode.NEAREST_EXACT
 
     @staticmethod
-    def _binary(mask: torch.Tensor) -> torch.Tensor:
-        return (mask > (0.5 if mask.is_floating_point() else 0)).any(0, keepdim=True).to(torch.uint8)
-
-    @staticmethod
-    def _label(mask: torch.Tensor) -> torch.Tensor:
-        return mask[0].to(torch.int64)
+    def _cast(mask: torch.Tensor, dtype: str) -> torch.Tensor:
+        return mask.to(getattr(torch, dtype))
 
 
 class MetrisImageProcessorPil(MetrisImageProcessingMixin, PilBackend):
     """METRIS image processor, PIL/NumPy backend: the same steps without torchvision (PIL does the resizing)."""
 
     @staticmethod
-    def _binary(mask: np.ndarray) -> np.ndarray:
-        return (mask > (0.5 if mask.dtype.kind == "f" else 0)).any(0, keepdims=True).astype(np.uint8)
-
-    @staticmethod
-    def _label(mask: np.ndarray) -> np.ndarray:
-        return mask[0].astype(np.int64)
+    def _cast(mask: np.ndarray, dtype: str) -> np.ndarray:
+        return mask.astype(dtype)
 
 
 __all__ = [
@@ -279,6 +282,7 @@ __all__ = [
     "MetrisImageProcessor",
     "MetrisImageProcessorPil",
     "check_threshold",
+    "image_layout",
     "load_local_image",
     "make_list",
 ]

@@ -22,12 +22,13 @@ import numpy as np
 import PIL.Image
 import torch
 from transformers import AutoModel
-from transformers.image_utils import ChannelDimension, get_image_size, infer_channel_dimension_format
+from transformers.image_utils import get_image_size
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 from transformers.utils import logging
 
 from .cpu_kernels import optimize_for_cpu_inference
 from .image_io import check_threshold, load_local_image, open_local_image, reduce_for
+from .image_processing_metris import image_layout
 from .processing_metris import check_processor_for_model, check_tokenizer_vocabulary
 
 logger = logging.get_logger(__name__)
@@ -191,11 +192,8 @@ class ReferringImageSegmentationPipeline(Pipeline):
             original = original or (image.height, image.width)
             image = _reduced_early(image, _model_size(self.processor))
         else:
-            try:  # arrays and tensors: the size the image processor reads, by transformers' channel-axis rule
-                layout = (
-                    ChannelDimension.FIRST if image.ndim == 2 else infer_channel_dimension_format(image, (1, 3, 4))
-                )
-                original = get_image_size(image, layout)
+            try:  # arrays and tensors: the size the image processor reads
+                original = get_image_size(image, image_layout(image))
             except ValueError as error:
                 raise ValueError(f"input: {error}") from error
         text_kwargs = {} if max_length is None else {"max_length": max_length}
