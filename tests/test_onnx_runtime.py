@@ -137,11 +137,31 @@ def test_a_decompression_bomb_is_named_with_the_limit(folder, tmp_path, monkeypa
         OnnxPreprocessor(folder).rgb(path)
 
 
+def test_arrays_are_read_as_the_image_processor_reads_them(folder):
+    """Floats on the 0-255 scale (transformers' convention, rounded to uint8 for Pillow), grey and RGBA arrays; a
+    NaN, an unsupported dtype or an empty array is a ValueError naming it."""
+    preprocessor = OnnxPreprocessor(folder)
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    expected = preprocessor.pixel_values(rgb)
+    np.testing.assert_array_equal(preprocessor.pixel_values(rgb.astype(np.float32)), expected)
+    grey = preprocessor.pixel_values(rgb[..., 0])
+    np.testing.assert_array_equal(grey, preprocessor.pixel_values(np.repeat(rgb[..., :1], 3, -1)))
+    opaque = np.concatenate([rgb, np.full((20, 30, 1), 255, np.uint8)], -1)
+    np.testing.assert_array_equal(preprocessor.pixel_values(opaque), expected)
+    for bad, message in [
+        (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
+        (np.zeros((4, 4, 3), np.complex64), "dtype complex64"),
+        (np.zeros((0, 4, 3), np.uint8), "zero size"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            preprocessor.pixel_values(bad)
+
+
 def test_a_mode_pil_cannot_convert_is_named_as_by_the_image_processor(folder):
     image = Image.new("La", (8, 8))  # PIL converts La to nothing
-    with pytest.raises(ValueError, match=r"unsupported PIL image mode 'La'"):
+    with pytest.raises(ValueError, match=r"conversion from La to L not supported"):
         OnnxPreprocessor(folder).pixel_values(image)
-    with pytest.raises(ValueError, match=r"unsupported PIL image mode 'La'"):
+    with pytest.raises(ValueError, match=r"conversion from La to L not supported"):
         MetrisImageProcessorPil.from_pretrained(folder)(image)
 
 

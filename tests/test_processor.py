@@ -59,36 +59,33 @@ UNIFORM_CASES = [
     ("LA opaque", lambda: uniform_pil("LA", (100, 255)), (100, 100, 100), 0),
     ("LA transparent", lambda: uniform_pil("LA", (100, 0)), (255, 255, 255), 0),
     ("RGBA half", lambda: uniform_pil("RGBA", (0, 0, 200, 128)), (127, 127, 227), 1),
-    ("RGBa", lambda: uniform_pil("RGBa", (0, 0, 128, 128)), (127, 127, 255), 2),
+    ("RGBa", lambda: uniform_pil("RGBa", (0, 0, 128, 128)), (0, 0, 255), 0),  # no "A" band: PIL's own conversion
     ("CMYK", lambda: uniform_pil("CMYK", (0, 255, 255, 0)), (255, 0, 0), 0),
     ("YCbCr", lambda: uniform_pil("RGB", (10, 120, 250)).convert("YCbCr"), (10, 120, 250), 3),
     ("HSV", lambda: uniform_pil("HSV", (0, 255, 255)), (255, 0, 0), 0),
     ("I 8-bit values", lambda: Image.fromarray(np.full((5, 7), 100, np.int32)), (100, 100, 100), 0),
-    ("I 16-bit values", lambda: Image.fromarray(np.full((5, 7), 40000, np.int32)), (156, 156, 156), 0),
+    # 16-bit and float PIL modes become RGB by PIL's own conversion, as in transformers: values clipped to 0..255
+    ("I 16-bit values", lambda: Image.fromarray(np.full((5, 7), 40000, np.int32)), (255, 255, 255), 0),
     ("I;16", lambda: Image.fromarray(np.full((5, 7), 65535, np.uint16)), (255, 255, 255), 0),
-    ("I;16 mid", lambda: Image.fromarray(np.full((5, 7), 257 * 100, np.uint16)), (100, 100, 100), 0),
-    ("I;16B", lambda: sixteen_bit_big_endian(257 * 100), (100, 100, 100), 0),
-    ("F", lambda: Image.fromarray(np.full((5, 7), 0.5, np.float32)), (128, 128, 128), 0),
+    ("I;16 mid", lambda: Image.fromarray(np.full((5, 7), 257 * 100, np.uint16)), (255, 255, 255), 0),
+    ("I;16B", lambda: sixteen_bit_big_endian(257 * 100), (255, 255, 255), 0),
+    ("F", lambda: Image.fromarray(np.full((5, 7), 0.5, np.float32)), (0, 0, 0), 0),
     ("np HxW uint8", lambda: np.full((5, 7), 100, np.uint8), (100, 100, 100), 0),
     ("np HxWx1", lambda: np.full((5, 7, 1), 100, np.uint8), (100, 100, 100), 0),
-    (
-        "np HxWx2 transparent",
-        lambda: np.stack([np.full((5, 7), 9, np.uint8), np.zeros((5, 7), np.uint8)], -1),
-        (255, 255, 255),
-        0,
-    ),
-    ("np HxWx3 float [0,1]", lambda: np.broadcast_to(np.float32([0.0, 0.5, 1.0]), (5, 7, 3)), (0, 128, 255), 0),
+    # floats are taken as given (transformers' convention): a [0, 1] image wants do_rescale=False
+    ("np HxWx3 float [0,1]", lambda: np.broadcast_to(np.float32([0.0, 0.5, 1.0]), (5, 7, 3)), (0, 0.5, 1), 0.01),
     ("np HxWx3 float [0,255]", lambda: np.broadcast_to(np.float64([3.0, 128.0, 255.0]), (5, 7, 3)), (3, 128, 255), 0),
     ("np HxWx4 opaque", lambda: np.broadcast_to(np.uint8([10, 20, 30, 255]), (5, 7, 4)), (10, 20, 30), 0),
-    ("np uint16", lambda: np.full((5, 7), 65535, np.uint16), (255, 255, 255), 0),
-    ("np bool", lambda: np.ones((5, 7), bool), (255, 255, 255), 0),
+    # a NumPy strip 3 rows high is H×W×C (PIL's layout), though its first axis could be channels too
+    ("np 3xWx3 strip", lambda: np.broadcast_to(np.uint8([10, 20, 30]), (3, 7, 3)), (10, 20, 30), 0),
+    ("np bool", lambda: np.ones((5, 7), bool), (1, 1, 1), 0),
     (
         "tensor CHW uint8",
         lambda: torch.tensor([10, 20, 30], dtype=torch.uint8).view(3, 1, 1).expand(3, 5, 7),
         (10, 20, 30),
         0,
     ),
-    ("tensor 1xHxW float", lambda: torch.full((1, 5, 7), 0.5), (128, 128, 128), 0),
+    ("tensor 1xHxW float", lambda: torch.full((1, 5, 7), 0.5), (0.5, 0.5, 0.5), 0.01),
     ("tensor HxW int64", lambda: torch.full((5, 7), 100), (100, 100, 100), 0),
 ]
 
@@ -147,10 +144,7 @@ def test_every_container_gives_the_same_pixels(backend, tmp_path):
     inputs = [
         Image.fromarray(photo),
         photo,
-        photo.astype(np.float32) / 255,
-        photo.astype(np.float32),
         chw,
-        chw.float() / 255,
         np.ascontiguousarray(photo.transpose(2, 0, 1)),  # CHW NumPy: recognised, its last axis cannot be channels
         photo[::-1].copy()[::-1],  # a view with negative strides
         str(path),
@@ -160,6 +154,24 @@ def test_every_container_gives_the_same_pixels(backend, tmp_path):
     reference = image_processor(inputs[0], return_tensors="pt")["pixel_values"]
     for value in inputs[1:]:
         assert torch.equal(image_processor(value, return_tensors="pt")["pixel_values"], reference)
+    # floats are resized as floats, not rounded to uint8 first: within a grey level of the uint8 result
+    for value, kwargs in [(photo.astype(np.float32), {}), (chw.float() / 255, {"do_rescale": False})]:
+        floats = image_processor(value, return_tensors="pt", **kwargs)["pixel_values"]
+        assert (floats - reference).abs().max() <= ONE_LEVEL + 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sixteen_bit_arrays_follow_the_backend(backend):
+    """No 16-bit scaling (transformers' convention): torchvision takes the values as given; the PIL backend, which
+    resizes through 8-bit PIL images, refuses them with transformers' message."""
+    image = np.full((5, 7), 257 * 100, np.uint16)
+    processor = backend(size={"height": 8, "width": 8}, do_normalize=False)
+    if backend is MetrisImageProcessorPil:
+        with pytest.raises(ValueError, match=r"outside the range \[0, 255\]"):
+            processor(image)
+        return
+    out = processor(image, return_tensors="pt")["pixel_values"]
+    assert torch.allclose(out * 255, torch.full((1, 3, 8, 8), 25700.0))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -172,7 +184,7 @@ def test_image_modes_become_the_right_rgb(backend, name, build, expected, tolera
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_do_convert_rgb_false_keeps_the_channels_given(backend):
-    """As in every transformers image processor: no RGB conversion, no alpha compositing; values still uint8-read."""
+    """As in every transformers image processor: no RGB conversion, no alpha compositing, a palette image's indices."""
     processor = backend(size={"height": 8, "width": 8}, do_normalize=False)
     rgba = np.broadcast_to(np.uint8([10, 20, 30, 128]), (5, 7, 4))
     kept = processor(rgba, do_convert_rgb=False, return_tensors="pt")["pixel_values"]
@@ -181,16 +193,20 @@ def test_do_convert_rgb_false_keeps_the_channels_given(backend):
     grey = processor(uniform_pil("L", 100), do_convert_rgb=False, return_tensors="pt")["pixel_values"]
     assert grey.shape == (1, 1, 8, 8)
     palette = processor(palette_image(False), do_convert_rgb=False, return_tensors="pt")["pixel_values"]
-    assert torch.allclose(palette[0, :, 0, 0] * 255, torch.tensor([200.0, 40, 10]))  # through the palette
+    assert palette.shape == (1, 1, 8, 8) and torch.allclose(palette * 255, torch.tensor(3.0))  # the index
     assert processor(rgba, return_tensors="pt")["pixel_values"].shape == (1, 3, 8, 8)  # the default converts
 
 
 @pytest.mark.parametrize(
     "bad,message",
     [
-        (Image.new("La", (4, 4)), "unsupported PIL image mode 'La'"),
-        (np.zeros((7, 7, 5), np.uint8), "channel axis"),
-        (torch.zeros(6, 7, 7), "channel axis"),
+        (Image.new("La", (4, 4)), "conversion from La"),
+        (np.zeros((7, 7, 5), np.uint8), "Unable to infer channel dimension"),
+        (torch.zeros(6, 7, 7), "Unable to infer channel dimension"),
+        (
+            np.zeros((5, 7, 2), np.uint8),
+            "Unable to infer channel dimension",
+        ),  # grey + alpha: not a transformers layout
         (np.zeros((2, 2, 2, 2, 2)), "dimensions"),
         (np.zeros((4, 4, 3), np.complex64), "dtype"),
         (np.array([[object()]]), "dtype"),

@@ -1,15 +1,17 @@
-"""Opening local image files and making PIL images RGB, with Pillow alone: shared by the image processor (so the
-pipeline, `metris-segment` and the app) and by the torch-free `onnx_runtime`, so that both refuse the same files
-with the same messages. Imports neither torch nor transformers."""
+"""Opening local image files, the checks of images and thresholds, with Pillow alone: shared by the image processor
+(so the pipeline, `metris-segment` and the app) and by the torch-free `onnx_runtime`, so that both refuse the same
+input with the same messages. Imports neither torch nor transformers."""
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
+from typing import Any
 
 import PIL.Image
 import PIL.ImageOps
 
-ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -55,25 +57,65 @@ def load_local_image(path: str | os.PathLike) -> PIL.Image.Image:
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """A PIL image (of a mode other than 16-bit, "I" or "F", which callers scale first) → RGB, transparent pixels
-    on white as transformers' `convert_to_rgb` does; a mode PIL cannot convert is a ValueError naming it."""
-    try:
-        if image.mode in ALPHA_MODES or "transparency" in image.info:
-            rgba = image.convert("RGBA")
-            image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        return image if image.mode == "RGB" else image.convert("RGB")
-    except (ValueError, OSError) as error:
-        raise ValueError(f"unsupported PIL image mode {image.mode!r}: {error}") from error
+    """A PIL image → RGB, transparent pixels on white, as transformers' `convert_to_rgb` does (for `onnx_runtime`,
+    which cannot import it); a mode PIL cannot convert is PIL's ValueError naming it."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def reduce_for(image: PIL.Image.Image, target: tuple[int, int] | None) -> PIL.Image.Image:
+def reduce_for(
+    image: PIL.Image.Image,
+    target: tuple[int, int] | None,
+    convert: Callable[[PIL.Image.Image], PIL.Image.Image] | None = None,
+) -> PIL.Image.Image:
     """An image at least 6× `target` (height, width) on both sides, shrunk by an integer factor with PIL's box
-    filter so that it stays ≥ 3× the target: the first step of `Image.resize(reducing_gap=3)`; else the image."""
+    filter so that it stays ≥ 3× the target: the first step of `Image.resize(reducing_gap=3)`; else the image.
+    A 10000² photo then costs no float copy at full size. `convert` is applied first, only to images reduced."""
     if target is not None:
         factor = min(image.height // (3 * target[0]), image.width // (3 * target[1]))
         if factor >= 2:
-            return image.reduce(factor)
+            return (convert(image) if convert else image).reduce(factor)
     return image
 
 
-__all__ = ["ALPHA_MODES", "load_local_image", "open_local_image", "reduce_for", "to_rgb"]
+def check_image_size(height: int, width: int, what: str = "image") -> None:
+    if height == 0 or width == 0:
+        raise ValueError(f"the {what} has zero size ({width}×{height})")
+
+
+def check_finite(values: Any, what: str = "image") -> None:
+    """NaN or inf in a float NumPy array or torch tensor (duck-typed: torch is not imported) is a ValueError; two
+    reductions, no copy (NaN propagates through min and max and fails both comparisons)."""
+    if "float" in str(values.dtype) and not (bool(values.min() > -math.inf) and bool(values.max() < math.inf)):
+        raise ValueError(f"the {what} contains NaN or infinite values")
+
+
+def check_threshold(threshold: Any) -> float:
+    """A probability threshold: a real number in [0, 1] (not a string, bool or NaN), else a ValueError."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise ValueError(f"threshold must be a number in [0, 1], got {type(threshold).__name__} {threshold!r}")
+    if not 0.0 <= threshold <= 1.0:  # also refuses NaN
+        raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+    return float(threshold)
+
+
+def logit_cut(threshold: Any) -> float:
+    """`sigmoid(x) > threshold` tested as `x > logit(threshold)` (±inf at 0 and 1): no full-size probability map."""
+    probability = check_threshold(threshold)
+    if probability in (0.0, 1.0):
+        return math.inf if probability else -math.inf
+    return math.log(probability / (1.0 - probability))
+
+
+__all__ = [
+    "check_finite",
+    "check_image_size",
+    "check_threshold",
+    "load_local_image",
+    "logit_cut",
+    "open_local_image",
+    "reduce_for",
+    "to_rgb",
+]

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from .image_io import open_local_image, reduce_for, to_rgb
+from .image_io import check_finite, check_image_size, check_threshold, logit_cut, open_local_image, reduce_for, to_rgb
 
 ONNX_FILE = "model.onnx"
 METADATA_FILE = "onnx_export.json"
@@ -142,9 +142,9 @@ class OnnxPreprocessor:
         self.tokenizer.enable_padding(length=max_length, pad_id=pad_id, pad_token=pad, direction="right")
 
     def rgb(self, image: Any) -> tuple[PIL.Image.Image, tuple[int, int]]:
-        """A PIL image, a uint8/bool/float array (H×W, H×W×3, H×W×4) or a local path → (an RGB PIL image, the
-        (height, width) the mask is wanted at). A path is opened as the pipeline opens it (`image_io`): a JPEG
-        decoded by PIL's `draft` at the smallest scale still ≥ 3× the input size, so that size is the file's own."""
+        """A PIL image, an array (H×W, H×W×3, H×W×4) or a local path → (an RGB PIL image, the (height, width) the
+        mask is wanted at). A path is opened as the pipeline opens it (`image_io`): a JPEG decoded by PIL's `draft`
+        at the smallest scale still ≥ 3× the input size, so that size is the file's own."""
         size = None
         if isinstance(image, (str, os.PathLike)):
             draft_to = (3 * self.width, 3 * self.height) if self.do_resize else None
@@ -155,14 +155,8 @@ class OnnxPreprocessor:
             raise ValueError(
                 f"unsupported image type {type(image).__name__}: expected a PIL image, a NumPy array or a local path"
             )
-        if image.width == 0 or image.height == 0:
-            raise ValueError(f"the image has zero size ({image.width}×{image.height})")
-        size = size or (image.height, image.width)
-        if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-            image = _array_to_pil(np.asarray(image).astype(np.uint16))
-        elif image.mode == "F":
-            image = _array_to_pil(np.asarray(image))
-        return to_rgb(image), size
+        check_image_size(image.height, image.width)
+        return to_rgb(image), size or (image.height, image.width)
 
     def pixel_values(self, image: Any) -> np.ndarray:
         """One image → (3, height, width) float32, as the image processor's `pixel_values`."""
@@ -188,38 +182,19 @@ class OnnxPreprocessor:
 
 
 def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
-    """The image processor's value rules for arrays: uint8 as is, bool ×255, uint16 as 16-bit, floats in [0, 1]
-    ×255 else clipped to [0, 255]; H×W grey, H×W×3 RGB, H×W×4 RGBA."""
+    """H×W grey, H×W×3 RGB or H×W×4 RGBA → PIL. Floats are read as the image processors read them, on the 0-255
+    scale (transformers' convention), and rounded to uint8 for Pillow's resize."""
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise ValueError(f"an image array must be H×W, H×W×3 or H×W×4, got shape {array.shape}")
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8) * 255
-    elif array.dtype.kind == "u" and array.dtype.itemsize == 2:
-        array = ((np.clip(array.astype(np.int64), 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
-    elif array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise ValueError("the image holds NaN or infinite values")
-        scaled = array * 255.0 if array.size and array.min() >= 0 and array.max() <= 1 else array
-        array = np.round(np.clip(scaled, 0, 255)).astype(np.uint8)
-    elif array.dtype.kind in "iu" and array.dtype != np.uint8:
-        if array.size and (array.min() < 0 or array.max() > 255):
-            array = ((np.clip(array.astype(np.int64), 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
-        else:
-            array = array.astype(np.uint8)
-    elif array.dtype != np.uint8:
-        raise ValueError(f"unsupported image dtype {array.dtype}")
-    return PIL.Image.fromarray(np.ascontiguousarray(array))
-
-
-def check_threshold(threshold: Any) -> float:
-    """A probability threshold: a real number in [0, 1] (not a string, bool or NaN), else a ValueError."""
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise ValueError(f"threshold must be a number in [0, 1], got {type(threshold).__name__} {threshold!r}")
-    if not 0.0 <= threshold <= 1.0:  # also refuses NaN
-        raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
-    return float(threshold)
+    if array.dtype.kind == "f":
+        check_finite(array)
+        array = np.round(np.clip(array, 0, 255)).astype(np.uint8)
+    try:  # uint8 and bool as they are; 16- and 32-bit grey become PIL's "I;16" / "I", as in a file
+        return PIL.Image.fromarray(np.ascontiguousarray(array))
+    except TypeError as error:
+        raise ValueError(f"unsupported image array of dtype {array.dtype}, shape {array.shape}: {error}") from None
 
 
 def _axis_weights(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -242,11 +217,8 @@ def logits_to_mask(
     A target smaller than h×w is resized with PIL's antialiased bilinear filter instead (the image processor
     uses torch's antialiased bilinear there: the masks of such tiny images may differ at a few edge pixels).
     """
-    probability = check_threshold(threshold)
-    if no_target or probability == 1:
-        cut = math.inf
-    else:
-        cut = -math.inf if probability == 0 else math.log(probability / (1 - probability))
+    cut = logit_cut(threshold)
+    cut = math.inf if no_target else cut
     field = np.asarray(field, dtype=np.float32)
     source_h, source_w = field.shape
     if height < source_h or width < source_w:
@@ -385,7 +357,6 @@ __all__ = [
     "OnnxModelError",
     "OnnxPreprocessor",
     "OnnxReferringSegmenter",
-    "check_threshold",
     "logits_to_mask",
     "make_session",
 ]

@@ -18,12 +18,13 @@ import numpy as np
 import PIL.Image
 import torch
 from transformers import AutoModel
+from transformers.image_utils import get_image_size
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 from transformers.utils import logging
 
 from .cpu_kernels import optimize_for_cpu_inference
-from .image_io import open_local_image, reduce_for
-from .image_processing_metris import check_threshold, to_rgb_uint8
+from .image_io import check_threshold, open_local_image, reduce_for
+from .image_processing_metris import image_layout
 from .processing_metris import check_processor_for_model
 
 logger = logging.get_logger(__name__)
@@ -98,16 +99,15 @@ class ReferringImageSegmentationPipeline(Pipeline):
     def _open(self, image: Any, where: str) -> tuple[Any, tuple[int, int]]:
         """→ (the image, its own (H, W)). A path is decoded no larger than the model needs (a JPEG at a reduced
         scale) and a PIL image reduced in uint8 (below), so one image's peak memory is its decoded bytes plus a
-        constant; an array's layout is settled once, so the size reported is the one processed."""
+        constant; an array's size is read with the layout the image processor will read."""
         target = _model_size(self.processor)
         try:
             if isinstance(image, (str, os.PathLike)):
                 image, original = open_local_image(image, None if target is None else (3 * target[1], 3 * target[0]))
             elif isinstance(image, PIL.Image.Image):
                 original = (image.height, image.width)
-            else:
-                image = to_rgb_uint8(image)
-                return image, tuple(image.shape[-2:])
+            else:  # arrays and tensors: the size the image processor reads
+                return image, get_image_size(image, image_layout(image))
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from error
         # A PIL image ≥ 6× the input a side is shrunk in uint8 by an integer factor that keeps it ≥ 3× (PIL's box
