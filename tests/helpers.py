@@ -116,10 +116,10 @@ def make_image(kind: str, height: int, width: int, seed: int):
         return rgb.astype(np.float32) / 255
     if kind == "tensor":
         return torch.from_numpy(rgb).permute(2, 0, 1)
-    if kind == "I;16":
-        return Image.fromarray(rng.integers(0, 65536, (height, width), dtype=np.uint16))
+    if kind == "I;16":  # wide modes holding 8-bit values (beyond 255 is refused: tests/test_processor.py)
+        return Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint16))
     if kind == "I":
-        return Image.fromarray(rng.integers(0, 70000, (height, width)).astype(np.int32))
+        return Image.fromarray(rng.integers(0, 256, (height, width)).astype(np.int32))
     if kind == "F":
         return Image.fromarray(rng.random((height, width), dtype=np.float32))
     return Image.fromarray(rgb).convert("RGBA").convert(kind)

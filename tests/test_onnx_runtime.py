@@ -139,7 +139,7 @@ def test_a_decompression_bomb_is_named_with_the_limit(folder, tmp_path, monkeypa
 
 def test_arrays_are_read_as_the_image_processor_reads_them(folder):
     """Floats on the 0-255 scale (transformers' convention, rounded to uint8 for Pillow), grey and RGBA arrays; a
-    NaN, an unsupported dtype or an empty array is a ValueError naming it."""
+    NaN, an unsupported dtype, an empty array or 16-bit values is a ValueError naming it."""
     preprocessor = OnnxPreprocessor(folder)
     rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     expected = preprocessor.pixel_values(rgb)
@@ -152,6 +152,7 @@ def test_arrays_are_read_as_the_image_processor_reads_them(folder):
         (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
         (np.zeros((4, 4, 3), np.complex64), "dtype complex64"),
         (np.zeros((0, 4, 3), np.uint8), "zero size"),
+        (np.full((4, 4), 40000, np.uint16), "pixel values up to 40000, beyond 8 bits"),
     ]:
         with pytest.raises(ValueError, match=message):
             preprocessor.pixel_values(bad)

@@ -153,8 +153,8 @@ def test_image_inputs(segmenter, tmp_path, photo):
         (Image.new("RGB", (1, 1), "red"), (1, 1)),
         (Image.new("P", (5, 3)), (5, 3)),
         (Image.new("RGBA", (9, 4)), (9, 4)),
-        (Image.fromarray(np.full((6, 7), 30000, np.uint16)), (7, 6)),
-        (Image.fromarray(np.full((400, 390), 30000, np.uint16)), (390, 400)),  # ≥ 6× the input: PIL cannot reduce it
+        (Image.fromarray(np.full((6, 7), 200, np.uint16)), (7, 6)),  # 8-bit values in a 16-bit mode
+        (Image.fromarray(np.full((400, 390), 200, np.uint16)), (390, 400)),  # ≥ 6× the input: PIL cannot reduce it
         (np.zeros((11, 13), np.uint8), (13, 11)),
         (np.zeros((3, 11, 13), np.float32), (13, 11)),  # CHW NumPy, the only possible reading
         (np.zeros((3, 11, 4), np.uint8), (11, 3)),  # H×W×C NumPy, though its first axis could be channels

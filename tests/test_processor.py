@@ -64,11 +64,9 @@ UNIFORM_CASES = [
     ("YCbCr", lambda: uniform_pil("RGB", (10, 120, 250)).convert("YCbCr"), (10, 120, 250), 3),
     ("HSV", lambda: uniform_pil("HSV", (0, 255, 255)), (255, 0, 0), 0),
     ("I 8-bit values", lambda: Image.fromarray(np.full((5, 7), 100, np.int32)), (100, 100, 100), 0),
-    # 16-bit and float PIL modes become RGB by PIL's own conversion, as in transformers: values clipped to 0..255
-    ("I 16-bit values", lambda: Image.fromarray(np.full((5, 7), 40000, np.int32)), (255, 255, 255), 0),
-    ("I;16", lambda: Image.fromarray(np.full((5, 7), 65535, np.uint16)), (255, 255, 255), 0),
-    ("I;16 mid", lambda: Image.fromarray(np.full((5, 7), 257 * 100, np.uint16)), (255, 255, 255), 0),
-    ("I;16B", lambda: sixteen_bit_big_endian(257 * 100), (255, 255, 255), 0),
+    # wide PIL modes holding 8-bit values become RGB by PIL's own conversion, as in transformers
+    ("I;16 8-bit values", lambda: Image.fromarray(np.full((5, 7), 100, np.uint16)), (100, 100, 100), 0),
+    ("I;16B 8-bit values", lambda: sixteen_bit_big_endian(100), (100, 100, 100), 0),
     ("F", lambda: Image.fromarray(np.full((5, 7), 0.5, np.float32)), (0, 0, 0), 0),
     ("np HxW uint8", lambda: np.full((5, 7), 100, np.uint8), (100, 100, 100), 0),
     ("np HxWx1", lambda: np.full((5, 7, 1), 100, np.uint8), (100, 100, 100), 0),
@@ -161,17 +159,24 @@ def test_every_container_gives_the_same_pixels(backend, tmp_path):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_sixteen_bit_arrays_follow_the_backend(backend):
-    """No 16-bit scaling (transformers' convention): torchvision takes the values as given; the PIL backend, which
-    resizes through 8-bit PIL images, refuses them with transformers' message."""
-    image = np.full((5, 7), 257 * 100, np.uint16)
-    processor = backend(size={"height": 8, "width": 8}, do_normalize=False)
-    if backend is MetrisImageProcessorPil:
-        with pytest.raises(ValueError, match=r"outside the range \[0, 255\]"):
-            processor(image)
-        return
-    out = processor(image, return_tensors="pt")["pixel_values"]
-    assert torch.allclose(out * 255, torch.full((1, 3, 8, 8), 25700.0))
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((5, 7), 257 * 100, np.uint16),
+        torch.full((1, 5, 7), 40000, dtype=torch.int32),
+        Image.fromarray(np.full((5, 7), 40000, np.int32)),  # PIL "I"
+        Image.fromarray(np.full((5, 7), 65535, np.uint16)),  # PIL "I;16"
+        lambda: sixteen_bit_big_endian(257 * 100),
+    ],
+    ids=["uint16 array", "int32 tensor", "I", "I;16", "I;16B"],
+)
+def test_pixels_beyond_eight_bits_are_refused(backend, image):
+    """A 16-bit scan would be clipped to white by the RGB conversion (or read out of range by the torchvision
+    backend): refused by both backends with the same message, naming the image and the largest value."""
+    image = image() if callable(image) else image
+    processor = backend(size={"height": 8, "width": 8})
+    with pytest.raises(ValueError, match=r"image 0: the image has pixel values up to \d+, beyond 8 bits"):
+        processor(image)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

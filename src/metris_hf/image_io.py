@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
@@ -92,6 +93,29 @@ def check_finite(values: Any, what: str = "image") -> None:
         raise ValueError(f"the {what} contains NaN or infinite values")
 
 
+def check_eight_bit(image: Any, what: str = "image") -> None:
+    """Integer pixels above 255 (a 16-bit scan, PIL's "I;16" / "I" modes, a uint16 array) are a ValueError naming
+    the largest: converting to RGB clips them to white, and a backend would read them as out-of-range intensities,
+    either way a mask of a picture the user never gave. Floats follow transformers' convention (taken as given)."""
+    if isinstance(image, PIL.Image.Image):
+        if image.mode != "I" and not image.mode.startswith("I;16"):
+            return
+        image = np.asarray(image)
+    dtype = getattr(image, "dtype", None)  # integers wider than 8 bits only; the rest is left to the processor
+    if isinstance(dtype, np.dtype):
+        wide = dtype.kind in "iu" and dtype.itemsize > 1
+    else:  # a torch dtype (torch is not imported here)
+        wide = "int" in str(dtype) and not str(dtype).endswith("uint8")
+    if not wide or 0 in tuple(image.shape):
+        return
+    largest = int(image.max())
+    if largest > 255:
+        raise ValueError(
+            f"the {what} has pixel values up to {largest}, beyond 8 bits (0 … 255): a 16-bit image would come out "
+            "white; scale it to 0 … 255 first"
+        )
+
+
 def check_threshold(threshold: Any) -> float:
     """A probability threshold: a real number in [0, 1] (not a string, bool or NaN), else a ValueError."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
@@ -110,6 +134,7 @@ def logit_cut(threshold: Any) -> float:
 
 
 __all__ = [
+    "check_eight_bit",
     "check_finite",
     "check_image_size",
     "check_threshold",

@@ -4,9 +4,10 @@
 (PIL modes converted to RGB, transparency on white; arrays H×W or with 1, 3 or 4 channels) and follow transformers'
 value convention: uint8 as is, floats as given (a [0, 1] image wants `do_rescale=False`), nothing quantised to uint8.
 METRIS-specific (`MetrisImageProcessingMixin`): the paper's recipe (appendix A, as LAVT: 480×480 without keeping the
-aspect ratio, rescale, ImageNet mean/std; a PIL image ≥ 6× that size box-reduced first); local paths only; zero-size
-and non-finite images refused by index; `segmentation_maps` → binary `labels` (nearest resize, the evaluation
-protocol's ground truth); `post_process_referring_segmentation` (stride-4 logits → a mask at the original size).
+aspect ratio, rescale, ImageNet mean/std; a PIL image ≥ 6× that size box-reduced first); local paths only; empty,
+non-finite and beyond-8-bit images refused by index; `segmentation_maps` → binary `labels` (nearest resize, the
+evaluation protocol's ground truth); `post_process_referring_segmentation` (stride-4 logits → a mask at the original
+size).
 """
 
 from __future__ import annotations
@@ -31,7 +32,16 @@ from transformers.image_utils import (
 )
 from transformers.utils import TensorType, is_torchvision_available
 
-from .image_io import check_finite, check_image_size, check_threshold, load_local_image, logit_cut, reduce_for, to_rgb
+from .image_io import (
+    check_eight_bit,
+    check_finite,
+    check_image_size,
+    check_threshold,
+    load_local_image,
+    logit_cut,
+    reduce_for,
+    to_rgb,
+)
 
 if is_torchvision_available():
     from torchvision.transforms.v2 import functional as tvF
@@ -121,7 +131,10 @@ class MetrisImageProcessingMixin:
         prepared = []
         for index, image in enumerate(make_list(images, f"{what}s")):
             try:
-                image = self.process_image(self.fetch_images(image), *args, **kwargs)
+                image = self.fetch_images(image)
+                if what == "image":  # masks are binarised (> 0): label values above 255 are fine there
+                    check_eight_bit(image)
+                image = self.process_image(image, *args, **kwargs)
                 check_image_size(*image.shape[-2:], what=what)
                 check_finite(image, what=what)
             except (ValueError, TypeError) as error:  # the backends raise TypeError for unusable dtypes

@@ -36,7 +36,16 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from .image_io import check_finite, check_image_size, check_threshold, logit_cut, open_local_image, reduce_for, to_rgb
+from .image_io import (
+    check_eight_bit,
+    check_finite,
+    check_image_size,
+    check_threshold,
+    logit_cut,
+    open_local_image,
+    reduce_for,
+    to_rgb,
+)
 
 ONNX_FILE = "model.onnx"
 METADATA_FILE = "onnx_export.json"
@@ -156,6 +165,7 @@ class OnnxPreprocessor:
                 f"unsupported image type {type(image).__name__}: expected a PIL image, a NumPy array or a local path"
             )
         check_image_size(image.height, image.width)
+        check_eight_bit(image)
         return to_rgb(image), size or (image.height, image.width)
 
     def pixel_values(self, image: Any) -> np.ndarray:
