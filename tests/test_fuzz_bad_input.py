@@ -21,8 +21,9 @@ from metris_hf import MetrisImageProcessorPil, MetrisProcessor
 from metris_hf.data.parquet import parquet_tasks
 from metris_hf.data.refer import build_tasks
 from metris_hf.data.schema import image_within
+from metris_hf.image_io import MAX_INPUT_SIDE
 from metris_hf.image_processing_metris import MAX_TARGET_PIXELS
-from metris_hf.processing_metris import MAX_INPUT_SIDE, check_processor_for_model
+from metris_hf.processing_metris import check_processor_for_model
 from metris_hf.testing_utils import tiny_metris_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,9 @@ import PIL.Image
 import PIL.ImageOps
 
 _EXIF_ORIENTATION = 0x0112
+# The largest side an image processor may resize to: 4096² is 36× the paper's 480² input (a 10⁶ side would ask the
+# backbone for terabytes).
+MAX_INPUT_SIDE = 4096
 
 
 def open_local_image(
@@ -116,6 +119,36 @@ def check_eight_bit(image: Any, what: str = "image") -> None:
         )
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_image_settings(settings: Mapping[str, Any], where: str) -> None:
+    """A ValueError naming the field (`where` + `.size`, `.image_std`, ...) when an image processor's settings would
+    make wrong pixels or a terabyte allocation rather than an error: the input size whole, 1 … `MAX_INPUT_SIDE` a
+    side; `image_mean`, `image_std` (> 0) one or three finite numbers; `rescale_factor` in (0, 1]. Checked once,
+    when a pipeline or the torch-free `onnx_runtime` is built from a checkpoint's files."""
+    if settings.get("do_resize", True):
+        size = settings.get("size")
+        for name in ("height", "width"):
+            value = size.get(name) if hasattr(size, "get") else None  # a dict, or the processor's SizeDict
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INPUT_SIDE:
+                raise ValueError(
+                    f"{where}.size[{name!r}] is {value!r}; a whole number of pixels in 1 … {MAX_INPUT_SIDE} is needed"
+                )
+    for name, positive in (("image_mean", False), ("image_std", True)) if settings.get("do_normalize", True) else ():
+        values = settings.get(name)
+        listed = list(values) if isinstance(values, (list, tuple)) else [values]
+        if len(listed) not in (1, 3) or not all(_finite(v) and (v > 0 or not positive) for v in listed):
+            needed = " (and > 0: the pixels are divided by it)" if positive else ""
+            raise ValueError(f"{where}.{name} is {values!r}; one or three finite numbers are needed{needed}")
+    factor = settings.get("rescale_factor")
+    if settings.get("do_rescale", True) and not (_finite(factor) and 0 < factor <= 1):
+        raise ValueError(
+            f"{where}.rescale_factor is {factor!r}; it must lie in (0, 1] (1/255 maps uint8 pixels to [0, 1])"
+        )
+
+
 def check_threshold(threshold: Any) -> float:
     """A probability threshold: a real number in [0, 1] (not a string, bool or NaN), else a ValueError."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
@@ -136,6 +169,7 @@ def logit_cut(threshold: Any) -> float:
 __all__ = [
     "check_eight_bit",
     "check_finite",
+    "check_image_settings",
     "check_image_size",
     "check_threshold",
     "load_local_image",

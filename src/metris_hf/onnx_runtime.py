@@ -39,6 +39,7 @@ import PIL.Image
 from .image_io import (
     check_eight_bit,
     check_finite,
+    check_image_settings,
     check_image_size,
     check_threshold,
     logit_cut,
@@ -56,6 +57,17 @@ INPUT_NAMES = ("pixel_values", "input_ids", "attention_mask")
 # The processor's default expression length, used only when neither the export's metadata nor the tokenizer's
 # config says (tests/test_onnx_runtime.py checks it equals processing_metris.DEFAULT_MAX_LENGTH).
 DEFAULT_MAX_LENGTH = 20
+STEPS = ("resize", "rescale", "normalize")
+# What the image processor assumes for a setting its saved config leaves out.
+_IMAGE_DEFAULTS = {
+    "size": {"height": 480, "width": 480},
+    "do_resize": True,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+}
 _ROWS_PER_BAND = 1 << 10  # rows of the upsampled logit field held at once
 
 
@@ -75,12 +87,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _positive_number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise OnnxModelError(f"{where} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
 class OnnxPreprocessor:
     """The processor's steps in NumPy and Pillow, read from an exported folder's `processor_config.json`,
     `tokenizer.json`, `tokenizer_config.json` and `onnx_export.json`."""
@@ -90,34 +96,18 @@ class OnnxPreprocessor:
 
         folder = Path(folder)
         config_path = folder / PROCESSOR_FILE
-        config = _read_json(config_path).get("image_processor", {})
-        where = f"{config_path}: image_processor"
-        size = config.get("size", {"height": 480, "width": 480})
-        if not isinstance(size, dict) or not all(isinstance(size.get(k), int) for k in ("height", "width")):
-            raise OnnxModelError(f"{where}.size must give an integer height and width, got {size!r}")
-        self.height, self.width = size["height"], size["width"]
-        if not (1 <= self.height <= 8192 and 1 <= self.width <= 8192):
-            raise OnnxModelError(f"{where}.size must lie in 1..8192, got {self.height}×{self.width}")
+        config = {**_IMAGE_DEFAULTS, **_read_json(config_path).get("image_processor", {})}
+        try:
+            check_image_settings(config, f"{config_path}: image_processor")
+        except ValueError as error:
+            raise OnnxModelError(str(error)) from None
+        self.height, self.width = config["size"]["height"], config["size"]["width"]
         self.resample = int(config.get("resample", PIL.Image.Resampling.BILINEAR))
-        self.do_resize = bool(config.get("do_resize", True))
-        self.do_rescale = bool(config.get("do_rescale", True))
-        self.do_normalize = bool(config.get("do_normalize", True))
-        self.rescale_factor = _positive_number(config.get("rescale_factor", 1 / 255), f"{where}.rescale_factor")
-        stats = {}
-        for name, default in (("image_mean", [0.485, 0.456, 0.406]), ("image_std", [0.229, 0.224, 0.225])):
-            value = config.get(name, default)
-            value = [value] * 3 if isinstance(value, (int, float)) else value
-            if not isinstance(value, list) or len(value) != 3:
-                raise OnnxModelError(f"{where}.{name} must be 3 numbers, got {value!r}")
-            for number in value:
-                if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
-                    raise OnnxModelError(f"{where}.{name} must be finite numbers, got {value!r}")
-            stats[name] = value
-        if any(std <= 0 for std in stats["image_std"]):
-            raise OnnxModelError(f"{where}.image_std must be positive, got {stats['image_std']}")
+        self.do_resize, self.do_rescale, self.do_normalize = (bool(config[f"do_{step}"]) for step in STEPS)
+        self.rescale_factor = config["rescale_factor"]
         # The torchvision image processor fuses rescale and normalise: (x - mean/factor) / (std/factor), float32.
-        mean = np.asarray(stats["image_mean"], dtype=np.float32)
-        std = np.asarray(stats["image_std"], dtype=np.float32)
+        mean = np.broadcast_to(np.asarray(config["image_mean"], dtype=np.float32), 3)
+        std = np.broadcast_to(np.asarray(config["image_std"], dtype=np.float32), 3)
         if self.do_rescale and self.do_normalize:
             scale = np.float32(1.0 / self.rescale_factor)
             mean, std = mean * scale, std * scale

@@ -7,7 +7,6 @@ expressions may want more), so every batch has the same shape and batching never
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -15,24 +14,17 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import is_torchvision_available
 
+from .image_io import check_image_settings
 from .image_processing_metris import MetrisImageProcessor, MetrisImageProcessorPil, make_list
 
 DEFAULT_MAX_LENGTH = 20
-# The largest side `check_processor_for_model` lets a processor resize to: 4096² is 36× the paper's 480² input (a
-# 10⁶ size would ask the backbone for terabytes).
-MAX_INPUT_SIDE = 4096
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_processor_for_model(processor: Any, config: Any, where: str) -> None:
     """A ValueError naming the file and field when a processor cannot feed `config`'s model, checked once when a
     pipeline (or `run_evaluation.py`) is built rather than found as an index error, NaN logits or a terabyte
     allocation at the first call: tokenizer ids within the text encoder's embeddings; `max_length` in 2 … the
-    position table; the input size whole, 1 … `MAX_INPUT_SIDE` a side and one the backbone takes; `image_mean`,
-    `image_std` (> 0) and `rescale_factor` (in (0, 1]) finite."""
+    position table; the image settings (`image_io.check_image_settings`) and an input size the backbone takes."""
     tokenizer, image_processor, text_config = processor.tokenizer, processor.image_processor, config.text_config
     last_id = max(tokenizer.get_vocab().values())
     if last_id >= text_config.vocab_size:
@@ -52,28 +44,14 @@ def check_processor_for_model(processor: Any, config: Any, where: str) -> None:
             f"table (config.json text_config.max_position_embeddings = {text_config.max_position_embeddings})"
         )
     field = f"{where}: processor_config.json image_processor"
+    names = ("do_resize", "size", "do_normalize", "image_mean", "image_std", "do_rescale", "rescale_factor")
+    check_image_settings({name: getattr(image_processor, name, None) for name in names}, field)
     if image_processor.do_resize:
-        height, width = image_processor.size.get("height"), image_processor.size.get("width")
-        for name, value in (("height", height), ("width", width)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INPUT_SIDE:
-                raise ValueError(
-                    f"{field}.size[{name!r}] is {value!r}; a whole number of pixels in 1 … {MAX_INPUT_SIDE} is needed"
-                )
+        height, width = image_processor.size["height"], image_processor.size["width"]
         try:
             config.check_input_size(height, width)
         except ValueError as error:
             raise ValueError(f"{field}.size {height}×{width}: {error}") from error
-    for name, positive in (("image_mean", False), ("image_std", True)) if image_processor.do_normalize else ():
-        values = getattr(image_processor, name)
-        listed = list(values) if isinstance(values, (list, tuple)) else [values]
-        if not listed or not all(_finite(v) and (v > 0 or not positive) for v in listed):
-            needed = " (and > 0: the pixels are divided by it)" if positive else ""
-            raise ValueError(f"{field}.{name} is {values!r}; finite numbers are needed{needed}")
-    factor = image_processor.rescale_factor
-    if image_processor.do_rescale and not (_finite(factor) and 0 < factor <= 1):
-        raise ValueError(
-            f"{field}.rescale_factor is {factor!r}; it must lie in (0, 1] (1/255 maps uint8 pixels to [0, 1])"
-        )
 
 
 def _flat(inputs: Any, what: str) -> list[Any]:
