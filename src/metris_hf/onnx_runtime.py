@@ -188,6 +188,7 @@ def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise ValueError(f"an image array must be H×W, H×W×3 or H×W×4, got shape {array.shape}")
+    check_image_size(*array.shape[:2])  # before Pillow, whose older releases fail on it with an unrelated message
     if array.dtype.kind == "f":
         check_finite(array)
         array = np.round(np.clip(array, 0, 255)).astype(np.uint8)
