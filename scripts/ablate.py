@@ -30,7 +30,7 @@ from transformers import AutoModel, AutoProcessor
 
 import metris_hf  # noqa: F401  (registers the Auto classes)
 from metris_hf.data import load_dataset_by_name, sentence_rows
-from metris_hf.evaluation import collate_for_evaluation, evaluate_referring
+from metris_hf.evaluation import COLUMNS, collate_for_evaluation, evaluate_referring
 
 ROWS = {  # name: (paper table, config overrides)
     "pure_le": ("Table 5: Pure LE", "guidance=pure_le"),
@@ -44,7 +44,7 @@ ROWS = {  # name: (paper table, config overrides)
     "global_cue": ("Table 6b: global cue only", "linguistic_cues=global"),
     "local_cues": ("Table 6b: local cues only", "linguistic_cues=local"),
 }
-METRIC_KEYS = ("P@0.5", "P@0.7", "P@0.9", "mIoU", "oIoU")
+METRIC_KEYS = COLUMNS["refcoco"]
 PR_BINS = 256
 
 
@@ -70,33 +70,12 @@ def train_row(args: argparse.Namespace, row: str, seed: int, run_dir: Path) -> N
     if (run_dir / "config.json").exists() and (run_dir / "model.safetensors").exists():
         print(f"{row} seed {seed}: reusing {run_dir}")
         return
-    command = [
-        sys.executable,
-        str(Path(__file__).with_name("train.py")),
-        "--dataset",
-        "synthetic",
-        "--synthetic_size",
-        *map(str, args.synthetic_size),
-        "--synthetic_seed",
-        str(args.synthetic_seed),
-        "--config_name",
-        args.config_name,
-        "--image_size",
-        str(args.image_size),
-        "--max_train_steps",
-        str(args.max_train_steps),
-        "--train_batch_size",
-        str(args.train_batch_size),
-        "--learning_rate",
-        str(args.learning_rate),
-        "--seed",
-        str(seed),
-        "--eval_every",
-        "0",
-        "--output_dir",
-        str(run_dir),
-        *args.train_args.split(),
-    ]
+    flags = dict(dataset="synthetic", synthetic_seed=args.synthetic_seed, config_name=args.config_name)
+    flags.update(image_size=args.image_size, max_train_steps=args.max_train_steps, seed=seed, eval_every=0)
+    flags.update(train_batch_size=args.train_batch_size, learning_rate=args.learning_rate, output_dir=run_dir)
+    command = [sys.executable, str(Path(__file__).with_name("train.py"))]
+    command += [str(item) for name, value in flags.items() for item in (f"--{name}", value)]
+    command += ["--synthetic_size", *map(str, args.synthetic_size), *args.train_args.split()]
     if ROWS[row][1]:
         command += ["--config_overrides", ROWS[row][1]]
     print(" ".join(command), flush=True)
@@ -140,7 +119,7 @@ def draw_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: P
     """The precision-recall curves drawn with Pillow (a dependency of the package, unlike matplotlib)."""
     from PIL import Image, ImageDraw
 
-    from metris_hf.visualization import _font
+    from metris_hf.visualization import load_font
 
     width, height, left, bottom, margin = 600, 540, 60, 50, 20
     plot_w, plot_h = width - left - margin, height - bottom - margin
@@ -150,7 +129,7 @@ def draw_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: P
 
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    font = _font(13)
+    font = load_font(13)
     for tick in np.linspace(0, 1, 6):
         x, _ = point(tick, 0)
         _, y = point(0, tick)

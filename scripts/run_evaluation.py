@@ -24,14 +24,11 @@ from transformers import AutoModel, AutoProcessor
 
 import metris_hf  # noqa: F401  (registers the Auto classes)
 from metris_hf.cpu_kernels import optimize_for_cpu_inference
-from metris_hf.data import SPLIT_BYS, add_dataset_arguments, load_dataset_from_args, sentence_rows
-from metris_hf.evaluation import RESOLUTIONS, evaluate_referring
+from metris_hf.data import SPLIT_BYS, add_dataset_arguments, load_dataset_from_args
+from metris_hf.evaluation import COLUMNS, RESOLUTIONS, evaluate_split
 from metris_hf.folders import check_model_source, run_command
 from metris_hf.image_processing_metris import check_threshold
 from metris_hf.processing_metris import check_processor_for_model
-
-REFERRING_COLUMNS = ("P@0.5", "P@0.7", "P@0.9", "mIoU", "oIoU")
-GREFCOCO_COLUMNS = ("cIoU", "gIoU", "N-acc", "T-acc")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,28 +101,14 @@ def main(argv: list[str] | None = None) -> dict:
         optimize_for_cpu_inference(model)
     if args.mixed_precision == "bf16":
         model = model.to(torch.bfloat16)
-    metric = "grefcoco" if args.dataset == "grefcoco" else "refcoco"
-    columns = GREFCOCO_COLUMNS if metric == "grefcoco" else REFERRING_COLUMNS
-
-    rows = {}
-    for split in splits:
-        data = sentence_rows(datasets[split])
-        if args.max_eval_samples:
-            data = data.select(range(min(args.max_eval_samples, len(data))))
-        result = evaluate_referring(
-            model,
-            processor,
-            data,
-            metric_config=metric,
-            resolution=args.eval_resolution,
-            batch_size=args.per_device_eval_batch_size,
-            num_workers=args.dataloader_num_workers,
-            threshold=args.threshold,
-            accelerator=accelerator,
-        )
-        if result is not None:
-            result["samples"] = len(data)
-            rows[split] = result
+    settings = dict(
+        resolution=args.eval_resolution, batch_size=args.per_device_eval_batch_size, accelerator=accelerator
+    )
+    settings.update(num_workers=args.dataloader_num_workers, threshold=args.threshold)
+    rows = {
+        s: evaluate_split(model, processor, datasets[s], args.dataset, args.max_eval_samples, **settings)
+        for s in splits
+    }
 
     if not accelerator.is_main_process:
         return {}
@@ -136,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         else "original image size"
     )
     title = f"{args.model_name_or_path} on {args.dataset} ({resolution})"
-    table = format_table(rows, columns, title)
+    table = format_table(rows, COLUMNS["grefcoco" if args.dataset == "grefcoco" else "refcoco"], title)
     print(table)
     out_dir = Path(args.output_dir or args.model_name_or_path)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import metrics as metris_metrics
+from .data.schema import sentence_rows
 
 RESOLUTIONS = ("model", "original")
+COLUMNS = {"refcoco": ("P@0.5", "P@0.7", "P@0.9", "mIoU", "oIoU"), "grefcoco": ("cIoU", "gIoU", "N-acc", "T-acc")}
 
 
 def collate_for_evaluation(rows: list[dict], processor: Any, keep_original: bool = False) -> dict:
@@ -82,3 +84,16 @@ def evaluate_referring(
             metric.add_batch(predictions=[p for p, _ in pairs], references=[r for _, r in pairs])
     model.train(was_training)
     return {**metric.compute(), "resolution": resolution} if is_main else None
+
+
+def evaluate_split(
+    model: torch.nn.Module, processor: Any, split, dataset: str, max_samples: int | None = None, **kwargs: Any
+) -> dict[str, float] | None:
+    """`evaluate_referring` on one split of `dataset` (`metris_hf.data` rows, one sample per sentence, the first
+    `max_samples` of them) with its metric: gRefCOCO's for "grefcoco", else RefCOCO's. Adds `samples`."""
+    data = sentence_rows(split)
+    if max_samples:
+        data = data.select(range(min(max_samples, len(data))))
+    metric = "grefcoco" if dataset == "grefcoco" else "refcoco"
+    result = evaluate_referring(model, processor, data, metric_config=metric, **kwargs)
+    return None if result is None else {**result, "samples": len(data)}

@@ -19,11 +19,15 @@ ATTENTION_PANELS = (("visual", "attention on visual expr."), ("linguistic", "att
 GAP, BAR_WIDTH, BAR_GAP = 8, 12, 3
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at `size` where it can scale (Pillow ≥ 10.1 with FreeType), else its bitmap one."""
     try:
-        return ImageFont.load_default(size=size)  # Pillow ≥ 10.1 with FreeType: a scalable font
+        return ImageFont.load_default(size=size)
     except (TypeError, OSError, ImportError):
         return ImageFont.load_default()
+
+
+_font = load_font  # the name scripts/dev/screenshots.py imports
 
 
 def colour_map(values: np.ndarray) -> np.ndarray:
@@ -78,7 +82,7 @@ def outline_overlay(
 
 def colour_bar(height: int, low: float, high: float) -> Image.Image:
     """A vertical bar (`BAR_WIDTH` wide) of `heatmap`'s colours, high at the top, its two end values beside it."""
-    font = _font(11)
+    font = load_font(11)
     strip = colour_map(np.linspace(1, 0, height)[:, None].repeat(BAR_WIDTH, 1))
     labels = [f"{high:.2f}", f"{low:.2f}"]
     label_width = max(round(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font)) for t in labels)
@@ -147,8 +151,8 @@ def render_row(
         x += picture.width
     row = Image.new("RGB", (x, title_height + label_height + size[1] + 6), "white")
     draw = ImageDraw.Draw(row)
-    draw.text((3, 4), f'"{expression}"', fill="black", font=_font(15))
-    label_font, top, panels = _font(12), title_height + label_height, []
+    draw.text((3, 4), f'"{expression}"', fill="black", font=load_font(15))
+    label_font, top, panels = load_font(12), title_height + label_height, []
     for x, (kind, text, picture) in zip(lefts, pictures):
         if kind != "colourbar":
             draw.text((x + 1, title_height + 1), text, fill="black", font=label_font)
