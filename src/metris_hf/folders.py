@@ -66,9 +66,6 @@ def check_training_state(path: str, what: str = "--resume_from_checkpoint") -> N
         raise ValueError(f"{what} {path} is not {TRAINING_STATE} (no progress.json, optimizer.bin or random states)")
 
 
-__all__ = ["check_model_source", "check_training_state", "folder_kind"]
-
-
 def bad_input_errors() -> tuple[type[BaseException], ...]:
     """The error classes docs/errors.md promises for bad input: bad values and malformed files (`ValueError`), a
     config field of the wrong type or value (huggingface_hub's strict-dataclass errors, which `MetrisConfig`'s

@@ -94,13 +94,3 @@ def preset_config(name: str, **overrides: Any) -> MetrisConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
     return PRESETS[name](**overrides)
-
-
-__all__ = [
-    "PRESETS",
-    "preset_config",
-    "small_metris_config",
-    "tiny_bert_config",
-    "tiny_metris_config",
-    "tiny_swin_config",
-]
