@@ -27,21 +27,25 @@ import logging
 import math
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed, str_to_bool
+from datasets.utils import logging as datasets_logging
 from huggingface_hub.errors import StrictDataclassError
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoProcessor, get_scheduler
+from transformers.trainer_pt_utils import get_parameter_names
+from transformers.utils import logging as transformers_logging
 
 from metris_hf import MetrisConfig, MetrisForReferringSegmentation, MetrisProcessor
 from metris_hf.configuration_metris import parse_config_overrides
-from metris_hf.data import add_dataset_arguments, load_dataset_from_args, sentence_rows, training_loader
+from metris_hf.data import add_dataset_arguments, load_dataset_from_args, training_loader
 from metris_hf.data.schema import SENTENCE_FIELDS
-from metris_hf.evaluation import RESOLUTIONS, evaluate_referring
+from metris_hf.evaluation import RESOLUTIONS, evaluate_split
 from metris_hf.folders import check_model_source, check_training_state
 from metris_hf.presets import PRESETS, preset_config
 
@@ -54,37 +58,26 @@ AUTHORS_BACKBONE_PREFIXES = ("metris.vision_encoder.", "metris.stage4_")
 AUTHORS_NO_DECAY_NAMES = ("norm", "absolute_pos_embed", "position_embeddings", "relative_position_bias_table")
 
 
-def bounded_int(minimum: int):
-    """An argparse `type`: an integer >= `minimum`, else argparse's one-line usage error."""
+def bounded(convert: type, minimum: int = 0, strict: bool = False):
+    """An argparse `type`: an integer (`convert=int`) or a finite number >= `minimum` (> with `strict`), else
+    argparse's one-line usage error."""
+    what = "an integer" if convert is int else "a number"
+    bound = f"at least {minimum}" if convert is int else f"a finite number {'>' if strict else '>='} {minimum}"
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> int | float:
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not (math.isfinite(value) and (value > minimum if strict else value >= minimum)):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
 
     return parse
 
 
-def finite_float(allow_zero: bool):
-    """An argparse `type`: a finite number > 0 (>= 0 with `allow_zero`), else argparse's one-line usage error."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-        if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
-            raise argparse.ArgumentTypeError(f"must be a finite number {'>=' if allow_zero else '>'} 0, got {text}")
-        return value
-
-    return parse
-
-
-positive_float, non_negative_float = finite_float(False), finite_float(True)
+bounded_int = partial(bounded, int)
+positive_float, non_negative_float = bounded(float, strict=True), bounded(float)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -94,10 +87,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
 
-    # ----------------------------------------------------------------------------------------------------------
-    # Data: which dataset, which splits, how images and expressions are prepared
-    # ----------------------------------------------------------------------------------------------------------
-    data = parser.add_argument_group("data")
+    data = parser.add_argument_group("data", "Which dataset, which splits, how images and expressions are prepared")
     add_dataset_arguments(data)
     data.add_argument("--train_split", default="train", help="split to train on")
     data.add_argument("--validation_split", default="val", help="split to validate on (checkpoint selection)")
@@ -124,10 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dataloader_num_workers", type=bounded_int(0), default=0, help="data loading processes per GPU/CPU process"
     )
 
-    # ----------------------------------------------------------------------------------------------------------
-    # Model: a checkpoint to start from, or a config for a fresh model
-    # ----------------------------------------------------------------------------------------------------------
-    model = parser.add_argument_group("model")
+    model = parser.add_argument_group("model", "A checkpoint to start from, or a config for a fresh model")
     model.add_argument("--model_name_or_path", default=None, help="a checkpoint folder or Hub id to start from")
     model.add_argument(
         "--config_name",
@@ -152,10 +139,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="recompute the Swin, BERT and METRIS blocks in the backward pass (less memory, more time)",
     )
 
-    # ----------------------------------------------------------------------------------------------------------
-    # Optimisation: the paper's recipe by default (AdamW 3e-5, polynomial decay, 16 images per step)
-    # ----------------------------------------------------------------------------------------------------------
-    optim = parser.add_argument_group("optimisation")
+    optim = parser.add_argument_group(
+        "optimisation", "The paper's recipe by default (AdamW 3e-5, polynomial decay, 16 images per step)"
+    )
     optim.add_argument(
         "--num_train_epochs", type=bounded_int(1), default=40, help="epochs (ignored with --max_train_steps)"
     )
@@ -215,10 +201,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "and backward graphs without generating code); None: what `accelerate config` says",
     )
 
-    # ----------------------------------------------------------------------------------------------------------
-    # Run: where results go, checkpoints, validation, tracking, the Hub
-    # ----------------------------------------------------------------------------------------------------------
-    run = parser.add_argument_group("run")
+    run = parser.add_argument_group("run", "Where results go, checkpoints, validation, tracking, the Hub")
     run.add_argument("--output_dir", required=True, help="final model, best/, step_N/ or epoch_N/ states, logs")
     run.add_argument("--checkpointing_steps", default=None, help="save the training state every N steps, or 'epoch'")
     run.add_argument("--resume_from_checkpoint", default=None, help="a step_N/ or epoch_N/ folder, or 'latest'")
@@ -321,19 +304,16 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float, exempt: str = 
     and relative-position tables; every other parameter, BERT's and the decoder's norms and biases and τ
     included, decays. `norms_and_biases`: exempt every norm layer's parameters, every bias and Swin's tables.
     """
-    norm_types = (torch.nn.LayerNorm, torch.nn.BatchNorm2d, torch.nn.SyncBatchNorm, torch.nn.GroupNorm)
-    no_decay = set()
-    for module_name, module in model.named_modules():
-        for name, _ in module.named_parameters(recurse=False):
-            full = f"{module_name}.{name}" if module_name else name
-            if exempt == "backbone_norms":
-                exempted = full.startswith(AUTHORS_BACKBONE_PREFIXES) and any(
-                    part in full for part in AUTHORS_NO_DECAY_NAMES
-                )
-            else:
-                exempted = isinstance(module, norm_types) or name == "bias" or "relative_position_bias_table" in name
-            if exempted:
-                no_decay.add(full)
+    names = [name for name, _ in model.named_parameters()]
+    if exempt == "backbone_norms":
+        no_decay = {
+            n for n in names if n.startswith(AUTHORS_BACKBONE_PREFIXES) and any(p in n for p in AUTHORS_NO_DECAY_NAMES)
+        }
+    else:
+        norms = [torch.nn.LayerNorm, torch.nn.BatchNorm2d, torch.nn.SyncBatchNorm, torch.nn.GroupNorm]
+        no_decay = set(names) - set(
+            get_parameter_names(model, norms, [r"(^|\.)bias$", "relative_position_bias_table"])
+        )
     decay, plain = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -352,10 +332,6 @@ def set_cpu_threads() -> int:
     return torch.get_num_threads()
 
 
-class NonFiniteLoss(SystemExit):
-    """Ends the run with one line and exit status 1."""
-
-
 def check_finite(
     accelerator: Accelerator, losses: torch.Tensor, ref_ids: torch.Tensor, step: int, output_dir: str
 ) -> torch.Tensor:
@@ -370,7 +346,7 @@ def check_finite(
     kept = latest_checkpoint(output_dir)
     best = Path(output_dir) / "best" / "model.safetensors"
     saved = [path for path in (kept, str(best.parent) if best.exists() else None) if path]
-    raise NonFiniteLoss(
+    raise SystemExit(
         f"error: the loss is {value} at step {step} (batch of ref ids {ref_ids}); training stopped. "
         + (f"Last good checkpoint: {', '.join(saved)}" if saved else "No checkpoint was saved before it.")
     )
@@ -379,7 +355,10 @@ def check_finite(
 def check_distribution(accelerator: Accelerator) -> None:
     """Accelerate falls back quietly where it cannot distribute as launched (measured with accelerate 1.16 on CPU):
     FSDP becomes DDP under ACCELERATE_USE_CPU, and processes launched without it on a machine with no GPU each
-    train alone on the whole data, writing the same files. The first is worth a warning, the second an error."""
+    train alone on the whole data, writing the same files. The first is worth a warning, the second an error; so is
+    fp16 on CPU, where Accelerate's autocast has no float16 and the run would silently be float32."""
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise SystemExit("--mixed_precision fp16 needs a GPU; on CPU use bf16 (or no)")
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:
         raise SystemExit(
@@ -406,7 +385,12 @@ def main(argv: list[str] | None = None) -> None:
         project_config=project,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # errors only from the other processes: their logs (the script's, the data's, the libraries') repeat the main's
+    level = logging.INFO if accelerator.is_local_main_process else logging.ERROR
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
+    if not accelerator.is_local_main_process:
+        transformers_logging.set_verbosity_error()
+        datasets_logging.set_verbosity_error()
     check_distribution(accelerator)
     per_forward = args.gradient_accumulation_steps * accelerator.num_processes
     if args.train_batch_size % per_forward:
@@ -457,6 +441,8 @@ def main(argv: list[str] | None = None) -> None:
     train_loader, transform = training_loader(
         train_data, processor, per_device_batch, num_workers=args.dataloader_num_workers, seed=args.seed
     )
+    if not len(train_loader):  # the loader drops an incomplete last batch
+        raise SystemExit(f"error: {len(train_data)} training objects make no batch of {per_device_batch} per process")
     optimizer = torch.optim.AdamW(
         parameter_groups(model, args.weight_decay, args.weight_decay_exempt), lr=args.learning_rate
     )
@@ -500,30 +486,16 @@ def main(argv: list[str] | None = None) -> None:
 
     config = accelerator.unwrap_model(model).config
     logger.info(
-        "%d samples, %d epochs, %d steps of %d objects = %d × %d process(es) × %d accumulation; %d CPU thread(s) "
-        "per process",
-        len(train_data),
-        args.num_train_epochs,
-        args.max_train_steps,
-        args.train_batch_size,
-        per_device_batch,
-        accelerator.num_processes,
-        args.gradient_accumulation_steps,
-        threads,
+        f"{len(train_data)} samples, {args.num_train_epochs} epochs, {args.max_train_steps} steps of "
+        f"{args.train_batch_size} objects = {per_device_batch} × {accelerator.num_processes} process(es) × "
+        f"{args.gradient_accumulation_steps} accumulation; {threads} CPU thread(s) per process"
     )
     logger.info(
-        "recipe: mask loss %s × %s, contrastive × %s, τ as %s, precision %s, frozen text embeddings: %s, "
-        "no weight decay on: %s, SyncBatchNorm: %s, REFER text %r, %d tokens",
-        config.mask_loss_weight,
-        config.mask_loss,
-        config.contrastive_loss_weight,
-        getattr(config, "temperature_parametrization", "log_tau"),
-        accelerator.mixed_precision,
-        args.freeze_text_embeddings,
-        args.weight_decay_exempt,
-        "yes" if sync_batchnorm else "no",
-        args.sentence_field,
-        processor.max_length,
+        f"recipe: mask loss {config.mask_loss_weight} × {config.mask_loss}, contrastive × "
+        f"{config.contrastive_loss_weight}, τ as {getattr(config, 'temperature_parametrization', 'log_tau')}, "
+        f"precision {accelerator.mixed_precision}, frozen text embeddings: {args.freeze_text_embeddings}, no weight "
+        f"decay on: {args.weight_decay_exempt}, SyncBatchNorm: {'yes' if sync_batchnorm else 'no'}, REFER text "
+        f"{args.sentence_field!r}, {processor.max_length} tokens"
     )
     progress = tqdm(
         range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process
@@ -534,7 +506,7 @@ def main(argv: list[str] | None = None) -> None:
         best_oiou = json.loads((best_path / "eval_results.json").read_text()).get("oIoU", -1.0)
 
     logged_sum: torch.Tensor | None = None
-    try:
+    with progress:  # closed before an error, whose message is the last line
         for epoch in range(start_epoch, args.num_train_epochs):
             model.train()
             transform.set_epoch(epoch)
@@ -590,51 +562,38 @@ def main(argv: list[str] | None = None) -> None:
             if args.checkpointing_steps == "epoch":
                 save_checkpoint(accelerator, args.output_dir, f"epoch_{epoch}", completed_steps)
             if args.eval_every and ((epoch + 1) % args.eval_every == 0 or completed_steps >= args.max_train_steps):
-                results = run_validation(args, accelerator, model, processor, datasets, epoch)
-                if accelerator.is_main_process and results is not None:
-                    accelerator.print(
-                        f"epoch {epoch}: "
-                        + ", ".join(f"{k} {v:.4f}" for k, v in results.items() if isinstance(v, float))
-                    )
+                results = evaluate_split(
+                    accelerator.unwrap_model(model),
+                    processor,
+                    datasets[args.validation_split],
+                    args.dataset,
+                    args.max_eval_samples,
+                    resolution=args.eval_resolution,
+                    batch_size=args.per_device_eval_batch_size,
+                    accelerator=accelerator,
+                )
+                if results is not None:  # the main process's
+                    results.setdefault("oIoU", results.get("cIoU"))  # gRefCOCO keeps the best by cIoU
+                    figures = {k: v for k, v in results.items() if isinstance(v, float)}
+                    accelerator.print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items()))
                     if args.with_tracking:
-                        accelerator.log(
-                            {f"eval/{k}": v for k, v in results.items() if isinstance(v, float)}, step=completed_steps
-                        )
+                        accelerator.log({f"eval/{k}": v for k, v in figures.items()}, step=completed_steps)
                     if results["oIoU"] > best_oiou:
                         best_oiou = results["oIoU"]
                         write_model(accelerator, model, processor, best_path, results)  # main process only
             if completed_steps >= args.max_train_steps:
                 break
-    except NonFiniteLoss:
-        progress.close()  # the error is the last line
-        raise
 
-    save_model(accelerator, model, processor, Path(args.output_dir), None)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_model(accelerator, model, processor, Path(args.output_dir))
+    accelerator.wait_for_everyone()
     if args.push_to_hub and accelerator.is_main_process:
         accelerator.unwrap_model(model).push_to_hub(args.hub_model_id)
         processor.push_to_hub(args.hub_model_id)
     # last: it also ends the process group, which the save's barrier needs (several processes with --with_tracking
     # failed there with "Default process group has not been initialized")
     accelerator.end_training()
-
-
-def run_validation(args, accelerator, model, processor, datasets, epoch):
-    data = sentence_rows(datasets[args.validation_split])
-    if args.max_eval_samples:
-        data = data.select(range(min(args.max_eval_samples, len(data))))
-    metric = "grefcoco" if args.dataset == "grefcoco" else "refcoco"
-    results = evaluate_referring(
-        accelerator.unwrap_model(model),
-        processor,
-        data,
-        metric_config=metric,
-        resolution=args.eval_resolution,
-        batch_size=args.per_device_eval_batch_size,
-        accelerator=accelerator,
-    )
-    if results is not None and "oIoU" not in results:  # gRefCOCO keeps the best by cIoU, its overall IoU
-        results["oIoU"] = results["cIoU"]
-    return results
 
 
 def save_checkpoint(accelerator: Accelerator, output_dir: str, name: str, completed_steps: int) -> None:
@@ -650,27 +609,18 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, name: str, comple
 
 
 def latest_checkpoint(output_dir: str) -> str | None:
-    candidates = [p for p in Path(output_dir).glob("*_*") if (p / "progress.json").exists()]
-    if not candidates:
-        return None
-    return str(max(candidates, key=lambda p: json.loads((p / "progress.json").read_text())["completed_steps"]))
+    states = [p / "progress.json" for p in Path(output_dir).glob("*_*") if (p / "progress.json").exists()]
+    steps = {str(state.parent): json.loads(state.read_text())["completed_steps"] for state in states}
+    return max(steps, key=steps.get) if steps else None
 
 
-def write_model(accelerator: Accelerator, model, processor, path: Path, results: dict | None) -> None:
+def write_model(accelerator: Accelerator, model, processor, path: Path, results: dict | None = None) -> None:
     """The model folder (weights, processor, figures); called by the main process alone."""
     path.mkdir(parents=True, exist_ok=True)
     accelerator.unwrap_model(model).save_pretrained(path)
     processor.save_pretrained(path)
     if results is not None:
         (path / "eval_results.json").write_text(json.dumps(results, indent=2))
-
-
-def save_model(accelerator: Accelerator, model, processor, path: Path, results: dict | None) -> None:
-    """`write_model` by the main process, with every process waiting for it."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_model(accelerator, model, processor, path, results)
-    accelerator.wait_for_everyone()
 
 
 if __name__ == "__main__":

@@ -276,6 +276,7 @@ def test_two_processes_with_accelerate(tmp_path, two_steps, one_process_losses):
     assert "SyncBatchNorm runs on GPUs only: each of the 2 cpu processes normalises over its own batch of 2" in (
         result.stderr
     )
+    assert result.stderr.count("loading the cached build") <= 1  # the data's log: the main process's alone
     assert logged_losses(out) == pytest.approx(one_process_losses, abs=1e-5)
     assert (out / "model.safetensors").exists()
     assert json.loads((out / "best" / "eval_results.json").read_text())["oIoU"] >= 0.0
@@ -386,6 +387,21 @@ def test_bad_arguments_fail_fast(tmp_path, args, message):
     result = run([sys.executable, TRAIN, *args, "--output_dir", str(tmp_path / "x")], expect=2)
     assert message in result.stderr
     assert not (tmp_path / "x").exists()  # nothing was written before the check
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused on CPU only")
+def test_train_refuses_fp16_on_cpu(tmp_path):
+    args = ["--dataset", "synthetic", "--config_name", "tiny", "--mixed_precision", "fp16"]
+    result = run([sys.executable, TRAIN, *args, "--output_dir", str(tmp_path / "x")], expect=1)
+    assert "--mixed_precision fp16 needs a GPU" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_train_set_smaller_than_a_batch_is_refused(tmp_path):
+    args = ["--dataset", "synthetic", "--synthetic_size", "8", "4", "4", "--config_name", "tiny"]
+    args += ["--max_train_samples", "3", "--train_batch_size", "4", "--output_dir", str(tmp_path / "x")]
+    result = run([sys.executable, TRAIN, *args], expect=1)
+    assert "3 training objects make no batch of 4 per process" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_bad_override_value_names_the_field(tmp_path):
