@@ -88,9 +88,7 @@ def pixel_histograms(model, processor, data, batch_size: int = 16) -> tuple[np.n
     positives, negatives = np.zeros(PR_BINS, np.int64), np.zeros(PR_BINS, np.int64)
     loader = DataLoader(data, batch_size=batch_size, collate_fn=partial(collate_for_evaluation, processor=processor))
     for batch in loader:
-        outputs = model(
-            pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        )
+        outputs = model(**{key: batch[key] for key in ("pixel_values", "input_ids", "attention_mask")})
         labels = batch["labels"].bool()
         logits = torch.nn.functional.interpolate(
             outputs.logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=True
