@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         else "original image size"
     )
     title = f"{args.model_name_or_path} on {args.dataset} ({resolution})"
-    table = format_table(rows, COLUMNS["grefcoco" if args.dataset == "grefcoco" else "refcoco"], title)
+    table = format_table(rows, COLUMNS.get(args.dataset, COLUMNS["refcoco"]), title)
     print(table)
     out_dir = Path(args.output_dir or args.model_name_or_path)
     out_dir.mkdir(parents=True, exist_ok=True)
