@@ -147,6 +147,7 @@ def test_evaluate_prints_and_writes_the_table(trained, tmp_path):
     assert results.with_suffix(".md").read_text().startswith("**")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused on CPU only")
 def test_evaluate_refuses_fp16_on_cpu(trained, tmp_path):
     args = [*evaluate_args(trained, tmp_path / "eval"), "--mixed_precision", "fp16"]
     result = run([sys.executable, str(SCRIPTS / "run_evaluation.py"), *args], expect=1)

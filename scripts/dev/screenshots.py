@@ -29,7 +29,7 @@ from transformers import AutoModel, AutoProcessor, pipeline
 
 from metris_hf import embedded_checkpoint
 from metris_hf.data import iter_synthetic
-from metris_hf.visualization import _font, explain, outline_overlay, render_row, save_figure, stack_rows
+from metris_hf.visualization import explain, load_font, outline_overlay, render_row, save_figure, stack_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from demo import DEMO_SEED, QUICK_START_SCENE, iou, write_scene  # noqa: E402
@@ -140,7 +140,7 @@ def rebuild_app(model_path: str, folder: Path) -> None:
 def draw_app_overlays(model_path: str, image: Image.Image) -> None:
     segmenter = pipeline("referring-image-segmentation", model=model_path)
     panels = []
-    font = _font(14)
+    font = load_font(14)
     for expression, result in zip(APP_EXPRESSIONS, segmenter(image, APP_EXPRESSIONS)):
         overlay = outline_overlay(image, np.asarray(result["mask"]) > 0).resize((320, 320), Image.Resampling.NEAREST)
         panel = Image.new("RGB", (320, 346), "white")

@@ -27,9 +27,6 @@ def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-_font = load_font  # the name scripts/dev/screenshots.py imports
-
-
 def colour_map(values: np.ndarray) -> np.ndarray:
     """Values in [0, 1] → uint8 RGB, blue (0) → white (0.5) → red (1)."""
     values = np.clip(values.astype(np.float32), 0, 1)
