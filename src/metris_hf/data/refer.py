@@ -219,21 +219,11 @@ def restricted_pickle_load(path: str | os.PathLike) -> Any:
     return value
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Arguments and files
-# --------------------------------------------------------------------------------------------------------------
-
-
-def check_dataset(dataset: str) -> str:
-    """The dataset name, or a ValueError naming the choices."""
+def check_split_by(dataset: str, split_by: str | None) -> str:
+    """`split_by`, defaulting to the dataset's usual scheme, or a ValueError naming the valid datasets or schemes."""
     if dataset not in SPLIT_BYS:
         raise ValueError(f"unknown REFER dataset {dataset!r}: choose one of {', '.join(REFER_DATASETS)}")
-    return dataset
-
-
-def check_split_by(dataset: str, split_by: str | None) -> str:
-    """`split_by`, defaulting to the dataset's usual scheme, or a ValueError naming the valid ones."""
-    choices = SPLIT_BYS[check_dataset(dataset)]
+    choices = SPLIT_BYS[dataset]
     if split_by is None:
         return choices[0]
     if split_by not in choices:
@@ -304,11 +294,6 @@ def _ann_ids(ref: dict) -> list[int]:
         # -1, None or [] on a ref that does not say it refers to nothing: a broken copy, not a no-target ref
         raise ValueError(f"ann_id is {raw!r:.80}, naming no annotation, but the ref is not marked no_target")
     return valid
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Build
-# --------------------------------------------------------------------------------------------------------------
 
 
 def _generate_rows(tasks: list[dict]):
@@ -428,7 +413,6 @@ def _probe_image(path: str, verify: bool) -> tuple[tuple[int, int] | None, str |
 
 def check_images(
     paths: list[str],
-    *,
     skip_missing: bool,
     verify: bool,
     num_proc: int | None,
@@ -466,24 +450,6 @@ def check_images(
     bad = set(missing) | {path for path, _ in unreadable}
     report = {"skipped_missing_images": len(missing), "skipped_unreadable_images": len(unreadable)}
     return bad, {**report, "example_skipped": min(bad, default=None)}
-
-
-def filter_images(
-    tasks: dict[str, list[dict]], *, skip_missing: bool, verify: bool, num_proc: int | None, source: str
-) -> tuple[dict[str, list[dict]], dict]:
-    """Drops (or raises on) tasks whose image is missing or unreadable; see `check_images`."""
-    paths = [task["image_path"] for rows in tasks.values() for task in rows]
-    declared = {
-        task["image_path"]: (task["height"], task["width"], f"image {task['image_id']} (ref {task['ref_id']})")
-        for rows in tasks.values()
-        for task in rows
-    }
-    bad, report = check_images(
-        paths, skip_missing=skip_missing, verify=verify, num_proc=num_proc, source=source, declared=declared
-    )
-    kept = {split: [t for t in rows if t["image_path"] not in bad] for split, rows in tasks.items()}
-    report["skipped_refs"] = len(paths) - sum(len(rows) for rows in kept.values())
-    return {split: rows for split, rows in kept.items() if rows}, report
 
 
 def tasks_to_dataset_dict(
@@ -570,11 +536,14 @@ def load_refer(
         tasks = build_tasks(
             load_refs(refs_path), read_json(instances_path), root, str(refs_path), str(instances_path), sentence_field
         )
-        dropped = sum(task["dropped"] for rows in tasks.values() for task in rows)
-        tasks, report = filter_images(
-            tasks, skip_missing=skip_missing_images, verify=verify_images, num_proc=num_proc, source=what
-        )
+        every = [task for rows in tasks.values() for task in rows]
+        declared = {
+            t["image_path"]: (t["height"], t["width"], f"image {t['image_id']} (ref {t['ref_id']})") for t in every
+        }
+        bad, report = check_images(list(declared), skip_missing_images, verify_images, num_proc, what, declared)
+        tasks = {split: [t for t in rows if t["image_path"] not in bad] for split, rows in tasks.items()}
+        report["skipped_refs"] = sum(t["image_path"] in bad for t in every)
         built, degenerate = tasks_to_dataset_dict(tasks, work_dir, key, num_proc, keep_degenerate, what)
-        return built, {**report, **degenerate, "dropped_blank_sentences": dropped}
+        return built, {**report, **degenerate, "dropped_blank_sentences": sum(t["dropped"] for t in every)}
 
     return cached_build(cache_root / "refer" / f"{dataset}-{split_by}-{key}", build, what)

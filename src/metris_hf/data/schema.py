@@ -62,11 +62,6 @@ SENTENCE_FEATURES = Features(
 )
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Masks
-# --------------------------------------------------------------------------------------------------------------
-
-
 def mask_to_png(mask: np.ndarray) -> bytes:
     """Boolean H×W mask → 1-bit PNG bytes (what the `mask` column stores)."""
     image = PIL.Image.fromarray(np.ascontiguousarray(mask, dtype=bool))
@@ -204,7 +199,8 @@ def check_annotation(
     if "category_id" in required and not _is_id(ann["category_id"]):
         raise ValueError(f"annotation {ann_id}: category_id must be an integer, got {ann['category_id']!r}")
     try:
-        return check_bbox(ann["bbox"]), segmentation_area(ann["segmentation"], height, width)
+        rle = segmentation_rle(ann["segmentation"], height, width)  # validated without decoding
+        return check_bbox(ann["bbox"]), 0 if rle is None else int(mask_utils.area(rle))
     except ValueError as error:
         raise ValueError(f"annotation {ann_id}: {error}") from None
 
@@ -216,12 +212,6 @@ def check_bbox(bbox: Any) -> list[float]:
     if bbox[2] < 0 or bbox[3] < 0:
         raise ValueError(f"bbox has a negative width or height: {bbox!r}")
     return [float(v) for v in bbox]
-
-
-def segmentation_area(segmentation: Any, height: int, width: int) -> int:
-    """Foreground pixels of a validated segmentation without decoding it (0: a degenerate target)."""
-    rle = segmentation_rle(segmentation, height, width)
-    return 0 if rle is None else int(mask_utils.area(rle))
 
 
 def union_bbox(boxes: Iterable[Iterable[float]]) -> list[float]:
@@ -291,11 +281,6 @@ def sort_splits(names: Iterable[str]) -> list[str]:
     return known + sorted(name for name in names if name not in SPLIT_ORDER)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Cache
-# --------------------------------------------------------------------------------------------------------------
-
-
 def default_cache_root() -> Path:
     """`$HF_DATASETS_CACHE/metris_hf` (by default `~/.cache/huggingface/datasets/metris_hf`)."""
     return Path(datasets.config.HF_DATASETS_CACHE) / "metris_hf"
@@ -313,60 +298,49 @@ def fingerprint(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def write_splits(data: DatasetDict, folder: Path) -> None:
-    """Writes each split as `<split>.arrow`, then `splits.json` (the marker of a complete write). Not
-    `save_to_disk`: it embeds the files an `Image` column points to (every COCO JPEG); `ArrowWriter` keeps paths."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, table in data.items():
-        with ArrowWriter(features=table.features, path=str(folder / f"{split}.arrow")) as writer:
-            for batch in table.with_format("arrow").iter(1000):
-                writer.write_table(batch)
-            writer.finalize()
-    (folder / "splits.json").write_text(json.dumps(list(data)))
-
-
-def read_splits(folder: Path) -> DatasetDict:
-    """The DatasetDict `write_splits` wrote, memory-mapped."""
-    names = json.loads((folder / "splits.json").read_text())
-    return DatasetDict({n: Dataset.from_file(str(folder / f"{n}.arrow"), split=NamedSplit(n)) for n in names})
-
-
 def cached_build(cache_path: Path, build: Callable[[Path], tuple[DatasetDict, dict]], what: str) -> DatasetDict:
     """Loads `cache_path` if a previous build saved it there, else builds, saves and loads it.
 
     `build(work_dir)` returns the DatasetDict and a JSON-able report (skipped images, dropped sentences), kept
-    beside the data and logged again on every cache hit. The save goes to a temporary folder renamed into place,
-    so concurrent builders never see a half-written cache: whoever renames first wins.
+    beside the data and logged on every load. Each split is written as `<split>.arrow`, then `splits.json` (the
+    marker of a complete write): not `save_to_disk`, which embeds the files an `Image` column points to (every
+    COCO JPEG); `ArrowWriter` keeps paths. The save goes to a temporary folder renamed into place, so concurrent
+    builders never see a half-written cache: whoever renames first wins.
     """
     if (cache_path / "splits.json").is_file():
         logger.info("%s: loading the cached build %s", what, cache_path)
-        with contextlib.suppress(OSError, ValueError):  # a lost report only loses the warnings
-            _log_report(what, json.loads((cache_path / "metris_build.json").read_text()))
-        return read_splits(cache_path)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    work_dir = cache_path.parent / f".{cache_path.name}.work-{tag}"
-    staging = cache_path.parent / f".{cache_path.name}.tmp-{tag}"
-    try:
-        built, report = build(work_dir)
-        staging.mkdir(parents=True)
-        (staging / "metris_build.json").write_text(json.dumps(report, indent=1, sort_keys=True))
-        write_splits(built, staging)
-        del built
-        if cache_path.exists() and not (cache_path / "splits.json").is_file():
-            # complete caches only ever appear by the rename below, so this is debris (an older format, a
-            # crash while copying by hand): replace it
-            shutil.rmtree(cache_path, ignore_errors=True)
+    else:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        work_dir = cache_path.parent / f".{cache_path.name}.work-{tag}"
+        staging = cache_path.parent / f".{cache_path.name}.tmp-{tag}"
         try:
-            os.rename(staging, cache_path)
-        except OSError:  # another process finished first: use its copy
-            if not (cache_path / "splits.json").is_file():
-                raise
-        _log_report(what, report)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(work_dir, ignore_errors=True)
-    return read_splits(cache_path)
+            built, report = build(work_dir)
+            staging.mkdir(parents=True)
+            (staging / "metris_build.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+            for split, table in built.items():
+                with ArrowWriter(features=table.features, path=str(staging / f"{split}.arrow")) as writer:
+                    for batch in table.with_format("arrow").iter(1000):
+                        writer.write_table(batch)
+                    writer.finalize()
+            (staging / "splits.json").write_text(json.dumps(list(built)))
+            del built
+            if cache_path.exists() and not (cache_path / "splits.json").is_file():
+                # complete caches only ever appear by the rename below, so this is debris (an older format, a
+                # crash while copying by hand): replace it
+                shutil.rmtree(cache_path, ignore_errors=True)
+            try:
+                os.rename(staging, cache_path)
+            except OSError:  # another process finished first: use its copy
+                if not (cache_path / "splits.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(work_dir, ignore_errors=True)
+    with contextlib.suppress(OSError, ValueError):  # a lost report only loses the warnings
+        _log_report(what, json.loads((cache_path / "metris_build.json").read_text()))
+    names = json.loads((cache_path / "splits.json").read_text())
+    return DatasetDict({n: Dataset.from_file(str(cache_path / f"{n}.arrow"), split=NamedSplit(n)) for n in names})
 
 
 def _log_report(what: str, report: dict) -> None:
@@ -393,11 +367,6 @@ def _log_report(what: str, report: dict) -> None:
         )
     if report.get("dropped_blank_sentences"):
         logger.info("%s: %d blank expression(s) dropped", what, report["dropped_blank_sentences"])
-
-
-# --------------------------------------------------------------------------------------------------------------
-# One row per sentence
-# --------------------------------------------------------------------------------------------------------------
 
 
 def _explode(batch: dict[str, list]) -> dict[str, list]:
