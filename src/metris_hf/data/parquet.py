@@ -31,7 +31,6 @@ from .schema import (
     cached_build,
     check_bbox,
     check_sentence_field,
-    default_cache_root,
     file_signature,
     fingerprint,
     image_within,
@@ -248,7 +247,6 @@ def load_refer_parquet(
             "sentence_field": sentence_field,
         }
     )
-    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
 
     def build(work_dir: Path) -> tuple[DatasetDict, dict]:
         if data_files is not None:
@@ -288,4 +286,4 @@ def load_refer_parquet(
         built, degenerate = tasks_to_dataset_dict(tasks, work_dir, key, num_proc, keep_degenerate, label)
         return built, {**report, **degenerate}
 
-    return cached_build(cache_root / "parquet" / key, build, label)
+    return cached_build(cache_dir, f"parquet/{key}", build, label)

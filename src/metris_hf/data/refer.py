@@ -37,7 +37,6 @@ from .schema import (
     check_image_size,
     check_sentence_field,
     clean_sentences,
-    default_cache_root,
     file_signature,
     fingerprint,
     image_within,
@@ -528,7 +527,6 @@ def load_refer(
             "sentence_field": sentence_field,
         }
     )
-    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     what = f"{dataset} ({split_by})"
 
     def build(work_dir: Path) -> tuple[DatasetDict, dict]:
@@ -546,4 +544,4 @@ def load_refer(
         built, degenerate = tasks_to_dataset_dict(tasks, work_dir, key, num_proc, keep_degenerate, what)
         return built, {**report, **degenerate, "dropped_blank_sentences": sum(t["dropped"] for t in every)}
 
-    return cached_build(cache_root / "refer" / f"{dataset}-{split_by}-{key}", build, what)
+    return cached_build(cache_dir, f"refer/{dataset}-{split_by}-{key}", build, what)

@@ -281,11 +281,6 @@ def sort_splits(names: Iterable[str]) -> list[str]:
     return known + sorted(name for name in names if name not in SPLIT_ORDER)
 
 
-def default_cache_root() -> Path:
-    """`$HF_DATASETS_CACHE/metris_hf` (by default `~/.cache/huggingface/datasets/metris_hf`)."""
-    return Path(datasets.config.HF_DATASETS_CACHE) / "metris_hf"
-
-
 def file_signature(path: str | os.PathLike) -> list[Any]:
     """Absolute path, size and modification time: enough to notice that an input file changed."""
     stat = os.stat(path)
@@ -298,8 +293,11 @@ def fingerprint(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cached_build(cache_path: Path, build: Callable[[Path], tuple[DatasetDict, dict]], what: str) -> DatasetDict:
-    """Loads `cache_path` if a previous build saved it there, else builds, saves and loads it.
+def cached_build(
+    cache_dir: str | os.PathLike | None, name: str, build: Callable[[Path], tuple[DatasetDict, dict]], what: str
+) -> DatasetDict:
+    """Loads `<cache_dir>/<name>` (cache_dir by default `$HF_DATASETS_CACHE/metris_hf`) if a previous build saved
+    it there, else builds, saves and loads it.
 
     `build(work_dir)` returns the DatasetDict and a JSON-able report (skipped images, dropped sentences), kept
     beside the data and logged on every load. Each split is written as `<split>.arrow`, then `splits.json` (the
@@ -307,6 +305,8 @@ def cached_build(cache_path: Path, build: Callable[[Path], tuple[DatasetDict, di
     COCO JPEG); `ArrowWriter` keeps paths. The save goes to a temporary folder renamed into place, so concurrent
     builders never see a half-written cache: whoever renames first wins.
     """
+    cache_path = Path(datasets.config.HF_DATASETS_CACHE, "metris_hf") if cache_dir is None else Path(cache_dir)
+    cache_path /= name
     if (cache_path / "splits.json").is_file():
         logger.info("%s: loading the cached build %s", what, cache_path)
     else:
@@ -346,24 +346,19 @@ def cached_build(cache_path: Path, build: Callable[[Path], tuple[DatasetDict, di
 def _log_report(what: str, report: dict) -> None:
     if report.get("skipped_missing_images") or report.get("skipped_unreadable_images"):
         logger.warning(
-            "%s: %d ref(s) skipped because their image is missing or unreadable (%d missing, %d unreadable; e.g. %s)",
-            what,
-            report.get("skipped_refs", 0),
-            report.get("skipped_missing_images", 0),
-            report.get("skipped_unreadable_images", 0),
-            report.get("example_skipped"),
+            "%(what)s: %(skipped_refs)d ref(s) skipped because their image is missing or unreadable "
+            "(%(skipped_missing_images)d missing, %(skipped_unreadable_images)d unreadable; e.g. %(example_skipped)s)",
+            {"skipped_refs": 0, "skipped_missing_images": 0, "skipped_unreadable_images": 0, **report, "what": what},
         )
-    if report.get("degenerate_refs"):
-        refs = report["degenerate_refs"]
+    if refs := report.get("degenerate_refs"):
+        kept = report.get("degenerate_kept")
         logger.warning(
             "%s: %d ref(s) have an empty target mask (degenerate polygons: < 3 points, or outside the image) but "
             "are not marked no_target: ref_id %s; %s",
             what,
             len(refs),
             ", ".join(map(str, refs[:20])) + (", …" if len(refs) > 20 else ""),
-            "kept (keep_degenerate=True)"
-            if report.get("degenerate_kept")
-            else "left out of the train split(s), kept in evaluation splits",
+            "kept (keep_degenerate=True)" if kept else "left out of the train split(s), kept in evaluation splits",
         )
     if report.get("dropped_blank_sentences"):
         logger.info("%s: %d blank expression(s) dropped", what, report["dropped_blank_sentences"])

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 
 class RefTrainTransform:
@@ -63,11 +63,8 @@ class RefTrainTransform:
     def collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Rows from `__call__` → one batch: each field stacked, the rows' ref ids as `ref_ids` (int64; not a model
         input: the training loop takes it out before the forward)."""
-        batch = {
-            key: torch.stack([row[key] for row in rows])
-            for key in ("pixel_values", "input_ids", "attention_mask", "labels")
-        }
-        batch["ref_ids"] = torch.tensor([int(row["ref_id"]) for row in rows], dtype=torch.long)
+        batch = default_collate(rows)
+        batch["ref_ids"] = batch.pop("ref_id")
         return batch
 
 
