@@ -182,19 +182,10 @@ def _task(row: dict, sentence_field: str) -> dict:
             info = {"height": image.height, "width": image.width}
     bbox = {"bbox": check_bbox(row["bbox"])} if anns and row.get("bbox") else {}
     mark = "no_target is true" if row.get("no_target") else f"ann_id {ann_id}" if ann_id and ann_id < 0 else None
-    return make_task(
-        info,
-        anns,
-        row["sentences"],
-        sentence_field,
-        mark,
-        image_path=row["_image_path"],
-        ref_id=row["ref_id"],
-        image_id=row["image_id"],
-        ann_ids=[ann_id] if anns and ann_id is not None else [int(a["id"]) for a in anns],
-        category_id=int(row["category_id"]) if anns and row.get("category_id") is not None else -1,
-        **bbox,
-    )
+    ids = [ann_id] if anns and ann_id is not None else [int(a["id"]) for a in anns]
+    fields = {"image_path": row["_image_path"], "ref_id": row["ref_id"], "image_id": row["image_id"], "ann_ids": ids}
+    fields["category_id"] = int(row["category_id"]) if anns and row.get("category_id") is not None else -1
+    return make_task(info, anns, row["sentences"], sentence_field, mark, **fields, **bbox)
 
 
 def parquet_tasks(rows: Iterable[dict], source: str, sentence_field: str = "sent") -> list[dict]:

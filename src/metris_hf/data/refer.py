@@ -1,12 +1,9 @@
 """RefCOCO, RefCOCO+, RefCOCOg and gRefCOCO from the standard REFER layout (docs/data.md), as `DatasetDict`s.
 
 The refs pickles are read with `RestrictedUnpickler` (builtin containers and scalars only, within bounds). Every
-field a row needs is checked once, in `build_tasks`; masks are decoded with pycocotools at build time, and the
-build is cached under a key made of the input files' paths, sizes and modification times (`cached_build`).
-
-A missing image is caught at build time (one `stat` per image); a corrupt or truncated JPEG only with
-`verify_images=True`, which decodes every image once at 1/8 scale (libjpeg's DCT scaling still reads the whole
-file) and names it. Without it PIL raises when the row is read, and does not always name the file.
+field a row needs is checked once, in `make_task`; masks are decoded with pycocotools at build time. A missing
+image is caught then too (one `stat` each); a corrupt JPEG only with `verify_images=True`, which decodes every
+image at 1/8 scale: without it PIL raises when the row is read, and does not always name the file.
 """
 
 from __future__ import annotations

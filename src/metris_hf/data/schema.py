@@ -49,14 +49,11 @@ FEATURES = Features(
     }
 )
 
+# One row per sentence: the object's columns an evaluation needs, with its sentence and that sentence's position
 SENTENCE_FEATURES = Features(
     {
         "sentence": Value("string"),
-        "image": Image(),
-        "mask": Image(),
-        "ref_id": Value("int64"),
-        "image_id": Value("int64"),
-        "no_target": Value("bool"),
+        **{name: FEATURES[name] for name in ("image", "mask", "ref_id", "image_id", "no_target")},
         "sent_index": Value("int32"),
     }
 )
@@ -91,11 +88,10 @@ def _is_coordinate(value: Any, reach: float) -> bool:
 
 def check_image_size(info: dict, image_id: Any) -> tuple[int, int]:
     """An image entry's (height, width) as ints, or a ValueError naming the image and what is wrong."""
-    missing = [key for key in ("height", "width") if key not in info]
-    if missing:
-        raise ValueError(f"image {image_id} lacks {missing}")
     sides = []
     for name in ("height", "width"):
+        if name not in info:
+            raise ValueError(f"image {image_id} lacks {[key for key in ('height', 'width') if key not in info]}")
         value = info[name]
         if not _is_number(value) or not math.isfinite(value) or value != int(value):
             raise ValueError(f"image {image_id}: image {name} must be a whole number, got {value!r}")

@@ -26,17 +26,6 @@ class RefTrainTransform:
         self.seed = int(seed)
         self.epoch = 0
 
-    @property
-    def image_size(self) -> dict[str, int]:
-        """The processor's output size, `{"height", "width"}` (read, never copied)."""
-        size = self.processor.image_processor.size
-        return {"height": size["height"], "width": size["width"]}
-
-    @property
-    def max_length(self) -> int:
-        """The processor's tokens per expression (read, never copied)."""
-        return self.processor.max_length
-
     def set_epoch(self, epoch: int) -> None:
         """Selects the epoch whose sentences `__call__` draws."""
         self.epoch = int(epoch)
