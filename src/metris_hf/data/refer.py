@@ -250,10 +250,9 @@ def read_json(path: Path) -> Any:
     """A JSON file, or a ValueError naming it (truncated, not JSON, not UTF-8)."""
     try:
         return json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not readable JSON ({error})") from None
-    except RecursionError:
-        raise ValueError(f"{path}: not readable JSON (nested deeper than Python's recursion limit)") from None
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        why = "nested deeper than Python's recursion limit" if isinstance(error, RecursionError) else error
+        raise ValueError(f"{path}: not readable JSON ({why})") from None
 
 
 def load_refs(path: Path) -> list[dict]:
