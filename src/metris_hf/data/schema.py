@@ -270,13 +270,6 @@ def image_within(root: Path, name: Any) -> Path:
     return root / relative
 
 
-def sort_splits(names: Iterable[str]) -> list[str]:
-    """Split names in REFER's usual order (train, val, testA, testB, test), unknown ones last."""
-    names = list(dict.fromkeys(names))
-    known = [name for name in SPLIT_ORDER if name in names]
-    return known + sorted(name for name in names if name not in SPLIT_ORDER)
-
-
 def file_signature(path: str | os.PathLike) -> list[Any]:
     """Absolute path, size and modification time: enough to notice that an input file changed."""
     stat = os.stat(path)
