@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import REFCOCO_REFS, instances, write_jxu124_parquet, write_refer_copy
+from helpers import GREFS, REFCOCO_REFS, instances, write_jxu124_parquet, write_refer_copy
 from metris_hf.data import FEATURES, UnsafePickleError, load_refer, load_refer_parquet, restricted_pickle_load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -449,6 +449,20 @@ def test_refs_that_name_nothing_or_say_nothing_are_refused(tmp_path, name):
         load_refer(root, "refcoco", cache_dir=tmp_path / "cache")
 
 
+@pytest.mark.parametrize("ann_id", [[11, 12], [-1, 12], 12])
+def test_a_no_target_ref_that_names_annotations_is_refused(tmp_path, ann_id):
+    """gRefCOCO marks a ref that refers to nothing with no_target: true and ann_id [-1] (the copy's refs 1001 and
+    4000 load); the flag beside real annotations would have made an empty ann_ids with a mask drawn from them."""
+    root = write_refer_copy(tmp_path / "data")
+    refs = [dict(r, ann_id=ann_id) if r["ref_id"] == 1001 else r for r in GREFS]
+    (root / "grefcoco" / "grefs(unc).json").write_text(json.dumps(refs))
+    ids = re.escape(str([a for a in ([ann_id] if isinstance(ann_id, int) else ann_id) if a >= 0]))
+    match = r"grefs\(unc\)\.json: ref 1001: is marked as referring to nothing \(no_target is true\) but names "
+    match += rf"annotation\(s\) {ids}: contradictory"
+    with pytest.raises(ValueError, match=match):
+        load_refer(root, "grefcoco", cache_dir=tmp_path / "cache")
+
+
 def _duplicate(key: str, **changes):
     def edit(data: dict) -> None:
         data[key].append(dict(data[key][0], **changes))
@@ -525,10 +539,10 @@ def test_parquet_identical_duplicates_are_harmless(tmp_path):
 @pytest.mark.parametrize(
     "change, match",
     [
-        ({"ann_id": -1}, r"ref 100: ann_id is -1 \(no annotation\) but raw_anns holds 1"),
+        ({"ann_id": -1}, r"ref 100: is marked as referring to nothing \(ann_id -1\) but names annotation\(s\) \[11\]"),
         (
             {"sentences": [{"raw": " ", "sent": "", "sent_id": 1, "tokens": []}]},
-            r"ref 100: all its sentences are blank",
+            r"ref 100: all 1 of its sentences are blank",
         ),
         ({"raw_anns": "[" * 100_000 + "]" * 100_000}, r"ref 100: a JSON column is nested deeper"),
     ],
@@ -536,6 +550,14 @@ def test_parquet_identical_duplicates_are_harmless(tmp_path):
 )
 def test_parquet_records_that_contradict_are_refused(tmp_path, change, match):
     files, image_root = parquet_copy(tmp_path, **change)
+    with pytest.raises(ValueError, match=match):
+        load_refer_parquet(files, image_root, cache_dir=tmp_path / "cache")
+
+
+def test_parquet_no_target_column_beside_raw_anns_is_refused(tmp_path):
+    """A `no_target` column (a gRefCOCO-style copy) is read as REFER's flag: true beside annotations is refused."""
+    files, image_root = parquet_copy(tmp_path, refs=tuple(r["ref_id"] for r in REFCOCO_REFS), no_target=True)
+    match = r"ref \d+: is marked as referring to nothing \(no_target is true\) but names annotation\(s\) \[\d+\]"
     with pytest.raises(ValueError, match=match):
         load_refer_parquet(files, image_root, cache_dir=tmp_path / "cache")
 

@@ -150,7 +150,7 @@ def test_fuzz_refer_records(ann_id, no_target, sentences, duplicate, same, file_
         data["images"][0]["file_name"] = file_name
     ref = dict(REFCOCO_REFS[0], ann_id=ann_id, no_target=no_target, sentences=sentences)
     try:
-        tasks, _, _ = build_tasks([ref], data, Path("/images"), "refs(unc).p")
+        tasks = build_tasks([ref], data, Path("/images"), "refs(unc).p")
     except ValueError as error:
         message = str(error)
         assert "refs(unc).p: ref 100: " in message or "instances.json: " in message, message

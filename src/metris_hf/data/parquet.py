@@ -23,22 +23,17 @@ import PIL.Image
 import pyarrow.parquet
 from datasets import DatasetDict
 
-from .refer import COCO_FILE_PATTERN, check_images, drop_degenerate, tasks_to_dataset_dict
+from .refer import COCO_FILE_PATTERN, check_images, make_task, tasks_to_dataset_dict
 from .schema import (
     BUILD_VERSION,
     SPLIT_ORDER,
     _is_id,
     cached_build,
-    check_annotation,
     check_bbox,
-    check_image_size,
     check_sentence_field,
-    clean_sentences,
-    default_cache_root,
     file_signature,
     fingerprint,
     image_within,
-    union_bbox,
 )
 
 logger = logging.getLogger(__name__)
@@ -167,8 +162,7 @@ def check_columns(columns: list[str], where: str) -> None:
 
 
 def _task(row: dict, sentence_field: str) -> dict:
-    """One jxu124 row (with its image file as `_image_path`) → `build_tasks`' description of its row, every field
-    checked (the caller adds which ref it is), and whether its target draws nothing (`degenerate`)."""
+    """One jxu124 row (with its image file as `_image_path`) → its `make_task` (the caller names the ref)."""
     for key in ("ref_id", "image_id"):
         if not _is_id(row[key]):
             raise ValueError(f"{key} must be an integer, got {row[key]!r:.80}")
@@ -180,33 +174,18 @@ def _task(row: dict, sentence_field: str) -> dict:
         raise ValueError(f"ann_id must be an integer, got {ann_id!r:.80}")
     if not anns and ann_id is not None and ann_id >= 0:
         raise ValueError(f"raw_anns is empty but ann_id is {ann_id}: the target's annotation is missing")
-    if anns and ann_id is not None and ann_id < 0:
-        raise ValueError(f"ann_id is {ann_id} (no annotation) but raw_anns holds {len(anns)} annotation(s)")
     info = _load_json(row.get("raw_image_info")) or {}
     if not isinstance(info, dict):
         raise ValueError(f"raw_image_info must be a COCO image dict, got {row.get('raw_image_info')!r:.80}")
     if info.get("height") is None or info.get("width") is None:  # read the header only
         with PIL.Image.open(row["_image_path"]) as image:
             info = {"height": image.height, "width": image.width}
-    height, width = check_image_size(info, row["image_id"])
-    facts = [check_annotation(ann, row["image_id"], height, width, ()) for ann in anns]
-    sentences = clean_sentences(row["sentences"], sentence_field)
-    if not sentences:
-        raise ValueError("all its sentences are blank (no expression)")
-    return {
-        "image_path": row["_image_path"],
-        "height": height,
-        "width": width,
-        "segmentations": [ann["segmentation"] for ann in anns],
-        "sentences": sentences,
-        "ref_id": row["ref_id"],
-        "image_id": row["image_id"],
-        "ann_ids": ([ann_id] if ann_id is not None else [int(a["id"]) for a in anns]) if anns else [],
-        "category_id": int(row["category_id"]) if anns and row.get("category_id") is not None else -1,
-        "bbox": check_bbox(row.get("bbox") or union_bbox(bbox for bbox, _ in facts)) if anns else [0.0] * 4,
-        "no_target": not anns,
-        "degenerate": bool(anns) and not any(area for _, area in facts),  # as REFER's check
-    }
+    bbox = {"bbox": check_bbox(row["bbox"])} if anns and row.get("bbox") else {}
+    mark = "no_target is true" if row.get("no_target") else f"ann_id {ann_id}" if ann_id and ann_id < 0 else None
+    ids = [ann_id] if anns and ann_id is not None else [int(a["id"]) for a in anns]
+    fields = {"image_path": row["_image_path"], "ref_id": row["ref_id"], "image_id": row["image_id"], "ann_ids": ids}
+    fields["category_id"] = int(row["category_id"]) if anns and row.get("category_id") is not None else -1
+    return make_task(info, anns, row["sentences"], sentence_field, mark, **fields, **bbox)
 
 
 def parquet_tasks(rows: Iterable[dict], source: str, sentence_field: str = "sent") -> list[dict]:
@@ -259,7 +238,6 @@ def load_refer_parquet(
             "sentence_field": sentence_field,
         }
     )
-    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
 
     def build(work_dir: Path) -> tuple[DatasetDict, dict]:
         if data_files is not None:
@@ -296,11 +274,7 @@ def load_refer_parquet(
             name = _refer_split_name(split, list(raw), table.unique("split") if "split" in table.column_names else [])
             rows = (dict(row, _image_path=path) for row, path in zip(_rows(table), paths[split]) if path not in bad)
             tasks[name] = parquet_tasks(rows, f"{label} ({split})", sentence_field)
-        degenerate = [task["ref_id"] for rows in tasks.values() for task in rows if task["degenerate"]]
-        tasks = drop_degenerate({name: rows for name, rows in tasks.items() if rows}, degenerate, keep_degenerate)
-        if not tasks:
-            raise ValueError(f"{label}: no refs left to build (every image missing, or every train target empty)")
-        report.update(degenerate_refs=degenerate, degenerate_kept=keep_degenerate)
-        return tasks_to_dataset_dict(tasks, work_dir, key, num_proc), report
+        built, degenerate = tasks_to_dataset_dict(tasks, work_dir, key, num_proc, keep_degenerate, label)
+        return built, {**report, **degenerate}
 
-    return cached_build(cache_root / "parquet" / key, build, label)
+    return cached_build(cache_dir, f"parquet/{key}", build, label)

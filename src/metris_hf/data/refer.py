@@ -1,12 +1,9 @@
 """RefCOCO, RefCOCO+, RefCOCOg and gRefCOCO from the standard REFER layout (docs/data.md), as `DatasetDict`s.
 
 The refs pickles are read with `RestrictedUnpickler` (builtin containers and scalars only, within bounds). Every
-field a row needs is checked once, in `build_tasks`; masks are decoded with pycocotools at build time, and the
-build is cached under a key made of the input files' paths, sizes and modification times (`cached_build`).
-
-A missing image is caught at build time (one `stat` per image); a corrupt or truncated JPEG only with
-`verify_images=True`, which decodes every image once at 1/8 scale (libjpeg's DCT scaling still reads the whole
-file) and names it. Without it PIL raises when the row is read, and does not always name the file.
+field a row needs is checked once, in `make_task`; masks are decoded with pycocotools at build time. A missing
+image is caught then too (one `stat` each); a corrupt JPEG only with `verify_images=True`, which decodes every
+image at 1/8 scale: without it PIL raises when the row is read, and does not always name the file.
 """
 
 from __future__ import annotations
@@ -30,18 +27,17 @@ from datasets import DatasetDict
 from .schema import (
     BUILD_VERSION,
     FEATURES,
+    SPLIT_ORDER,
     _is_id,
     cached_build,
     check_annotation,
     check_image_size,
     check_sentence_field,
     clean_sentences,
-    default_cache_root,
     file_signature,
     fingerprint,
     image_within,
     mask_to_png,
-    sort_splits,
     union_bbox,
     union_mask,
 )
@@ -219,21 +215,11 @@ def restricted_pickle_load(path: str | os.PathLike) -> Any:
     return value
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Arguments and files
-# --------------------------------------------------------------------------------------------------------------
-
-
-def check_dataset(dataset: str) -> str:
-    """The dataset name, or a ValueError naming the choices."""
+def check_split_by(dataset: str, split_by: str | None) -> str:
+    """`split_by`, defaulting to the dataset's usual scheme, or a ValueError naming the valid datasets or schemes."""
     if dataset not in SPLIT_BYS:
         raise ValueError(f"unknown REFER dataset {dataset!r}: choose one of {', '.join(REFER_DATASETS)}")
-    return dataset
-
-
-def check_split_by(dataset: str, split_by: str | None) -> str:
-    """`split_by`, defaulting to the dataset's usual scheme, or a ValueError naming the valid ones."""
-    choices = SPLIT_BYS[check_dataset(dataset)]
+    choices = SPLIT_BYS[dataset]
     if split_by is None:
         return choices[0]
     if split_by not in choices:
@@ -264,10 +250,9 @@ def read_json(path: Path) -> Any:
     """A JSON file, or a ValueError naming it (truncated, not JSON, not UTF-8)."""
     try:
         return json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not readable JSON ({error})") from None
-    except RecursionError:
-        raise ValueError(f"{path}: not readable JSON (nested deeper than Python's recursion limit)") from None
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        why = "nested deeper than Python's recursion limit" if isinstance(error, RecursionError) else error
+        raise ValueError(f"{path}: not readable JSON ({why})") from None
 
 
 def load_refs(path: Path) -> list[dict]:
@@ -306,11 +291,6 @@ def _ann_ids(ref: dict) -> list[int]:
     return valid
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Build
-# --------------------------------------------------------------------------------------------------------------
-
-
 def _generate_rows(tasks: list[dict]):
     """Generator for `Dataset.from_generator`: decodes each task's mask (in the worker when num_proc > 1)."""
     for task in tasks:
@@ -345,6 +325,39 @@ def index_instances(instances: Any, path: str) -> tuple[dict[int, dict], dict[in
     return indexed[0], indexed[1]
 
 
+def make_task(
+    info: dict, anns: list[dict], sentences: Any, sentence_field: str, no_target: str | None, **fields: Any
+) -> dict:
+    """One row's self-contained description (REFER refs and Parquet rows alike; the caller names the ref), every
+    field checked. `no_target` says what marks the ref as referring to nothing, if anything does: such a ref that
+    still names annotations is refused (its mask would be drawn from them). `fields`: image_path, ref_id, image_id,
+    ann_ids, and the annotation keys to require, or the category_id / bbox that override the annotations'."""
+    image_id, required = fields["image_id"], fields.pop("required", ())
+    height, width = check_image_size(info, image_id)
+    if no_target and anns:
+        raise ValueError(
+            f"is marked as referring to nothing ({no_target}) but names annotation(s) {[a.get('id') for a in anns]}: "
+            "contradictory, its mask would be drawn from them (drop the mark or the annotations)"
+        )
+    facts = [check_annotation(ann, image_id, height, width, required) for ann in anns]
+    texts = clean_sentences(sentences, sentence_field)
+    if not texts:
+        raise ValueError(f"all {len(sentences)} of its sentences are blank (no expression to train on)")
+    categories = {ann["category_id"] for ann in anns} if "category_id" not in fields else ()
+    return {
+        "height": height,
+        "width": width,
+        "segmentations": [ann["segmentation"] for ann in anns],
+        "sentences": texts,
+        "category_id": categories.pop() if len(categories) == 1 else -1,
+        "bbox": union_bbox(box for box, _ in facts),
+        "no_target": not anns,
+        "dropped": len(sentences) - len(texts),
+        "degenerate": bool(anns) and not any(area for _, area in facts),
+        **fields,
+    }
+
+
 def build_tasks(
     refs: list[dict],
     instances: Any,
@@ -352,67 +365,30 @@ def build_tasks(
     source: str,
     instances_source: str = "instances.json",
     sentence_field: str = "sent",
-) -> tuple[dict[str, list[dict]], int, list[int]]:
-    """Refs + COCO instances → per split, the self-contained description of each row; the number of blank
-    sentences dropped; the ids of degenerate refs (listed, not dropped, here). Every field a row needs is checked
-    here, once: an inconsistency is a ValueError naming the refs file and the ref (and the record at fault)."""
+) -> dict[str, list[dict]]:
+    """Refs + COCO instances → per split, each row's `make_task`. An inconsistency is a ValueError naming the
+    refs file and the ref (and the record at fault)."""
     images, annotations = index_instances(instances, instances_source)
     tasks: dict[str, list[dict]] = defaultdict(list)
-    dropped = 0
-    degenerate = []
     for ref in refs:
         ref_id, image_id = ref["ref_id"], ref["image_id"]
         try:
             info = images.get(image_id)
             if info is None:
                 raise ValueError(f"names image {image_id}, which {instances_source} does not list")
-            height, width = check_image_size(info, image_id)
             ann_ids = _ann_ids(ref)
             absent = [a for a in ann_ids if a not in annotations]
             if absent:
                 raise ValueError(f"names annotation(s) {absent}, absent from {instances_source}")
-            facts = [check_annotation(annotations[a], image_id, height, width, REFER_REQUIRED) for a in ann_ids]
-            sentences = clean_sentences(ref["sentences"], sentence_field)
-            if not sentences:
-                raise ValueError(f"all {len(ref['sentences'])} of its sentences are blank (no expression to train on)")
             image_path = image_within(image_root, info.get("file_name") or COCO_FILE_PATTERN % image_id)
+            mark = "no_target is true" if ref.get("no_target") else None
+            anns = [annotations[a] for a in ann_ids]
+            fields = {"ref_id": ref_id, "image_id": image_id, "ann_ids": ann_ids, "required": REFER_REQUIRED}
+            task = make_task(info, anns, ref["sentences"], sentence_field, mark, image_path=str(image_path), **fields)
         except (ValueError, TypeError) as error:
             raise ValueError(f"{source}: ref {ref_id}: {error}") from None
-        anns = [annotations[a] for a in ann_ids]
-        dropped += len(ref["sentences"]) - len(sentences)
-        no_target = bool(ref.get("no_target", False)) or not anns
-        if not no_target and not any(area for _, area in facts):
-            degenerate.append(ref_id)
-        categories = {a["category_id"] for a in anns}
-        tasks[str(ref["split"])].append(
-            {
-                "image_path": str(image_path),
-                "height": height,
-                "width": width,
-                "segmentations": [a["segmentation"] for a in anns],
-                "sentences": sentences,
-                "ref_id": ref_id,
-                "image_id": image_id,
-                "ann_ids": [] if no_target else ann_ids,
-                "category_id": categories.pop() if len(categories) == 1 else -1,
-                "bbox": union_bbox(bbox for bbox, _ in facts),
-                "no_target": no_target,
-            }
-        )
-    return dict(tasks), dropped, degenerate
-
-
-def drop_degenerate(tasks: dict[str, list[dict]], degenerate: list[int], keep: bool) -> dict[str, list[dict]]:
-    """Unless `keep`, drops refs whose target mask is empty from the training splits (an empty mask not marked
-    `no_target` would teach that the expression means nothing); evaluation splits keep their published counts."""
-    if keep or not degenerate:
-        return tasks
-    bad = set(degenerate)
-    kept = {
-        split: [t for t in rows if not (split.startswith("train") and t["ref_id"] in bad)]
-        for split, rows in tasks.items()
-    }
-    return {split: rows for split, rows in kept.items() if rows}
+        tasks[str(ref["split"])].append(task)
+    return dict(tasks)
 
 
 def _probe_image(path: str, verify: bool) -> tuple[tuple[int, int] | None, str | None]:
@@ -432,7 +408,6 @@ def _probe_image(path: str, verify: bool) -> tuple[tuple[int, int] | None, str |
 
 def check_images(
     paths: list[str],
-    *,
     skip_missing: bool,
     verify: bool,
     num_proc: int | None,
@@ -472,28 +447,20 @@ def check_images(
     return bad, {**report, "example_skipped": min(bad, default=None)}
 
 
-def filter_images(
-    tasks: dict[str, list[dict]], *, skip_missing: bool, verify: bool, num_proc: int | None, source: str
-) -> tuple[dict[str, list[dict]], dict]:
-    """Drops (or raises on) tasks whose image is missing or unreadable; see `check_images`."""
-    paths = [task["image_path"] for rows in tasks.values() for task in rows]
-    declared = {
-        task["image_path"]: (task["height"], task["width"], f"image {task['image_id']} (ref {task['ref_id']})")
-        for rows in tasks.values()
-        for task in rows
-    }
-    bad, report = check_images(
-        paths, skip_missing=skip_missing, verify=verify, num_proc=num_proc, source=source, declared=declared
-    )
-    kept = {split: [t for t in rows if t["image_path"] not in bad] for split, rows in tasks.items()}
-    report["skipped_refs"] = len(paths) - sum(len(rows) for rows in kept.values())
-    return {split: rows for split, rows in kept.items() if rows}, report
-
-
-def tasks_to_dataset_dict(tasks: dict[str, list[dict]], work_dir: Path, key: str, num_proc: int | None) -> DatasetDict:
-    """Per-split task lists → a DatasetDict, written by `Dataset.from_generator` (in `num_proc` processes)."""
+def tasks_to_dataset_dict(
+    tasks: dict[str, list[dict]], work_dir: Path, key: str, num_proc: int | None, keep_degenerate: bool, what: str
+) -> tuple[DatasetDict, dict]:
+    """Per-split tasks → a DatasetDict written by `Dataset.from_generator` (in `num_proc` processes), and the
+    degenerate refs for the report. Unless `keep_degenerate`, those leave the training splits (an empty mask not
+    marked `no_target` would teach that the expression means nothing); evaluation splits keep their counts."""
+    degenerate = [task["ref_id"] for rows in tasks.values() for task in rows if task["degenerate"]]
+    if not keep_degenerate:
+        tasks = {s: [t for t in rows if not (s.startswith("train") and t["degenerate"])] for s, rows in tasks.items()}
+    tasks = {split: rows for split, rows in tasks.items() if rows}
+    if not tasks:
+        raise ValueError(f"{what}: no refs left to build (every image missing or unreadable, or every target empty)")
     splits = {}
-    for split in sort_splits(tasks):
+    for split in sorted(tasks, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s)):
         rows = tasks[split]
         procs = num_proc if num_proc and num_proc > 1 and len(rows) > 1 else None
         splits[split] = datasets.Dataset.from_generator(
@@ -505,7 +472,7 @@ def tasks_to_dataset_dict(tasks: dict[str, list[dict]], work_dir: Path, key: str
             fingerprint=f"{key}-{split}",
             split=datasets.NamedSplit(split),
         )
-    return DatasetDict(splits)
+    return DatasetDict(splits), {"degenerate_refs": degenerate, "degenerate_kept": keep_degenerate}
 
 
 def load_refer(
@@ -556,25 +523,21 @@ def load_refer(
             "sentence_field": sentence_field,
         }
     )
-    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     what = f"{dataset} ({split_by})"
 
     def build(work_dir: Path) -> tuple[DatasetDict, dict]:
         logger.info("%s: building from %s (first load; later loads use the cache)", what, refs_path)
-        refs = load_refs(refs_path)
-        instances = read_json(instances_path)
-        tasks, dropped, degenerate = build_tasks(
-            refs, instances, root, str(refs_path), str(instances_path), sentence_field
+        tasks = build_tasks(
+            load_refs(refs_path), read_json(instances_path), root, str(refs_path), str(instances_path), sentence_field
         )
-        tasks = drop_degenerate(tasks, degenerate, keep_degenerate)
-        tasks, report = filter_images(
-            tasks, skip_missing=skip_missing_images, verify=verify_images, num_proc=num_proc, source=what
-        )
-        if not tasks:
-            raise ValueError(f"{what}: no refs left to build (every referenced image was missing or unreadable)")
-        report["dropped_blank_sentences"] = dropped
-        report["degenerate_refs"] = degenerate
-        report["degenerate_kept"] = keep_degenerate
-        return tasks_to_dataset_dict(tasks, work_dir, key, num_proc), report
+        every = [task for rows in tasks.values() for task in rows]
+        declared = {
+            t["image_path"]: (t["height"], t["width"], f"image {t['image_id']} (ref {t['ref_id']})") for t in every
+        }
+        bad, report = check_images(list(declared), skip_missing_images, verify_images, num_proc, what, declared)
+        tasks = {split: [t for t in rows if t["image_path"] not in bad] for split, rows in tasks.items()}
+        report["skipped_refs"] = sum(t["image_path"] in bad for t in every)
+        built, degenerate = tasks_to_dataset_dict(tasks, work_dir, key, num_proc, keep_degenerate, what)
+        return built, {**report, **degenerate, "dropped_blank_sentences": sum(t["dropped"] for t in every)}
 
-    return cached_build(cache_root / "refer" / f"{dataset}-{split_by}-{key}", build, what)
+    return cached_build(cache_dir, f"refer/{dataset}-{split_by}-{key}", build, what)

@@ -49,22 +49,14 @@ FEATURES = Features(
     }
 )
 
+# One row per sentence: the object's columns an evaluation needs, with its sentence and that sentence's position
 SENTENCE_FEATURES = Features(
     {
         "sentence": Value("string"),
-        "image": Image(),
-        "mask": Image(),
-        "ref_id": Value("int64"),
-        "image_id": Value("int64"),
-        "no_target": Value("bool"),
+        **{name: FEATURES[name] for name in ("image", "mask", "ref_id", "image_id", "no_target")},
         "sent_index": Value("int32"),
     }
 )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Masks
-# --------------------------------------------------------------------------------------------------------------
 
 
 def mask_to_png(mask: np.ndarray) -> bytes:
@@ -96,11 +88,10 @@ def _is_coordinate(value: Any, reach: float) -> bool:
 
 def check_image_size(info: dict, image_id: Any) -> tuple[int, int]:
     """An image entry's (height, width) as ints, or a ValueError naming the image and what is wrong."""
-    missing = [key for key in ("height", "width") if key not in info]
-    if missing:
-        raise ValueError(f"image {image_id} lacks {missing}")
     sides = []
     for name in ("height", "width"):
+        if name not in info:
+            raise ValueError(f"image {image_id} lacks {[key for key in ('height', 'width') if key not in info]}")
         value = info[name]
         if not _is_number(value) or not math.isfinite(value) or value != int(value):
             raise ValueError(f"image {image_id}: image {name} must be a whole number, got {value!r}")
@@ -204,7 +195,8 @@ def check_annotation(
     if "category_id" in required and not _is_id(ann["category_id"]):
         raise ValueError(f"annotation {ann_id}: category_id must be an integer, got {ann['category_id']!r}")
     try:
-        return check_bbox(ann["bbox"]), segmentation_area(ann["segmentation"], height, width)
+        rle = segmentation_rle(ann["segmentation"], height, width)  # validated without decoding
+        return check_bbox(ann["bbox"]), 0 if rle is None else int(mask_utils.area(rle))
     except ValueError as error:
         raise ValueError(f"annotation {ann_id}: {error}") from None
 
@@ -216,12 +208,6 @@ def check_bbox(bbox: Any) -> list[float]:
     if bbox[2] < 0 or bbox[3] < 0:
         raise ValueError(f"bbox has a negative width or height: {bbox!r}")
     return [float(v) for v in bbox]
-
-
-def segmentation_area(segmentation: Any, height: int, width: int) -> int:
-    """Foreground pixels of a validated segmentation without decoding it (0: a degenerate target)."""
-    rle = segmentation_rle(segmentation, height, width)
-    return 0 if rle is None else int(mask_utils.area(rle))
 
 
 def union_bbox(boxes: Iterable[Iterable[float]]) -> list[float]:
@@ -284,23 +270,6 @@ def image_within(root: Path, name: Any) -> Path:
     return root / relative
 
 
-def sort_splits(names: Iterable[str]) -> list[str]:
-    """Split names in REFER's usual order (train, val, testA, testB, test), unknown ones last."""
-    names = list(dict.fromkeys(names))
-    known = [name for name in SPLIT_ORDER if name in names]
-    return known + sorted(name for name in names if name not in SPLIT_ORDER)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Cache
-# --------------------------------------------------------------------------------------------------------------
-
-
-def default_cache_root() -> Path:
-    """`$HF_DATASETS_CACHE/metris_hf` (by default `~/.cache/huggingface/datasets/metris_hf`)."""
-    return Path(datasets.config.HF_DATASETS_CACHE) / "metris_hf"
-
-
 def file_signature(path: str | os.PathLike) -> list[Any]:
     """Absolute path, size and modification time: enough to notice that an input file changed."""
     stat = os.stat(path)
@@ -313,91 +282,75 @@ def fingerprint(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def write_splits(data: DatasetDict, folder: Path) -> None:
-    """Writes each split as `<split>.arrow`, then `splits.json` (the marker of a complete write). Not
-    `save_to_disk`: it embeds the files an `Image` column points to (every COCO JPEG); `ArrowWriter` keeps paths."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, table in data.items():
-        with ArrowWriter(features=table.features, path=str(folder / f"{split}.arrow")) as writer:
-            for batch in table.with_format("arrow").iter(1000):
-                writer.write_table(batch)
-            writer.finalize()
-    (folder / "splits.json").write_text(json.dumps(list(data)))
-
-
-def read_splits(folder: Path) -> DatasetDict:
-    """The DatasetDict `write_splits` wrote, memory-mapped."""
-    names = json.loads((folder / "splits.json").read_text())
-    return DatasetDict({n: Dataset.from_file(str(folder / f"{n}.arrow"), split=NamedSplit(n)) for n in names})
-
-
-def cached_build(cache_path: Path, build: Callable[[Path], tuple[DatasetDict, dict]], what: str) -> DatasetDict:
-    """Loads `cache_path` if a previous build saved it there, else builds, saves and loads it.
+def cached_build(
+    cache_dir: str | os.PathLike | None, name: str, build: Callable[[Path], tuple[DatasetDict, dict]], what: str
+) -> DatasetDict:
+    """Loads `<cache_dir>/<name>` (cache_dir by default `$HF_DATASETS_CACHE/metris_hf`) if a previous build saved
+    it there, else builds, saves and loads it.
 
     `build(work_dir)` returns the DatasetDict and a JSON-able report (skipped images, dropped sentences), kept
-    beside the data and logged again on every cache hit. The save goes to a temporary folder renamed into place,
-    so concurrent builders never see a half-written cache: whoever renames first wins.
+    beside the data and logged on every load. Each split is written as `<split>.arrow`, then `splits.json` (the
+    marker of a complete write): not `save_to_disk`, which embeds the files an `Image` column points to (every
+    COCO JPEG); `ArrowWriter` keeps paths. The save goes to a temporary folder renamed into place, so concurrent
+    builders never see a half-written cache: whoever renames first wins.
     """
+    cache_path = Path(datasets.config.HF_DATASETS_CACHE, "metris_hf") if cache_dir is None else Path(cache_dir)
+    cache_path /= name
     if (cache_path / "splits.json").is_file():
         logger.info("%s: loading the cached build %s", what, cache_path)
-        with contextlib.suppress(OSError, ValueError):  # a lost report only loses the warnings
-            _log_report(what, json.loads((cache_path / "metris_build.json").read_text()))
-        return read_splits(cache_path)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    work_dir = cache_path.parent / f".{cache_path.name}.work-{tag}"
-    staging = cache_path.parent / f".{cache_path.name}.tmp-{tag}"
-    try:
-        built, report = build(work_dir)
-        staging.mkdir(parents=True)
-        (staging / "metris_build.json").write_text(json.dumps(report, indent=1, sort_keys=True))
-        write_splits(built, staging)
-        del built
-        if cache_path.exists() and not (cache_path / "splits.json").is_file():
-            # complete caches only ever appear by the rename below, so this is debris (an older format, a
-            # crash while copying by hand): replace it
-            shutil.rmtree(cache_path, ignore_errors=True)
+    else:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        work_dir = cache_path.parent / f".{cache_path.name}.work-{tag}"
+        staging = cache_path.parent / f".{cache_path.name}.tmp-{tag}"
         try:
-            os.rename(staging, cache_path)
-        except OSError:  # another process finished first: use its copy
-            if not (cache_path / "splits.json").is_file():
-                raise
-        _log_report(what, report)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(work_dir, ignore_errors=True)
-    return read_splits(cache_path)
+            built, report = build(work_dir)
+            staging.mkdir(parents=True)
+            (staging / "metris_build.json").write_text(json.dumps(report, indent=1, sort_keys=True))
+            for split, table in built.items():
+                with ArrowWriter(features=table.features, path=str(staging / f"{split}.arrow")) as writer:
+                    for batch in table.with_format("arrow").iter(1000):
+                        writer.write_table(batch)
+                    writer.finalize()
+            (staging / "splits.json").write_text(json.dumps(list(built)))
+            del built
+            if cache_path.exists() and not (cache_path / "splits.json").is_file():
+                # complete caches only ever appear by the rename below, so this is debris (an older format, a
+                # crash while copying by hand): replace it
+                shutil.rmtree(cache_path, ignore_errors=True)
+            try:
+                os.rename(staging, cache_path)
+            except OSError:  # another process finished first: use its copy
+                if not (cache_path / "splits.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(work_dir, ignore_errors=True)
+    with contextlib.suppress(OSError, ValueError):  # a lost report only loses the warnings
+        _log_report(what, json.loads((cache_path / "metris_build.json").read_text()))
+    names = json.loads((cache_path / "splits.json").read_text())
+    return DatasetDict({n: Dataset.from_file(str(cache_path / f"{n}.arrow"), split=NamedSplit(n)) for n in names})
 
 
 def _log_report(what: str, report: dict) -> None:
     if report.get("skipped_missing_images") or report.get("skipped_unreadable_images"):
         logger.warning(
-            "%s: %d ref(s) skipped because their image is missing or unreadable (%d missing, %d unreadable; e.g. %s)",
-            what,
-            report.get("skipped_refs", 0),
-            report.get("skipped_missing_images", 0),
-            report.get("skipped_unreadable_images", 0),
-            report.get("example_skipped"),
+            "%(what)s: %(skipped_refs)d ref(s) skipped because their image is missing or unreadable "
+            "(%(skipped_missing_images)d missing, %(skipped_unreadable_images)d unreadable; e.g. %(example_skipped)s)",
+            {"skipped_refs": 0, "skipped_missing_images": 0, "skipped_unreadable_images": 0, **report, "what": what},
         )
-    if report.get("degenerate_refs"):
-        refs = report["degenerate_refs"]
+    if refs := report.get("degenerate_refs"):
+        kept = report.get("degenerate_kept")
         logger.warning(
             "%s: %d ref(s) have an empty target mask (degenerate polygons: < 3 points, or outside the image) but "
             "are not marked no_target: ref_id %s; %s",
             what,
             len(refs),
             ", ".join(map(str, refs[:20])) + (", …" if len(refs) > 20 else ""),
-            "kept (keep_degenerate=True)"
-            if report.get("degenerate_kept")
-            else "left out of the train split(s), kept in evaluation splits",
+            "kept (keep_degenerate=True)" if kept else "left out of the train split(s), kept in evaluation splits",
         )
     if report.get("dropped_blank_sentences"):
         logger.info("%s: %d blank expression(s) dropped", what, report["dropped_blank_sentences"])
-
-
-# --------------------------------------------------------------------------------------------------------------
-# One row per sentence
-# --------------------------------------------------------------------------------------------------------------
 
 
 def _explode(batch: dict[str, list]) -> dict[str, list]:

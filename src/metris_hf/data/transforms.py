@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 
 class RefTrainTransform:
@@ -25,17 +25,6 @@ class RefTrainTransform:
         self.processor = processor
         self.seed = int(seed)
         self.epoch = 0
-
-    @property
-    def image_size(self) -> dict[str, int]:
-        """The processor's output size, `{"height", "width"}` (read, never copied)."""
-        size = self.processor.image_processor.size
-        return {"height": size["height"], "width": size["width"]}
-
-    @property
-    def max_length(self) -> int:
-        """The processor's tokens per expression (read, never copied)."""
-        return self.processor.max_length
 
     def set_epoch(self, epoch: int) -> None:
         """Selects the epoch whose sentences `__call__` draws."""
@@ -63,11 +52,8 @@ class RefTrainTransform:
     def collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Rows from `__call__` → one batch: each field stacked, the rows' ref ids as `ref_ids` (int64; not a model
         input: the training loop takes it out before the forward)."""
-        batch = {
-            key: torch.stack([row[key] for row in rows])
-            for key in ("pixel_values", "input_ids", "attention_mask", "labels")
-        }
-        batch["ref_ids"] = torch.tensor([int(row["ref_id"]) for row in rows], dtype=torch.long)
+        batch = default_collate(rows)
+        batch["ref_ids"] = batch.pop("ref_id")
         return batch
 
 

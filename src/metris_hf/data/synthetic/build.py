@@ -5,13 +5,12 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import datasets
 import numpy as np
 from datasets import DatasetDict
 
-from ..schema import FEATURES, cached_build, default_cache_root, mask_to_png
+from ..schema import FEATURES, cached_build, mask_to_png
 from .expressions import absent_sentences, target_sentences
 from .grammar import SHAPES
 from .render import Scene, render_scene
@@ -123,7 +122,6 @@ def load_synthetic(
     (default cache_dir `$HF_DATASETS_CACHE/metris_hf`) and memory-mapped from there on later calls."""
     num_train, num_val, num_test = (int(n) for n in sizes)
     name = f"{num_train}-{num_val}-{num_test}-{image_size}px-seed{seed}-nt{no_target_fraction:g}-v{SYNTHETIC_VERSION}"
-    root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     sets = (num_train, num_val, num_test, image_size, seed)
     build = functools.partial(make_synthetic, *sets, no_target_fraction=no_target_fraction)
-    return cached_build(root / "synthetic" / name, lambda _: (build(), {}), f"synthetic {name}")
+    return cached_build(cache_dir, f"synthetic/{name}", lambda _: (build(), {}), f"synthetic {name}")

@@ -86,8 +86,7 @@ def _candidate_expressions(target: int, objects: Sequence[SceneObject], rng: np.
         if landmark is not None:
             kinds["relation"] += [Expression(d, relation=r, landmark=landmark) for d in descriptors for r in RELATIONS]
     for expressions in kinds.values():
-        order = rng.permutation(len(expressions))
-        expressions[:] = [expressions[k] for k in order]
+        expressions[:] = [expressions[k] for k in rng.permutation(len(expressions))]
     return kinds
 
 
