@@ -463,12 +463,12 @@ def test_processor_labels(processor):
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"text": ["the star", ""]}, "expression 1 is empty"),
-        ({"text": ["the star", "the circle", " \t\n"]}, "expression 2 is empty or whitespace-only"),
-        ({"text": "   "}, "expression 0 is empty"),
-        ({"text": ["the star", 3]}, "expression 1 is a int"),
+        ({"text": ["the star", ""]}, "expression 1: the expression is empty"),
+        ({"text": ["the star", "the circle", " \t\n"]}, "expression 2: the expression is empty or whitespace-only"),
+        ({"text": "   "}, "expression 0: the expression is empty"),
+        ({"text": ["the star", 3]}, "expression 1: the expression must be a string, got int"),
         ({"text": []}, "empty list"),
-        ({"text": {"a": 1}}, "string or a list of strings"),
+        ({"text": {"a": 1}}, "string or a non-empty list of strings"),
         ({"images": [np.zeros((4, 4, 3), np.uint8)] * 2, "text": ["a", "b", "c"]}, "2 images and 3 expressions"),
         ({"text": ["a", "b"], "segmentation_maps": [np.zeros((4, 4))]}, "1 segmentation maps for 2 examples"),
         ({"images": None, "text": None}, "needs images, text or both"),
@@ -585,7 +585,7 @@ def test_default_processor_defaults(tokenizer):
 def test_processor_never_crashes(processor, height, width, kind, text, seed):
     image = make_image(kind, height, width, seed)
     if not text.strip():
-        with pytest.raises(ValueError, match="expression 0 is empty"):
+        with pytest.raises(ValueError, match="expression 0: the expression is empty"):
             processor(images=image, text=text, return_tensors="pt")
         return
     out = processor(images=image, text=text, return_tensors="pt")

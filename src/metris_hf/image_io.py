@@ -1,6 +1,6 @@
-"""Opening local image files, the checks of images and thresholds, with Pillow alone: shared by the image processor
-(so the pipeline, `metris-segment` and the app) and by the torch-free `onnx_runtime`, so that both refuse the same
-input with the same messages. Imports neither torch nor transformers."""
+"""Opening local image files, the checks of images, expressions and thresholds, with Pillow alone: shared by the
+image processor (so the pipeline, `metris-segment` and the app) and by the torch-free `onnx_runtime`, so that both
+refuse the same input with the same messages. Imports neither torch nor transformers."""
 
 from __future__ import annotations
 
@@ -149,6 +149,24 @@ def check_image_settings(settings: Mapping[str, Any], where: str) -> None:
         )
 
 
+def check_expression(text: Any, where: str) -> str:
+    """One referring expression: a string with something in it, else a ValueError starting with `where`."""
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: the expression must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError(f"{where}: the expression is empty or whitespace-only")
+    return text
+
+
+def check_expressions(text: Any) -> list[str]:
+    """A string or a non-empty list of them → the list; each item checked by `check_expression`, named by index."""
+    texts = [text] if isinstance(text, str) else text
+    if not isinstance(texts, (list, tuple)) or not texts:
+        kind = "an empty list" if isinstance(texts, (list, tuple)) else type(text).__name__
+        raise ValueError(f"text must be a string or a non-empty list of strings, got {kind}")
+    return [check_expression(item, f"expression {index}") for index, item in enumerate(texts)]
+
+
 def check_threshold(threshold: Any) -> float:
     """A probability threshold: a real number in [0, 1] (not a string, bool or NaN), else a ValueError."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
@@ -168,6 +186,8 @@ def logit_cut(threshold: Any) -> float:
 
 __all__ = [
     "check_eight_bit",
+    "check_expression",
+    "check_expressions",
     "check_finite",
     "check_image_settings",
     "check_image_size",

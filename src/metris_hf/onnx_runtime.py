@@ -38,6 +38,7 @@ import PIL.Image
 
 from .image_io import (
     check_eight_bit,
+    check_expressions,
     check_finite,
     check_image_settings,
     check_image_size,
@@ -317,19 +318,10 @@ class OnnxReferringSegmenter:
         self, image: Any, text: str | list[str], threshold: float = 0.5
     ) -> dict[str, Any] | list[dict[str, Any]]:
         threshold = check_threshold(threshold)
-        single = isinstance(text, str)
-        texts = [text] if single else text
-        if not isinstance(texts, (list, tuple)) or not texts:
-            raise ValueError("text must be a string or a non-empty list of strings")
-        for index, expression in enumerate(texts):
-            if not isinstance(expression, str):
-                kind = type(expression).__name__
-                raise ValueError(f"expression {index}: the expression must be a string, got {kind}")
-            if not expression.strip():
-                raise ValueError(f"expression {index}: the expression is empty or whitespace-only")
+        single, texts = isinstance(text, str), check_expressions(text)
         rgb, (height, width) = self.preprocessor.rgb(image)
         pixels = self.preprocessor.pixel_values(rgb)
-        input_ids, attention_mask = self.preprocessor.tokenize(list(texts))
+        input_ids, attention_mask = self.preprocessor.tokenize(texts)
         batch = np.broadcast_to(pixels, (len(texts), *pixels.shape))
         outputs = self.logits(batch, input_ids, attention_mask)
         logits = outputs["logits"]

@@ -23,7 +23,7 @@ from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
 from transformers.utils import logging
 
 from .cpu_kernels import optimize_for_cpu_inference
-from .image_io import check_threshold, open_local_image, reduce_for
+from .image_io import check_expression, check_threshold, open_local_image, reduce_for
 from .image_processing_metris import image_layout
 from .processing_metris import check_processor_for_model
 
@@ -121,11 +121,7 @@ class ReferringImageSegmentationPipeline(Pipeline):
         if not isinstance(example, dict) or "image" not in example or "text" not in example:
             got = sorted(example) if isinstance(example, dict) else type(example).__name__
             raise ValueError(f"{where}: a dict input needs the keys 'image' and 'text', got {got}")
-        text = example["text"]
-        if not isinstance(text, str):
-            raise ValueError(f"{where}: the expression must be a string, got {type(text).__name__}")
-        if not text.strip():
-            raise ValueError(f"{where}: the expression is empty or whitespace-only")
+        check_expression(example["text"], where)
         ReferringImageSegmentationPipeline._check_image(example["image"], where)
         return example
 

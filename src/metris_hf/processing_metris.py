@@ -14,7 +14,7 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import is_torchvision_available
 
-from .image_io import check_image_settings
+from .image_io import check_expressions, check_image_settings
 from .image_processing_metris import MetrisImageProcessor, MetrisImageProcessorPil, make_list
 
 DEFAULT_MAX_LENGTH = 20
@@ -129,21 +129,13 @@ class MetrisProcessor(ProcessorMixin):
         text_kwargs, images_kwargs = merged["text_kwargs"], merged["images_kwargs"]
         return_tensors = images_kwargs.pop("return_tensors", None) or text_kwargs.get("return_tensors")
         data: dict[str, Any] = {}
-        texts = [text] if isinstance(text, str) else text
-        if text is not None:
-            if not isinstance(texts, (list, tuple)) or not texts:
-                kind = "an empty list" if isinstance(texts, (list, tuple)) else type(text).__name__
-                raise ValueError(f"text must be a string or a list of strings, got {kind}")
-            for index, expression in enumerate(texts):
-                if not isinstance(expression, str):
-                    raise ValueError(f"expression {index} is a {type(expression).__name__}, not a string")
-                if not expression.strip():
-                    raise ValueError(f"expression {index} is empty or whitespace-only: an expression is needed")
-            data.update(self.tokenizer(list(texts), **text_kwargs))  # a list, so rows even for one string
+        texts = check_expressions(text) if text is not None else None
+        if texts is not None:
+            data.update(self.tokenizer(texts, **text_kwargs))  # a list, so rows even for one string
         if images is not None:
             image_list = _flat(images, "images")
             repeat = 1
-            if text is not None and len(image_list) != len(texts):
+            if texts is not None and len(image_list) != len(texts):
                 if len(image_list) != 1:
                     raise ValueError(
                         f"got {len(image_list)} images and {len(texts)} expressions: give one expression per image, "
