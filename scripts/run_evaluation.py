@@ -27,7 +27,7 @@ from metris_hf.cpu_kernels import optimize_for_cpu_inference
 from metris_hf.data import SPLIT_BYS, add_dataset_arguments, load_dataset_from_args
 from metris_hf.evaluation import COLUMNS, RESOLUTIONS, evaluate_split
 from metris_hf.folders import check_model_source, run_command
-from metris_hf.image_processing_metris import check_threshold
+from metris_hf.image_io import check_threshold
 from metris_hf.processing_metris import check_processor_for_model
 
 

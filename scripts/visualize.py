@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 from metris_hf import embedded_checkpoint
-from metris_hf.image_processing_metris import load_local_image
+from metris_hf.image_io import load_local_image
 from metris_hf.visualization import explain, render_row, save_figure, stack_rows
 
 

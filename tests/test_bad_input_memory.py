@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from helpers import save_tiny_checkpoint
-from metris_hf.image_processing_metris import MAX_TARGET_PIXELS, MetrisImageProcessorPil, load_local_image
+from metris_hf.image_io import load_local_image
+from metris_hf.image_processing_metris import MAX_TARGET_PIXELS, MetrisImageProcessorPil
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDE = 12_000

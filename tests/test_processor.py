@@ -18,7 +18,8 @@ from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.utils import ModelOutput
 
 from helpers import KINDS, build_tiny_tokenizer, expressions, make_image, natural_image, register_auto_classes
-from metris_hf.image_processing_metris import MetrisImageProcessor, MetrisImageProcessorPil, load_local_image
+from metris_hf.image_io import load_local_image
+from metris_hf.image_processing_metris import MetrisImageProcessor, MetrisImageProcessorPil
 from metris_hf.processing_metris import MetrisProcessor
 
 SIZE = 64

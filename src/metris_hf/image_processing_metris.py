@@ -36,7 +36,6 @@ from .image_io import (
     check_eight_bit,
     check_finite,
     check_image_size,
-    check_threshold,
     load_local_image,
     logit_cut,
     reduce_for,
@@ -294,8 +293,6 @@ __all__ = [
     "MetrisImageProcessingMixin",
     "MetrisImageProcessor",
     "MetrisImageProcessorPil",
-    "check_threshold",
     "image_layout",
-    "load_local_image",
     "make_list",
 ]
